@@ -1,0 +1,67 @@
+"""Database adapters behind one `VectorStore` protocol; `open_store` picks one by name."""
+
+from __future__ import annotations
+
+from csr_vdb.adapters.base import (
+    SPARSE_FIELD,
+    CollectionInfo,
+    DensePage,
+    Hit,
+    Record,
+    VectorStore,
+)
+from csr_vdb.errors import ConfigError
+
+STORE_KINDS = ("milvus", "qdrant", "qdrant-edge", "memory")
+
+__all__ = [
+    "SPARSE_FIELD",
+    "STORE_KINDS",
+    "CollectionInfo",
+    "DensePage",
+    "Hit",
+    "Record",
+    "VectorStore",
+    "open_store",
+]
+
+
+def open_store(
+    kind: str,
+    uri: str | None = None,
+    *,
+    token: str | None = None,
+    timeout: float = 10.0,
+) -> VectorStore:
+    """Open a store by kind.
+
+    Args:
+        kind: "milvus" (Milvus Lite file or server URL), "qdrant" (qdrant-client: server URL or
+            local-mode directory), "qdrant-edge" (embedded Qdrant engine, a directory) or "memory".
+        uri: file/directory path for embedded engines, http(s)/grpc URL for servers.
+        token: Milvus token or Qdrant API key (never logged or shown in errors).
+        timeout: seconds to wait for a server before raising `StoreError`.
+
+    Raises:
+        ConfigError: unknown kind or missing uri.
+        StoreError: the database cannot be opened or reached.
+    """
+    if kind == "memory":
+        from csr_vdb.adapters.memory import MemoryStore
+
+        return MemoryStore(uri or "memory://")
+    if not uri:
+        raise ConfigError(f"--uri is required for store '{kind}'")
+    if kind == "milvus":
+        from csr_vdb.adapters.milvus import MilvusStore
+
+        return MilvusStore(uri, token=token, timeout=timeout)
+    if kind == "qdrant":
+        from csr_vdb.adapters.qdrant import QdrantStore
+
+        return QdrantStore(uri, api_key=token, timeout=timeout)
+    if kind == "qdrant-edge":
+        from csr_vdb.adapters.qdrant_edge import QdrantEdgeStore
+
+        return QdrantEdgeStore(uri)
+    raise ConfigError(f"unknown store '{kind}' (choose from {', '.join(STORE_KINDS)})")

@@ -1,0 +1,1 @@
+"""The `csr-vdb` command line (a thin Click layer over the library)."""

@@ -1,0 +1,1 @@
+"""The migration engine: plan, journal, resumable run, verify, cut-over and rollback."""
