@@ -144,7 +144,7 @@ class SparseVectors:
         if m.ndim != 2:
             raise DataError(f"expected a 2-D matrix, got shape {m.shape}")
         width = max(int((m != 0).sum(axis=1).max(initial=0)), 1)
-        order = np.argsort(-(m != 0), axis=1, kind="stable")[:, :width]
+        order = np.argsort(m == 0, axis=1, kind="stable")[:, :width]
         vals = np.take_along_axis(m, order, axis=1)
         return SparseVectors(np.where(vals != 0, order, 0), vals, dim or m.shape[1])
 
