@@ -1,0 +1,144 @@
+"""Helpers shared by the two Qdrant adapters: id mapping, payload keys, sparse checks, metrics.
+
+Id mapping (both adapters). Qdrant point ids are unsigned integers or UUIDs, while csr-vdb ids
+are ``int`` or arbitrary ``str``:
+
+- ``int`` ids are used as point ids unchanged.
+- a ``str`` id that is a canonical UUID (lower-case, hyphenated: ``str(uuid.UUID(s)) == s``) is
+  used as the point id unchanged, so collections made by other tools keep their ids.
+- any other ``str`` id is stored under point id ``uuid5(ID_NAMESPACE, id)`` and the original
+  string is kept in the payload under `RESERVED_ID_KEY`; the adapters restore it on every read
+  and never return that key. A user payload that already holds the key is refused.
+
+Order of ``iter_dense``: Qdrant scrolls by point id (integers ascending; UUIDs by their 128-bit
+value, which is also the order of their canonical strings). For ``str`` collections with mapped
+ids the order is therefore the order of the *point ids* (``uuid5`` values), not of the strings.
+It is a stable total order over the ids the adapters return, and ``after`` (an id they returned)
+is translated to its point id, so paging and resuming are exact.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from csr_vdb.errors import DataError
+from csr_vdb.sparse import SparseVectors
+
+RESERVED_ID_KEY = "__csr_vdb_id"
+"""Payload key holding the original ``str`` id of a point whose id is not a UUID."""
+
+ID_NAMESPACE = uuid.UUID("6f1c3c52-7f0e-5b43-9a51-3c2d0f0c5a10")
+"""Namespace of the ``uuid5`` point ids made from non-UUID ``str`` ids (fixed forever)."""
+
+METRIC_TO_QDRANT = {"cosine": "Cosine", "ip": "Dot", "l2": "Euclid"}
+"""csr-vdb metric -> Qdrant distance name (the enum member name in both libraries)."""
+
+QDRANT_TO_METRIC = {v: k for k, v in METRIC_TO_QDRANT.items()}
+
+
+def is_canonical_uuid(value: str) -> bool:
+    """True if ``value`` is a UUID written the way Qdrant returns it (lower-case, hyphenated)."""
+    if len(value) != 36:
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def to_point_id(id_: int | str) -> int | str:
+    """The Qdrant point id for a csr-vdb id (see the module docstring)."""
+    if isinstance(id_, int):
+        return id_
+    return id_ if is_canonical_uuid(id_) else str(uuid.uuid5(ID_NAMESPACE, id_))
+
+
+def needs_reserved_key(id_: int | str) -> bool:
+    """True if the id cannot be recovered from its point id alone."""
+    return isinstance(id_, str) and not is_canonical_uuid(id_)
+
+
+def check_payload_keys(payloads: Sequence[dict[str, Any]], ids: Sequence[int | str]) -> None:
+    """Refuse payloads that use the reserved id key (it would be overwritten and hidden)."""
+    bad = [i for i, p in zip(ids, payloads) if RESERVED_ID_KEY in p]
+    if bad:
+        raise DataError(f"payload key '{RESERVED_ID_KEY}' is reserved by csr-vdb (ids {bad[:5]})", bad)
+
+
+def stored_payload(id_: int | str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload written to Qdrant: the user's, plus the original id when it is mapped."""
+    if needs_reserved_key(id_):
+        return {**payload, RESERVED_ID_KEY: id_}
+    return payload
+
+
+def restore(point_id: Any, payload: dict[str, Any] | None) -> tuple[int | str, dict[str, Any]]:
+    """Original id and user payload from a point id and its stored payload."""
+    payload = dict(payload or {})
+    original = payload.pop(RESERVED_ID_KEY, None)
+    if original is not None:
+        return original, payload
+    if isinstance(point_id, int):
+        return point_id, payload
+    return str(point_id), payload
+
+
+def sparse_rows(sparse: SparseVectors, ids: Sequence[object] | None = None, *, allow_empty: bool = False):
+    """Validated ``(indices, values)`` rows, each sorted by index with equal lengths.
+
+    Qdrant Edge panics (and corrupts its WAL) on a vector whose indices and values differ in
+    length and silently accepts NaN and unsorted/duplicate indices, so every sparse vector goes
+    through here before it reaches an engine.
+
+    Args:
+        sparse: ``[n, width]`` codes.
+        ids: names for error messages.
+        allow_empty: accept rows without a non-zero (queries).
+
+    Raises:
+        DataError: naming the offending ids/rows.
+    """
+    sparse.validate(ids, allow_empty=allow_empty)
+    rows = sparse.to_qdrant()
+    for n, (idx, val) in enumerate(rows):
+        # Re-checked on the exact lists handed to the engine: a malformed vector here costs a shard.
+        if (
+            len(idx) != len(val)
+            or any(b <= a for a, b in zip(idx, idx[1:]))
+            or (idx and not 0 <= idx[0] <= idx[-1] < 2**32 - 1)
+            or not all(math.isfinite(v) for v in val)
+        ):
+            name = ids[n] if ids is not None else n
+            raise DataError(f"invalid sparse vector at {'id' if ids is not None else 'row'} {name}", [name])
+    return rows
+
+
+def payload_schema(payloads: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Field -> Python type name over a sample of payloads (Qdrant payloads are schemaless)."""
+    schema: dict[str, str] = {}
+    for p in payloads:
+        for k, v in p.items():
+            schema.setdefault(k, type(v).__name__)
+    return schema
+
+
+def sort_hits(hits: list, positive_only: bool) -> list:
+    """Best first, ties by id (the reference store's order); drop non-positive sparse scores."""
+    if positive_only:
+        hits = [h for h in hits if h.score > 0]
+    return sorted(hits, key=lambda h: (-h.score, h.id))
+
+
+def l2_score(distance: float) -> float:
+    """Qdrant reports Euclidean distance; csr-vdb scores l2 as negative squared distance."""
+    return -float(distance) ** 2
+
+
+def as_float_lists(vectors: np.ndarray) -> list[list[float]]:
+    """``[n, d]`` float32 -> nested Python lists for the clients."""
+    return np.asarray(vectors, dtype=np.float32).tolist()
