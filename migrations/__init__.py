@@ -1,1 +1,35 @@
 """The migration engine: plan, journal, resumable run, verify, cut-over and rollback."""
+
+from csr_vdb.migrations.alias import AliasResult, StatusReport, cutover, migration_status, rollback
+from csr_vdb.migrations.journal import Journal
+from csr_vdb.migrations.plan import (
+    DEFAULT_STATE_BASE,
+    MigrationPlan,
+    SourceSchema,
+    find_plan,
+    parse_shard,
+    shard_of,
+    state_dir,
+)
+from csr_vdb.migrations.runner import MigrationResult, run_migration
+from csr_vdb.migrations.verify import VerifyReport, verify_migration
+
+__all__ = [
+    "DEFAULT_STATE_BASE",
+    "AliasResult",
+    "Journal",
+    "MigrationPlan",
+    "MigrationResult",
+    "SourceSchema",
+    "StatusReport",
+    "VerifyReport",
+    "cutover",
+    "find_plan",
+    "migration_status",
+    "parse_shard",
+    "rollback",
+    "run_migration",
+    "shard_of",
+    "state_dir",
+    "verify_migration",
+]

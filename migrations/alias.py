@@ -1,0 +1,240 @@
+"""`cutover`, `rollback` and `migration_status`: switch the alias after a passed verify, and report progress."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from csr_vdb.adapters.base import VectorStore
+from csr_vdb.errors import MigrationError
+from csr_vdb.fileutil import atomic_write_json
+from csr_vdb.migrations.journal import Journal
+from csr_vdb.migrations.plan import CUTOVER_FILE, JOURNAL_FILE, MigrationPlan, state_dir
+from csr_vdb.migrations.runner import is_locked
+from csr_vdb.migrations.verify import load_verify, shard_journals_state
+
+log = logging.getLogger(__name__)
+
+
+class AliasResult(BaseModel):
+    """What `cutover` / `rollback` did to the alias."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: str = Field(description="cutover | rollback.")
+    alias: str = Field(description="The alias moved.")
+    previous: str | None = Field(description="Collection the alias pointed to before (None: it did not exist).")
+    current: str = Field(description="Collection the alias points to now.")
+    forced: bool = Field(False, description="True when cutover skipped the verify check (--force).")
+    verified_at: str | None = Field(None, description="When the verify that allowed the cutover ran.")
+
+
+class StatusReport(BaseModel):
+    """Where a migration stands; gathered without writing anything."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plan_id: str = Field(description="The plan's id.")
+    store_kind: str = Field(description="Store kind.")
+    uri: str = Field(description="Store location.")
+    source: str = Field(description="Source collection.")
+    target: str = Field(description="Target collection.")
+    shard: str = Field(description="Shard i/n.")
+    state: str = Field(description="not started | running | interrupted | failed | complete.")
+    rows_total: int = Field(description="Rows in the source (all shards).")
+    rows_scanned: int = Field(description="Source rows read so far (progress of the cursor).")
+    rows_done: int = Field(description="Rows written to the target so far by this shard.")
+    rows_skipped_invalid: int = Field(description="Rows skipped as invalid.")
+    batches: int = Field(description="Batches recorded in the journal.")
+    percent: float = Field(description="rows_scanned / rows_total, in percent.")
+    rows_per_s: float | None = Field(None, description="Scan rate of the latest run.")
+    eta_s: float | None = Field(None, description="Seconds left at that rate (None when unknown or done).")
+    last_batch_at: str | None = Field(None, description="When the last batch was recorded (ISO 8601, UTC).")
+    last_error: str | None = Field(None, description="Message of the latest run when it failed.")
+    target_rows: int | None = Field(None, description="Rows in the target now (None if it does not exist).")
+    verify_ok: bool | None = Field(None, description="Result of the last verify (None: never verified).")
+    verified_at: str | None = Field(None, description="When the last verify ran.")
+    verify_current: bool = Field(False, description="The last verify matches the journals' current state.")
+    alias: str = Field(description="The plan's alias.")
+    alias_target: str | None = Field(None, description="Collection the alias points to now.")
+    state_dir: str = Field(description="Folder of the plan's state files.")
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
+
+
+def _log_alias(folder, entry: dict[str, Any]) -> None:
+    """Append an alias change to cutover.json (history); a failure only warns: the alias moved."""
+    import json
+
+    path = folder / CUTOVER_FILE
+    try:
+        history = json.loads(path.read_text()) if path.exists() else []
+        history.append(entry)
+        atomic_write_json(path, history)
+    except (OSError, ValueError) as exc:
+        log.warning("could not record the alias change in %s: %s", path, exc)
+
+
+def cutover(
+    store: VectorStore,
+    plan: MigrationPlan,
+    *,
+    state_base: str | os.PathLike[str] | None,
+    alias: str | None = None,
+    force: bool = False,
+) -> AliasResult:
+    """Point the alias at the target, once the last verify passed for the current journal state.
+
+    Args:
+        store: the open store.
+        plan: the migration plan.
+        state_base: base folder of state folders.
+        alias: alias to move (default ``plan.alias``).
+        force: skip the verify check.
+
+    Raises:
+        MigrationError: never verified, verify failed, or the journals changed since (unless
+            ``force``); the target does not exist; the alias names a collection.
+        StoreError: the store failed.
+    """
+    alias = alias or plan.alias
+    folder = state_dir(state_base, plan)
+    report = load_verify(folder)
+    if not force:
+        if report is None:
+            raise MigrationError(
+                f"cutover refused: '{plan.target}' was never verified (run verify first, or --force)"
+            )
+        if report.get("plan_id") != plan.plan_id:
+            raise MigrationError("cutover refused: the last verify was of another plan (run verify again)")
+        if not report.get("ok"):
+            first = (report.get("problems") or ["see verify.json"])[0]
+            raise MigrationError(f"cutover refused: the last verify failed ({first}); fix it or --force")
+        current, _, _, _ = shard_journals_state(plan, state_base)
+        if report.get("journal_state") != current:
+            raise MigrationError(
+                "cutover refused: the migration changed since the last verify (run verify again)"
+            )
+    if not store.has_collection(plan.target):
+        raise MigrationError(f"cutover refused: target collection '{plan.target}' does not exist in {plan.uri}")
+    if alias in store.list_collections():
+        raise MigrationError(f"cannot use '{alias}' as an alias: a collection has that name in {plan.uri}")
+    previous = store.get_alias(alias)
+    store.set_alias(alias, plan.target)
+    log.info("alias %s: %s -> %s", alias, previous, plan.target)
+    res = AliasResult(
+        action="cutover",
+        alias=alias,
+        previous=previous,
+        current=plan.target,
+        forced=force,
+        verified_at=report.get("checked_at") if report else None,
+    )
+    if folder.exists():
+        _log_alias(folder, {**res.model_dump(), "at": _iso(time.time())})
+    return res
+
+
+def rollback(
+    store: VectorStore,
+    plan: MigrationPlan,
+    *,
+    state_base: str | os.PathLike[str] | None,
+    alias: str | None = None,
+) -> AliasResult:
+    """Point the alias back at the source (which the migration never wrote).
+
+    Raises:
+        MigrationError: the source no longer exists or the alias names a collection.
+        StoreError: the store failed.
+    """
+    alias = alias or plan.alias
+    if not store.has_collection(plan.source):
+        raise MigrationError(f"rollback refused: source collection '{plan.source}' is gone from {plan.uri}")
+    if alias in store.list_collections():
+        raise MigrationError(f"cannot use '{alias}' as an alias: a collection has that name in {plan.uri}")
+    previous = store.get_alias(alias)
+    store.set_alias(alias, plan.source)
+    log.info("alias %s: %s -> %s", alias, previous, plan.source)
+    res = AliasResult(action="rollback", alias=alias, previous=previous, current=plan.source)
+    folder = state_dir(state_base, plan)
+    if folder.exists():
+        _log_alias(folder, {**res.model_dump(), "at": _iso(time.time())})
+    return res
+
+
+def migration_status(
+    store: VectorStore,
+    plan: MigrationPlan,
+    *,
+    state_base: str | os.PathLike[str] | None,
+) -> StatusReport:
+    """Progress, rate, ETA, last verify and alias of one plan; reads only (store and files)."""
+    folder = state_dir(state_base, plan)
+    jpath = folder / JOURNAL_FILE
+    total = store.count(plan.source) if store.has_collection(plan.source) else 0
+    target_rows = store.count(plan.target) if store.has_collection(plan.target) else None
+    alias_target = store.get_alias(plan.alias)
+    base: dict[str, Any] = dict(
+        plan_id=plan.plan_id,
+        store_kind=plan.store_kind,
+        uri=plan.uri,
+        source=plan.source,
+        target=plan.target,
+        shard=plan.shard,
+        rows_total=total,
+        target_rows=target_rows,
+        alias=plan.alias,
+        alias_target=alias_target,
+        state_dir=str(folder),
+    )
+    if not jpath.exists():
+        return StatusReport(
+            **base, state="not started", rows_scanned=0, rows_done=0, rows_skipped_invalid=0, batches=0, percent=0.0
+        )
+    with Journal.open(jpath, readonly=True) as j:
+        meta = j.meta()
+        t = j.totals()
+        runs = j.runs()
+        read, secs = j.run_rate()
+    complete = meta.get("completed_at") is not None
+    last = runs[-1] if runs else {}
+    if complete:
+        state = "complete"
+    elif is_locked(folder):
+        state = "running"
+    elif last.get("outcome") == "failed":
+        state = "failed"
+    else:
+        state = "interrupted"
+    rate = read / secs if secs > 0 else None
+    left = max(total - t.rows_read, 0)
+    eta = left / rate if (rate and not complete and left) else None
+    report = load_verify(folder)
+    current = False
+    if report is not None:
+        fp, _, _, _ = shard_journals_state(plan, state_base)
+        current = report.get("journal_state") == fp and report.get("plan_id") == plan.plan_id
+    return StatusReport(
+        **base,
+        state=state,
+        rows_scanned=t.rows_read,
+        rows_done=t.rows_written,
+        rows_skipped_invalid=t.rows_invalid,
+        batches=t.batches,
+        percent=round(100.0 * t.rows_read / total, 2) if total else 0.0,
+        rows_per_s=round(rate, 1) if rate else None,
+        eta_s=round(eta, 1) if eta is not None else None,
+        last_batch_at=_iso(t.last_at),
+        last_error=last.get("message") if last.get("outcome") in ("failed", "interrupted") else None,
+        verify_ok=report.get("ok") if report else None,
+        verified_at=report.get("checked_at") if report else None,
+        verify_current=current,
+    )

@@ -1,0 +1,94 @@
+"""Fixtures for the migration tests: stores of every kind, a source collection, a numpy encoder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from csr_vdb.adapters import open_store
+from csr_vdb.sparse import SparseVectors
+from tests.helpers import clustered
+
+EMBEDDED = {"milvus": "milvus", "qdrant-edge": "qdrant_edge"}
+
+
+def adapter_missing(kind: str) -> str | None:
+    """Reason to skip a store kind whose adapter module has not landed, else None."""
+    mod = EMBEDDED.get(kind)
+    if mod and importlib.util.find_spec(f"csr_vdb.adapters.{mod}") is None:
+        return f"adapters/{mod}.py not present"
+    return None
+
+
+def store_uri(kind: str, tmp: Path) -> str:
+    return {"milvus": str(tmp / "m.db"), "qdrant-edge": str(tmp / "edge"), "memory": "memory://"}[kind]
+
+
+class ProjectionEncoder:
+    """Deterministic stand-in for a CSR encoder: fixed random projection, |.|, top-k."""
+
+    def __init__(self, dim: int, hidden: int = 64, k: int = 4, seed: int = 7) -> None:
+        self.w = np.random.default_rng(seed).normal(size=(dim, hidden)).astype(np.float32)
+        self.k = k
+        self.hidden = hidden
+        self.calls = 0
+
+    def __call__(self, x: np.ndarray, k: int | None = None) -> SparseVectors:
+        self.calls += 1
+        z = np.abs(np.asarray(x, np.float32) @ self.w)
+        k = k or self.k
+        idx = np.argpartition(-z, k - 1, axis=1)[:, :k]
+        val = np.take_along_axis(z, idx, axis=1)
+        return SparseVectors(idx, val, self.hidden)
+
+
+def fill_source(store, name: str, n: int, dim: int = 16, id_type: str = "int", seed: int = 0, step: int = 2000):
+    """A dense collection of ``n`` clustered rows with varied payloads; returns (ids, x, payloads)."""
+    x, labels = clustered(n, dim, clusters=8, seed=seed)
+    ids = [i * 3 + 1 for i in range(n)] if id_type == "int" else [f"doc-{i:06d}" for i in range(n)]
+    payloads = [{"label": int(labels[i]), "text": f"row {i} é", "tags": ["a", str(i % 3)]} for i in range(n)]
+    store.create_dense_collection(name, dim, metric="cosine", id_type=id_type)
+    for s in range(0, n, step):
+        store.insert_dense(name, ids[s : s + step], x[s : s + step], payloads[s : s + step])
+    store.flush(name)
+    return ids, x, payloads
+
+
+def export(store, name: str, batch: int = 1000) -> str:
+    """A checksum of a collection's full content (ids, vectors, payloads) in id order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for page in store.iter_dense(name, batch):
+        h.update(json.dumps([page.ids, page.payloads], sort_keys=True).encode())
+        h.update(np.ascontiguousarray(page.vectors, np.float32).tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A folder with the two files model_checksum reads (the engine never loads the model itself)."""
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"weights-v1")
+    (d / "config.json").write_text(json.dumps({"input_dim": 16, "hidden_dim": 64, "k": 4}))
+    return d
+
+
+@pytest.fixture(params=["memory", "milvus", "qdrant-edge"])
+def store_kind(request) -> str:
+    reason = adapter_missing(request.param)
+    if reason:
+        pytest.skip(reason)
+    return request.param
+
+
+@pytest.fixture
+def store(store_kind, tmp_path):
+    s = open_store(store_kind, store_uri(store_kind, tmp_path))
+    yield s
+    s.close()
