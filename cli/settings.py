@@ -1,0 +1,156 @@
+"""CLI settings resolved from flags > `CSR_VDB_*` env vars > `csr-vdb.toml` > defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from csr_vdb.errors import ConfigError
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10 needs the backport
+    import tomli as tomllib  # type: ignore[no-redef]
+
+StoreKind = Literal["milvus", "qdrant", "qdrant-edge"]
+STORE_CHOICES: tuple[str, ...] = ("milvus", "qdrant", "qdrant-edge")
+
+CONFIG_FILE_NAME = "csr-vdb.toml"
+
+DEFAULT_URIS: dict[str, str] = {
+    "milvus": "./csr_vdb.db",  # Milvus Lite, embedded
+    "qdrant-edge": "./csr_vdb_qdrant",  # Qdrant Edge, embedded
+    "qdrant": "http://localhost:6333",  # a local Qdrant server
+}
+
+# Keys a config file may hold at top level (anything else is a ConfigError, like extra="forbid").
+FILE_KEYS = {
+    "store", "uri", "token", "state_dir", "device", "timeout",
+    "milvus_uri", "milvus_token", "qdrant_url", "qdrant_api_key",
+}
+
+
+class CLISettings(BaseModel):
+    """Where the CLI finds the database, its state and its compute device."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store: StoreKind = Field("milvus", description="Vector database kind: milvus, qdrant or qdrant-edge.")
+    uri: str = Field(description="File/dir path of an embedded engine, or an http(s)/grpc server URL.")
+    token: SecretStr | None = Field(None, description="Milvus token or Qdrant API key (never printed).")
+    state_dir: Path = Field(Path(".csr-vdb"), description="Where plans, journals, reports and exports live.")
+    device: str | None = Field(None, description="Torch device for encoding/training: cpu, cuda, or auto.")
+    timeout: float = Field(10.0, gt=0, description="Seconds to wait for a database server.")
+    config_file: Path | None = Field(None, description="The config file that was read, if any.")
+
+    def public(self) -> dict[str, Any]:
+        """Settings safe to print: the secret is reduced to whether one is set."""
+        return {
+            "store": self.store,
+            "uri": self.uri,
+            "token_set": self.token is not None,
+            "state_dir": str(self.state_dir),
+            "device": self.device,
+            "timeout": self.timeout,
+            "config_file": str(self.config_file) if self.config_file else None,
+        }
+
+
+def read_config_file(path: Path | None, cwd: Path | None = None) -> tuple[dict[str, Any], Path | None]:
+    """Read ``path`` (must exist) or ``./csr-vdb.toml`` (optional); returns (values, path read)."""
+    if path is None:
+        cand = (cwd or Path.cwd()) / CONFIG_FILE_NAME
+        if not cand.is_file():
+            return {}, None
+        path = cand
+    elif not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    unknown = sorted(set(data) - FILE_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in {path}: {', '.join(unknown)} (allowed: {', '.join(sorted(FILE_KEYS))})"
+        )
+    return data, path
+
+
+def _first(*values: Any) -> Any:
+    for v in values:
+        if v is not None and v != "":
+            return v
+    return None
+
+
+def resolve_settings(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+    cwd: Path | None = None,
+) -> CLISettings:
+    """Merge the four sources, most specific first: flags > env > config file > defaults.
+
+    Args:
+        flags: command-line values (None = not given): store, uri, token, state_dir, device, timeout.
+        env: environment (default ``os.environ``); only ``CSR_VDB_*`` names are read.
+        config_path: ``--config`` value; None looks for ``./csr-vdb.toml``.
+        cwd: directory holding the default config file (tests).
+
+    Raises:
+        ConfigError: unreadable/unknown config file keys or invalid values.
+    """
+    env = os.environ if env is None else env
+    file, file_path = read_config_file(config_path or _path(env.get("CSR_VDB_CONFIG")), cwd)
+    store = _first(flags.get("store"), env.get("CSR_VDB_STORE"), file.get("store"), "milvus")
+    if store not in STORE_CHOICES:
+        raise ConfigError(f"unknown store '{store}' (choose from {', '.join(STORE_CHOICES)})")
+    if store == "milvus":
+        env_uri, env_tok = env.get("CSR_VDB_MILVUS_URI"), env.get("CSR_VDB_MILVUS_TOKEN")
+        file_uri, file_tok = file.get("milvus_uri"), file.get("milvus_token")
+    elif store == "qdrant":
+        env_uri, env_tok = env.get("CSR_VDB_QDRANT_URL"), env.get("CSR_VDB_QDRANT_API_KEY")
+        file_uri, file_tok = file.get("qdrant_url"), file.get("qdrant_api_key")
+    else:  # the embedded engine has neither a server URL nor a key
+        env_uri = env_tok = file_uri = file_tok = None
+    uri = _first(flags.get("uri"), env.get("CSR_VDB_URI"), env_uri, file.get("uri"), file_uri, DEFAULT_URIS[store])
+    token = _first(flags.get("token"), env_tok, file.get("token"), file_tok)
+    values = {
+        "store": store,
+        "uri": str(uri),
+        "token": token,
+        "state_dir": _first(flags.get("state_dir"), env.get("CSR_VDB_STATE_DIR"), file.get("state_dir"), ".csr-vdb"),
+        "device": _first(flags.get("device"), env.get("CSR_VDB_DEVICE"), file.get("device")),
+        "timeout": _first(flags.get("timeout"), env.get("CSR_VDB_TIMEOUT"), file.get("timeout"), 10.0),
+        "config_file": file_path,
+    }
+    try:
+        settings = CLISettings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid setting '{field}': {first['msg']}") from None
+    if settings.device not in (None, "auto", "cpu") and not settings.device.startswith("cuda"):
+        raise ConfigError(f"invalid device '{settings.device}' (cpu, cuda, cuda:N or auto)")
+    return settings
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """Parse ``i/n`` (0 <= i < n) into (i, n); raises ConfigError."""
+    try:
+        i_s, n_s = value.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got '{value}'") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {value}: need 0 <= i < n")
+    return i, n
