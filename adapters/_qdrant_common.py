@@ -14,14 +14,16 @@ Order of ``iter_dense``: Qdrant scrolls by point id (integers ascending; UUIDs b
 value, which is also the order of their canonical strings). For ``str`` collections with mapped
 ids the order is therefore the order of the *point ids* (``uuid5`` values), not of the strings.
 It is a stable total order over the ids the adapters return, and ``after`` (an id they returned)
-is translated to its point id, so paging and resuming are exact.
+is translated to its point id, so paging and resuming are exact. An ``after`` that is not a stored
+id is placed by value: an int or UUID at its point id, any other string at the first canonical UUID
+above it in string order (so a collection of UUID ids pages exactly like sorted strings).
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -142,3 +144,53 @@ def l2_score(distance: float) -> float:
 def as_float_lists(vectors: np.ndarray) -> list[list[float]]:
     """``[n, d]`` float32 -> nested Python lists for the clients."""
     return np.asarray(vectors, dtype=np.float32).tolist()
+
+
+_HEX = "0123456789abcdef"
+_DASHES = (8, 13, 18, 23)
+
+
+def _allowed(pos: int) -> str:
+    return "-" if pos in _DASHES else _HEX
+
+
+def _min_fill(start: int) -> str:
+    return "".join("-" if p in _DASHES else "0" for p in range(start, 36))
+
+
+def next_uuid_after(value: str) -> str | None:
+    """The smallest canonical UUID string that is greater than ``value`` in string order.
+
+    Returns None when there is none (``value`` is above ``ffffffff-ffff-...``).
+    """
+    conform = 0
+    while conform < min(len(value), 36) and value[conform] in _allowed(conform):
+        conform += 1
+    if conform == len(value) and conform < 36:
+        return value + _min_fill(conform)  # a proper prefix of UUIDs: extend it minimally
+    for j in range(min(conform, 35), -1, -1):
+        bigger = [c for c in _allowed(j) if c > value[j]]
+        if bigger:
+            return value[:j] + bigger[0] + _min_fill(j + 1)
+    return None
+
+
+def scroll_start(after: int | str, stored_mapped: Callable[[str], bool]) -> tuple[Any, Any, bool]:
+    """Where a scroll resumes behind the cursor ``after``.
+
+    Args:
+        after: the exclusive cursor (an id returned earlier, or any id value).
+        stored_mapped: ``stored_mapped(point_id)`` tells whether a mapped str id is stored under
+            that ``uuid5`` point id (then its position is that point id).
+
+    Returns:
+        ``(offset, skip, exhausted)``: the inclusive scroll offset, the point id to drop if the
+        scroll returns it first, and True when nothing can follow the cursor.
+    """
+    if isinstance(after, int) or is_canonical_uuid(after):
+        return after, after, False
+    pid = to_point_id(after)
+    if stored_mapped(pid):
+        return pid, pid, False
+    nxt = next_uuid_after(after)
+    return nxt, None, nxt is None

@@ -47,6 +47,7 @@ from csr_vdb.adapters._qdrant_common import (
     l2_score,
     payload_schema,
     restore,
+    scroll_start,
     sort_hits,
     sparse_rows,
     stored_payload,
@@ -404,12 +405,19 @@ class QdrantEdgeStore:
         f = self._field(meta, collection_name, vector_field)
         if batch_size <= 0:
             raise DataError(f"batch_size must be positive, got {batch_size}")
-        skip: int | str | None = None
+        skip: Any = None
         offset: Any = None
         if after is not None:
             check_ids([after], meta["id_type"], 1)
-            skip = to_point_id(after)
-            offset = skip  # scroll offsets are inclusive: drop the cursor row itself below
+
+            def stored_mapped(pid: str) -> bool:
+                recs = self._call("fetch", real, shard.retrieve, [pid], with_payload=[RESERVED_ID_KEY], with_vector=False)
+                return bool(recs) and (recs[0].payload or {}).get(RESERVED_ID_KEY) == after
+
+            # scroll offsets are inclusive: the cursor row itself is dropped below
+            offset, skip, exhausted = scroll_start(after, stored_mapped)
+            if exhausted:
+                return
         while True:
             limit = batch_size + (1 if skip is not None else 0)
             req = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=[f])

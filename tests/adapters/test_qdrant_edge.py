@@ -219,11 +219,11 @@ def test_iter_dense_order_and_cursor_with_str_ids(store, data):
         rest = [i for p in store.iter_dense("s", batch_size=7, after=page.cursor) for i in p.ids]
         assert rest == order[10 * (n + 1) :]
         np.testing.assert_allclose(page.vectors, data[[ids.index(i) for i in page.ids]], atol=1e-6)
-    # the cursor need not exist (e.g. a deleted row): it is a position in the order
-    absent = "not-stored"
-    key = uuid.UUID(to_point_id(absent)).int
-    rest = [i for p in store.iter_dense("s", batch_size=8, after=absent) for i in p.ids]
-    assert rest == [i for i in order if uuid.UUID(to_point_id(i)).int > key]
+    # a cursor that is not a stored id is placed by value: rows whose point id sorts above it
+    for absent in ("not-stored", "8", "80000000-0000-0000-0000-00000000000"):
+        rest = [i for p in store.iter_dense("s", batch_size=8, after=absent) for i in p.ids]
+        assert rest == [i for i in order if to_point_id(i) > absent]
+        assert 0 < len(rest) < len(order) or absent == "not-stored"
     store.drop("s")
     with pytest.raises(CollectionNotFoundError):
         list(store.iter_dense("s"))
