@@ -1,0 +1,130 @@
+"""Settings of a CSR encoder (`CSRConfig`, saved beside the weights) and of its training (`TrainConfig`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Positives = Literal["neighbors", "noise", "labels", "pairs", "none"]
+
+
+class CSRConfig(BaseModel):
+    """Shape and behaviour of a CSR encoder (arXiv 2503.01776); rebuilt with ``CSRConfig(**cfg)``.
+
+    The vocabulary (``input_dim``, ``hidden_dim``, ``k``, ``k_aux``, ``dead_threshold``) follows
+    sentence-transformers' CSR module so that models port over.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_dim: int = Field(gt=0, description="Dimension d of the dense embeddings the encoder reads.")
+    hidden_dim: int = Field(gt=0, description="Number h of latents (dimension of the sparse codes); the paper's sweet spot is 4d.")
+    k: int = Field(gt=0, description="Active latents kept per document code (TopK).")
+    k_query: int | None = Field(
+        default=None, gt=0, description="Active latents kept per query code; None uses k (asymmetric k when set)."
+    )
+    k_aux: int = Field(
+        default=512,
+        gt=0,
+        description="Dead latents used by the auxiliary loss (clamped to hidden_dim at run time).",
+    )
+    dead_threshold: int = Field(
+        default=10_000,
+        gt=0,
+        description="A latent is dead after this many training ROWS without a positive activation.",
+    )
+    normalize: Literal["none", "l2"] = Field(
+        default="l2", description="Input normalisation before encoding: 'l2' for cosine collections, 'none' otherwise."
+    )
+    normalize_codes: bool = Field(
+        default=False,
+        description="L2-normalise each code's values at encode time, so the dot product of codes is their cosine.",
+    )
+    source_collection: str | None = Field(default=None, description="Collection the encoder was trained on, if known.")
+    source_model: str | None = Field(default=None, description="Name of the dense embedding model, if known.")
+    data_fingerprint: str | None = Field(
+        default=None, description="sha256 of the first training rows + row count + dim (set by train_encoder)."
+    )
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> CSRConfig:
+        if self.k > self.hidden_dim:
+            raise ValueError(f"k ({self.k}) must not exceed hidden_dim ({self.hidden_dim})")
+        if self.k_query is not None and self.k_query > self.hidden_dim:
+            raise ValueError(f"k_query ({self.k_query}) must not exceed hidden_dim ({self.hidden_dim})")
+        return self
+
+    @property
+    def query_k(self) -> int:
+        """The k used for query codes (``k_query`` or ``k``)."""
+        return self.k_query if self.k_query is not None else self.k
+
+
+class TrainConfig(BaseModel):
+    """How `csr_vdb.training.train_encoder` trains a `CSREncoder`.
+
+    Defaults: Adam lr 4e-4 (the official CSR code; the paper's 4e-5 is slow on small
+    collections), eps 6.25e-10 (paper), batch 1024, 10 epochs, beta_aux 1/32, gamma 1,
+    mined nearest-neighbour positives inside the batch, temperature 0.1 on code dot products.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(default=10, gt=0, description="Passes over the training rows.")
+    batch_size: int = Field(default=1024, ge=2, description="Rows per optimisation step.")
+    lr: float = Field(default=4e-4, gt=0, description="Adam learning rate.")
+    eps: float = Field(default=6.25e-10, gt=0, description="Adam epsilon (paper: 6.25e-10).")
+    weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay (0 in the paper).")
+    beta_aux: float = Field(default=1 / 32, ge=0, description="Weight of the auxiliary (dead-latent) loss.")
+    gamma: float = Field(default=1.0, ge=0, description="Weight of the contrastive loss (0 disables it).")
+    positives: Positives = Field(
+        default="neighbors",
+        description=(
+            "Contrastive positives: 'neighbors' (each row's dense nearest neighbour in the batch plus a pool of "
+            "recent rows), 'noise' (a noisy view of the row), 'labels' (SupCon on source labels), 'pairs' "
+            "((query, doc) pairs given to train_encoder, in-batch negatives), 'none'."
+        ),
+    )
+    temperature: float = Field(default=0.1, gt=0, description="InfoNCE temperature on code similarities.")
+    similarity: Literal["dot", "cosine"] | None = Field(
+        default=None,
+        description="Code similarity in the contrastive loss; None follows CSRConfig.normalize_codes (cosine if set).",
+    )
+    neighbor_pool: int = Field(
+        default=0,
+        ge=0,
+        description="Extra recent rows (a FIFO of past batches) searched for each row's nearest-neighbour positive.",
+    )
+    noise_std: float = Field(
+        default=0.05, gt=0, description="'noise' positives: Gaussian noise std per unit-norm row (plus 10% input dropout)."
+    )
+    pairs_batch_size: int | None = Field(
+        default=None, ge=2, description="'pairs': pairs per step (None = batch_size, capped at the number of pairs)."
+    )
+    k_start: int | None = Field(
+        default=None, gt=0, description="CSRv2 k-annealing start k0 (<= hidden_dim/4); None disables annealing."
+    )
+    anneal_fraction: float = Field(
+        default=0.7, gt=0, le=1, description="Fraction of the total steps over which k anneals from k_start to k."
+    )
+    val_fraction: float = Field(
+        default=0.05, ge=0, lt=0.5, description="Fraction of the stream held out for validation (0 disables it)."
+    )
+    max_val_rows: int = Field(default=8192, gt=0, description="Cap on held-out validation rows kept in memory.")
+    eval_every: int | None = Field(
+        default=None, gt=0, description="Evaluate on the validation rows every N steps (None: once per epoch)."
+    )
+    patience: int | None = Field(
+        default=3, gt=0, description="Stop after this many evaluations without improvement (None: never stop early)."
+    )
+    min_delta: float = Field(default=1e-4, ge=0, description="Relative improvement of validation loss that counts.")
+    restore_best: bool = Field(default=True, description="Return the weights of the best validation evaluation.")
+    max_steps: int | None = Field(default=None, gt=0, description="Hard cap on optimisation steps.")
+    log_every: int = Field(default=10, gt=0, description="Steps between entries of the loss curves in the report.")
+    init_rows: int = Field(default=16384, gt=0, description="Rows read up front to initialise b_pre to the data mean.")
+    seed: int = Field(default=0, description="Seed for weights, shuffling, hold-out and noise.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="'auto' = CUDA when present.")
+    threads: int | None = Field(
+        default=None, gt=0, description="torch CPU threads while training (None leaves torch's setting)."
+    )

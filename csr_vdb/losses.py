@@ -1,0 +1,185 @@
+"""CSR training loss (arXiv 2503.01776): L(k) + L(4k)/8 + beta * L_aux + gamma * L_contrastive.
+
+Each term is a function here; `csr_loss` combines them for one batch. Terms are *normalized* MSEs
+(fraction of variance unexplained), so their scale does not depend on the embedding model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from csr_vdb.model import CSREncoder
+
+
+def normalized_mse(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Fraction of variance unexplained: ``sum ||x_hat - x||^2 / sum ||x - mean(x)||^2`` over the batch.
+
+    Args:
+        x_hat: ``[n, d]`` reconstruction.
+        x: ``[n, d]`` target.
+
+    Returns:
+        Scalar tensor (0 = perfect, 1 = as good as predicting the batch mean).
+    """
+    denom = (x - x.mean(dim=0, keepdim=True)).pow(2).sum().clamp_min(1e-12)
+    return (x_hat - x).pow(2).sum() / denom
+
+
+def auxiliary_loss(model: CSREncoder, pre: torch.Tensor, residual: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """AuxK loss: reconstruct the residual ``e = x - x_hat`` from the top ``k_aux`` *dead* latents.
+
+    ``L_aux = ||e - W_dec^T TopK_aux(ReLU(pre[dead]))||^2 / ||e||^2`` (arXiv 2503.01776, after Gao et al.
+    2024). It gives dead latents a gradient toward the error the live ones leave, which revives them.
+
+    Args:
+        model: the encoder (its ``rows_since_fired`` defines the dead latents).
+        pre: ``[n, hidden_dim]`` full pre-activations.
+        residual: ``[n, input_dim]`` detached residual ``x - x_hat_k``.
+        k_aux: latents to use (clamped to the number of dead latents).
+
+    Returns:
+        Scalar tensor; exactly 0 (no graph) when no latent is dead.
+    """
+    dead = model.dead_mask().nonzero().squeeze(1)
+    if dead.numel() == 0:
+        return pre.new_zeros(())
+    kk = min(int(k_aux), dead.numel())
+    vals, pos = pre.index_select(1, dead).topk(kk, dim=1)
+    e_hat = model.decode_sparse(dead[pos], F.relu(vals), bias=False)
+    # ||e - e_hat||^2 / ||e||^2 ; e is detached so only the dead latents learn from it
+    return (e_hat - residual).pow(2).sum() / residual.pow(2).sum().clamp_min(1e-12)
+
+
+def dense_codes(indices: torch.Tensor, values: torch.Tensor, hidden_dim: int) -> torch.Tensor:
+    """Scatter ``[n, w]`` (indices, values) into dense-layout codes ``[n, hidden_dim]`` (differentiable)."""
+    return torch.zeros(indices.shape[0], hidden_dim, dtype=values.dtype, device=values.device).scatter(
+        1, indices, values
+    )
+
+
+def code_similarity(a: torch.Tensor, b: torch.Tensor, cosine: bool) -> torch.Tensor:
+    """Pairwise similarity of dense-layout codes ``[n, h] x [m, h] -> [n, m]``: dot, or cosine."""
+    if cosine:
+        a = F.normalize(a, dim=1, eps=1e-8)
+        b = F.normalize(b, dim=1, eps=1e-8)
+    return a @ b.T
+
+
+def info_nce(logits: torch.Tensor, targets: torch.Tensor, self_mask: bool = False) -> torch.Tensor:
+    """InfoNCE: ``-log exp(s(z_i, z_i+)/t) / sum_j exp(s(z_i, z_j)/t)``, mean over anchors.
+
+    Args:
+        logits: ``[n, m]`` similarities already divided by the temperature.
+        targets: ``[n]`` column of each anchor's positive.
+        self_mask: exclude column i from row i (anchors are also candidates).
+    """
+    if self_mask:
+        eye = torch.eye(logits.shape[0], logits.shape[1], dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(eye, float("-inf"))
+    return F.cross_entropy(logits, targets)
+
+
+def supcon_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, used by CSRv2) on in-batch similarities.
+
+    ``L = -mean_i 1/|P(i)| sum_{p in P(i)} log exp(s_ip/t) / sum_{j != i} exp(s_ij/t)`` where P(i) are
+    the other rows with row i's label; anchors without a positive are skipped.
+
+    Args:
+        logits: ``[n, n]`` code similarities / temperature.
+        labels: ``[n]`` int labels.
+    """
+    n = logits.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    log_prob = logits.masked_fill(eye, float("-inf")).log_softmax(dim=1)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    count = pos.sum(dim=1)
+    has = count > 0
+    if not has.any():
+        return logits.new_zeros(())
+    per_anchor = log_prob.masked_fill(~pos, 0.0).sum(dim=1)[has] / count[has]
+    return -per_anchor.mean()
+
+
+@torch.no_grad()
+def nearest_neighbors(x: torch.Tensor, pool: torch.Tensor | None = None) -> torch.Tensor:
+    """Each row's dense nearest neighbour (dot product) among the other rows and an optional pool.
+
+    Args:
+        x: ``[n, d]`` batch.
+        pool: ``[p, d]`` extra candidates (recent rows) or None.
+
+    Returns:
+        ``[n]`` int64 column in ``cat([x, pool])`` (never the row itself).
+    """
+    cand = x if pool is None or pool.shape[0] == 0 else torch.cat([x, pool])
+    sims = x @ cand.T
+    sims.fill_diagonal_(float("-inf"))
+    return sims.argmax(dim=1)
+
+
+@dataclass
+class LossTerms:
+    """One batch's loss: the weighted total plus each (unweighted) term, and the top-k codes."""
+
+    total: torch.Tensor
+    reconstruction_loss_k: torch.Tensor
+    reconstruction_loss_4k: torch.Tensor
+    auxiliary_loss: torch.Tensor
+    contrastive_loss: torch.Tensor
+    indices: torch.Tensor
+    values: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        """The scalar terms as Python floats (one device sync)."""
+        vals = torch.stack(
+            [
+                self.total.detach(),
+                self.reconstruction_loss_k.detach(),
+                self.reconstruction_loss_4k.detach(),
+                self.auxiliary_loss.detach(),
+                self.contrastive_loss.detach(),
+            ]
+        ).tolist()
+        names = ("loss", "reconstruction_loss_k", "reconstruction_loss_4k", "auxiliary_loss", "contrastive_loss")
+        return dict(zip(names, vals))
+
+
+def reconstruction_terms(
+    model: CSREncoder, x: torch.Tensor, k: int, k_aux: int, with_aux: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L(k), L(4k) and L_aux for a preprocessed batch ``x [n, input_dim]``.
+
+    The 4k pass uses the FULL pre-activations (sentence-transformers' CSRLoss uses the dead-masked
+    ones, which is a bug). One ``topk(4k)`` serves both passes: its first k slots are the top k.
+
+    Returns:
+        ``(recon_k, recon_4k, aux, indices_k [n, k], values_k [n, k])``.
+    """
+    h = model.config.hidden_dim
+    k4 = min(4 * k, h)
+    pre = model.pre_activations(x)
+    vals4, idx4 = pre.topk(k4, dim=1)
+    vals4 = F.relu(vals4)
+    idx_k, vals_k = idx4[:, :k], vals4[:, :k]
+    x_hat_k = model.decode_sparse(idx_k, vals_k)
+    # L(k) = ||x - x_hat_k||^2 / ||x - mean(x)||^2
+    recon_k = normalized_mse(x_hat_k, x)
+    # L(4k) = ||x - x_hat_4k||^2 / ||x - mean(x)||^2  (a denser code keeps the dictionary useful for larger k)
+    recon_4k = normalized_mse(model.decode_sparse(idx4, vals4), x) if k4 > k else recon_k.detach()
+    aux = (
+        auxiliary_loss(model, pre, (x - x_hat_k).detach(), k_aux) if with_aux else pre.new_zeros(())
+    )
+    return recon_k, recon_4k, aux, idx_k, vals_k
+
+
+@torch.no_grad()
+def update_dead_counts_(model: CSREncoder, indices: torch.Tensor, values: torch.Tensor) -> None:
+    """Count ROWS since each latent last fired (a positive top-k activation) — not forward calls."""
+    fired = torch.zeros(model.config.hidden_dim, dtype=torch.bool, device=indices.device)
+    fired[indices[values > 0]] = True
+    model.rows_since_fired.add_(indices.shape[0])
+    model.rows_since_fired.masked_fill_(fired, 0)

@@ -1,0 +1,339 @@
+"""`CSREncoder`: the CSR sparse autoencoder (arXiv 2503.01776) that turns dense embeddings into k-sparse codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+from torch import nn
+
+from csr_vdb.config import CSRConfig
+from csr_vdb.errors import DataError, ModelError
+from csr_vdb.fileutil import atomic_write_bytes, atomic_write_json, sha256_file
+from csr_vdb.sparse import SparseVectors
+from csr_vdb.validation import check_dense
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+"""Version of the saved folder layout (config.json ``format_version``)."""
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+REPORT_FILE = "training_report.json"
+MIN_ACTIVATION = 1e-6
+"""Value given to a row's largest latent when TopK leaves no positive activation (Milvus rejects empty
+sparse vectors, and a code must never be all zero)."""
+
+_TENSOR_NAMES = ("W_enc", "W_dec", "b_enc", "b_pre")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" -> CUDA when present, else CPU; anything else as given.
+
+    Raises:
+        ModelError: CUDA requested but not available.
+    """
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' requested but CUDA is not available")
+    return dev
+
+
+class CSREncoder(nn.Module):
+    """Contrastive Sparse Representation encoder (Wen et al., "Beyond Matryoshka", arXiv 2503.01776).
+
+    ``z = ReLU(TopK_k(W_enc (x - b_pre) + b_enc))`` and ``x_hat = W_dec^T z + b_pre``.
+
+    Parameters (all float32):
+        W_enc: ``[hidden_dim, input_dim]`` encoder.
+        W_dec: ``[hidden_dim, input_dim]`` decoder; row j is latent j's dictionary atom (unit norm,
+            kept so by `normalize_decoder_`). Stored row-major so that sparse decoding is a gather.
+        b_enc: ``[hidden_dim]`` encoder bias (zero at init).
+        b_pre: ``[input_dim]`` pre-encoder bias, subtracted before encoding and added after decoding
+            (initialised to the data mean by the trainer).
+
+    At init the weights are tied (``W_enc == W_dec``) with unit-norm random atoms.
+
+    Args:
+        config: the encoder's shape and behaviour.
+        device: "auto"/None (CUDA when present), "cpu", "cuda", or a torch device.
+    """
+
+    def __init__(self, config: CSRConfig, device: str | torch.device | None = None) -> None:
+        super().__init__()
+        self.config = config
+        d, h = config.input_dim, config.hidden_dim
+        w = torch.randn(h, d)
+        w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_dec = nn.Parameter(w.clone())
+        self.W_enc = nn.Parameter(w.clone())
+        self.b_enc = nn.Parameter(torch.zeros(h))
+        self.b_pre = nn.Parameter(torch.zeros(d))
+        # rows seen since each latent last fired; training state only, never saved
+        self.register_buffer("rows_since_fired", torch.zeros(h, dtype=torch.long), persistent=False)
+        self.training_report: dict[str, Any] | None = None
+        self.to(resolve_device(device))
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def device(self) -> torch.device:
+        """Device holding the weights."""
+        return self.W_enc.device
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale every decoder atom (row of ``W_dec``) to unit L2 norm, in place."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def dead_mask(self) -> torch.Tensor:
+        """``[hidden_dim]`` bool: latents silent for more than ``dead_threshold`` training rows."""
+        return self.rows_since_fired > self.config.dead_threshold
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Input normalisation (``normalize="l2"``): ``[n, input_dim]`` -> ``[n, input_dim]``."""
+        if self.config.normalize == "l2":
+            return F.normalize(x, dim=1)
+        return x
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """``W_enc (x - b_pre) + b_enc`` for preprocessed ``x [n, input_dim]`` -> ``[n, hidden_dim]``."""
+        # folding b_pre into the bias (b_enc - W_enc b_pre) keeps its gradient a cheap matvec instead of
+        # a full [n, hidden_dim] x [hidden_dim, input_dim] product through the input
+        return F.linear(x, self.W_enc, self.b_enc - self.W_enc @ self.b_pre)
+
+    def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """``x_hat = sum_j values[:, j] * W_dec[indices[:, j]] (+ b_pre)``.
+
+        Args:
+            indices: ``[n, w]`` int64 latent ids.
+            values: ``[n, w]`` activations (0 = padding).
+            bias: add ``b_pre`` (False for the auxiliary residual reconstruction).
+
+        Returns:
+            ``[n, input_dim]`` reconstruction.
+        """
+        # embedding_bag = gather + weighted sum: n*w*d work instead of a dense n*h*d matmul
+        out = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
+        return out + self.b_pre if bias else out
+
+    def forward(self, x: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode and reconstruct a preprocessed batch (differentiable; used for training).
+
+        Args:
+            x: ``[n, input_dim]`` preprocessed input.
+            k: active latents (default ``config.k``).
+
+        Returns:
+            ``(indices [n, k], values [n, k] >= 0, x_hat [n, input_dim])``.
+        """
+        k = k or self.config.k
+        vals, idx = self.pre_activations(x).topk(k, dim=1)
+        vals = F.relu(vals)
+        return idx, vals, self.decode_sparse(idx, vals)
+
+    # --------------------------------------------------------------- inference
+    def _as_tensor(self, x: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().to("cpu", torch.float32).numpy()
+        arr = check_dense(x, dim=self.config.input_dim, what=what)
+        return torch.from_numpy(arr).to(self.device)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        x: np.ndarray | torch.Tensor,
+        k: int | None = None,
+        kind: Literal["doc", "query"] = "doc",
+        batch_size: int = 8192,
+    ) -> SparseVectors:
+        """Sparse codes of dense embeddings.
+
+        Every row gets at most ``k`` strictly positive values and at least one: when TopK leaves no
+        positive activation the largest pre-activation is kept as `MIN_ACTIVATION` (documented
+        deviation from the paper's ReLU, because databases reject empty sparse vectors).
+
+        Args:
+            x: ``[n, input_dim]`` (or ``[input_dim]``) float16/32/64 numpy array or torch tensor.
+            k: active latents; default ``config.k`` for documents, ``config.query_k`` for queries.
+            kind: "doc" or "query" (selects the default k).
+            batch_size: rows per forward pass.
+
+        Returns:
+            `SparseVectors` ``[n, k]`` over ``hidden_dim``; slots sorted by value, padding (value 0,
+            index 0) after the live entries. With ``normalize_codes`` each row has unit L2 norm.
+
+        Raises:
+            DataError: wrong dimension, NaN/inf or all-zero rows (named by row position), empty input,
+                or ``k`` outside ``1..hidden_dim``.
+        """
+        if kind not in ("doc", "query"):
+            raise DataError(f"kind must be 'doc' or 'query', got {kind!r}")
+        if k is None:
+            k = self.config.k if kind == "doc" else self.config.query_k
+        if not 1 <= int(k) <= self.config.hidden_dim:
+            raise DataError(f"k must be in 1..{self.config.hidden_dim}, got {k}")
+        k = int(k)
+        t = self._as_tensor(x, "queries" if kind == "query" else "vectors")
+        was_training = self.training
+        self.eval()
+        idx_parts, val_parts = [], []
+        try:
+            for start in range(0, t.shape[0], max(1, int(batch_size))):
+                xb = self.preprocess(t[start : start + batch_size])
+                vals, idx = self.pre_activations(xb).topk(k, dim=1)
+                # never an all-zero code: keep the largest pre-activation as a tiny positive value
+                vals[:, 0] = torch.where(vals[:, 0] > 0, vals[:, 0], torch.full_like(vals[:, 0], MIN_ACTIVATION))
+                vals = F.relu(vals)
+                if self.config.normalize_codes:
+                    vals = vals / vals.norm(dim=1, keepdim=True)
+                idx = torch.where(vals > 0, idx, torch.zeros_like(idx))
+                idx_parts.append(idx.cpu())
+                val_parts.append(vals.cpu())
+        finally:
+            self.train(was_training)
+        return SparseVectors(
+            torch.cat(idx_parts).numpy(), torch.cat(val_parts).numpy(), self.config.hidden_dim
+        )
+
+    def encode_queries(self, x: np.ndarray | torch.Tensor, k: int | None = None, batch_size: int = 8192) -> SparseVectors:
+        """`encode` with ``kind="query"``: uses ``config.k_query`` (asymmetric k) unless ``k`` is given."""
+        return self.encode(x, k=k, kind="query", batch_size=batch_size)
+
+    @torch.no_grad()
+    def decode(self, sparse: SparseVectors, batch_size: int = 8192) -> np.ndarray:
+        """Reconstruct embeddings from codes: ``[n, input_dim]`` float32.
+
+        The result approximates the *preprocessed* input (unit-norm with ``normalize="l2"``). Codes made
+        with ``normalize_codes`` have lost their scale, so their reconstruction is scaled too.
+
+        Raises:
+            DataError: the codes are over another dimension than ``hidden_dim``.
+        """
+        if sparse.dim != self.config.hidden_dim:
+            raise DataError(f"codes have dimension {sparse.dim}, the encoder has hidden_dim {self.config.hidden_dim}")
+        problems = sparse.invalid_rows(allow_empty=True)
+        problems.pop("duplicate index", None)  # duplicates simply add up, as in to_dense
+        if problems:
+            sparse.validate(allow_empty=True)
+        out = []
+        for start in range(0, len(sparse), max(1, int(batch_size))):
+            idx = torch.from_numpy(sparse.indices[start : start + batch_size]).to(self.device)
+            val = torch.from_numpy(sparse.values[start : start + batch_size]).to(self.device)
+            idx = torch.where(val != 0, idx, torch.zeros_like(idx))
+            out.append(self.decode_sparse(idx, val).cpu())
+        if not out:
+            return np.zeros((0, self.config.input_dim), np.float32)
+        return torch.cat(out).numpy()
+
+    # ------------------------------------------------------------- persistence
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` (+ ``training_report.json`` when trained).
+
+        ``config.json`` holds the `CSRConfig`, the format version and the sha256 of the weights file.
+        No pickle anywhere; both files are written atomically.
+
+        Returns:
+            The folder path.
+        """
+        from safetensors.torch import save as st_save
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {n: getattr(self, n).detach().to("cpu", torch.float32).contiguous() for n in _TENSOR_NAMES}
+        atomic_write_bytes(out / WEIGHTS_FILE, st_save(tensors, metadata={"format": "pt", "library": "csr-vdb"}))
+        meta = {
+            "library": "csr-vdb",
+            "format_version": FORMAT_VERSION,
+            "architecture": "CSREncoder",
+            "csr_config": self.config.model_dump(mode="json"),
+            "weights_sha256": sha256_file(out / WEIGHTS_FILE),
+            "tensors": {n: list(t.shape) for n, t in tensors.items()},
+        }
+        atomic_write_json(out / CONFIG_FILE, meta)
+        if self.training_report is not None:
+            atomic_write_json(out / REPORT_FILE, self.training_report)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None) -> CSREncoder:
+        """Load a folder written by `save`, verifying format, checksum and tensor shapes.
+
+        Raises:
+            ModelError: missing folder/file, corrupt JSON, unknown format, invalid config, checksum
+                mismatch, truncated/corrupt safetensors, missing tensors or shapes that do not fit.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        root = Path(directory)
+        if not root.is_dir():
+            raise ModelError(f"model folder not found: {root}")
+        cfg_path, w_path = root / CONFIG_FILE, root / WEIGHTS_FILE
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise ModelError(f"model file missing: {p}")
+        try:
+            meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"corrupt model config {cfg_path}: {exc}") from exc
+        if not isinstance(meta, dict) or "csr_config" not in meta:
+            raise ModelError(f"{cfg_path} is not a csr-vdb model config (no 'csr_config')")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ModelError(
+                f"{cfg_path} has format_version {meta.get('format_version')!r}; this csr-vdb reads {FORMAT_VERSION}"
+            )
+        try:
+            config = CSRConfig(**meta["csr_config"])
+        except (ValidationError, TypeError) as exc:
+            first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            raise ModelError(f"invalid model config in {cfg_path}: {first}") from exc
+        expected = meta.get("weights_sha256")
+        actual = sha256_file(w_path)
+        if expected != actual:
+            raise ModelError(f"checksum mismatch for {w_path}: config.json records {expected}, file has {actual}")
+        try:
+            tensors = load_file(str(w_path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"corrupt or truncated weights file {w_path}: {exc}") from exc
+        shapes = {
+            "W_enc": (config.hidden_dim, config.input_dim),
+            "W_dec": (config.hidden_dim, config.input_dim),
+            "b_enc": (config.hidden_dim,),
+            "b_pre": (config.input_dim,),
+        }
+        for name, shape in shapes.items():
+            if name not in tensors:
+                raise ModelError(f"weights file {w_path} has no tensor {name!r}")
+            if tuple(tensors[name].shape) != shape:
+                raise ModelError(
+                    f"tensor {name} in {w_path} has shape {tuple(tensors[name].shape)}, config needs {shape}"
+                )
+            if not torch.isfinite(tensors[name]).all():
+                raise ModelError(f"tensor {name} in {w_path} holds NaN or inf")
+        enc = cls(config, device="cpu")
+        with torch.no_grad():
+            for name in _TENSOR_NAMES:
+                getattr(enc, name).copy_(tensors[name].to(torch.float32))
+        report_path = root / REPORT_FILE
+        if report_path.is_file():
+            try:
+                enc.training_report = json.loads(report_path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                logger.warning("ignoring unreadable %s", report_path)
+        enc.to(resolve_device(device))
+        enc.eval()
+        return enc
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"input_dim={c.input_dim}, hidden_dim={c.hidden_dim}, k={c.k}, k_query={c.query_k}"

@@ -1,0 +1,772 @@
+"""Streaming trainer for `CSREncoder`: embedding sources (arrays, .npy memmaps, iterators) and `train_encoder`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import mmap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from csr_vdb.config import CSRConfig, TrainConfig
+from csr_vdb.errors import ConfigError, DataError, describe_rows
+from csr_vdb.losses import (
+    code_similarity,
+    dense_codes,
+    info_nce,
+    nearest_neighbors,
+    reconstruction_terms,
+    supcon_loss,
+    update_dead_counts_,
+)
+from csr_vdb.model import CSREncoder, resolve_device
+from csr_vdb.validation import invalid_dense_rows
+
+logger = logging.getLogger(__name__)
+
+Batch = np.ndarray | torch.Tensor | tuple[np.ndarray, np.ndarray]
+ProgressCallback = Callable[[int, int | None, dict[str, float]], None]
+
+FINGERPRINT_ROWS = 1024
+"""Rows (in source order) hashed into the data fingerprint."""
+
+
+# ----------------------------------------------------------------------------- sources
+@runtime_checkable
+class EmbeddingSource(Protocol):
+    """A re-iterable stream of dense embeddings, read once per epoch.
+
+    Attributes:
+        dim: embedding dimension.
+        n_rows: number of rows, or None when unknown (a database stream).
+
+    ``batches`` yields ``[m, dim]`` float arrays (numpy or torch), or ``(vectors, labels)`` tuples
+    when the source carries labels (``positives="labels"``). Batches may be smaller than
+    ``batch_size`` (the last one). Sources validate rows as they read them and raise `DataError`
+    naming the offending rows.
+    """
+
+    dim: int
+    n_rows: int | None
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> Iterator[Batch]: ...
+
+
+def _check_rows(x: np.ndarray, offset: np.ndarray | int, what: str) -> None:
+    """Raise DataError naming source rows (``offset`` + position, or explicit row numbers)."""
+    problems = invalid_dense_rows(x)
+    if not problems:
+        return
+    reason, rows = next(iter(problems.items()))
+    if isinstance(offset, np.ndarray):
+        names = [int(offset[r]) for r in rows]
+    else:
+        names = [int(offset) + r for r in rows]
+    raise DataError(f"{what} contain {reason} at rows {describe_rows(names)}", names)
+
+
+class ArraySource:
+    """An in-memory ``[n, dim]`` array (optionally with ``[n]`` labels), reshuffled every epoch.
+
+    Args:
+        x: ``[n, dim]`` float16/32/64 numpy array (kept as given; batches are cast to float32).
+        labels: ``[n]`` integer labels for ``positives="labels"``.
+
+    Raises:
+        DataError: empty input, not 2-D, NaN/inf or all-zero rows (named), labels of another length.
+    """
+
+    def __init__(self, x: np.ndarray, labels: np.ndarray | None = None) -> None:
+        arr = np.asarray(x)
+        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise DataError(f"training vectors must be a non-empty 2-D array, got shape {arr.shape}")
+        for start in range(0, arr.shape[0], 65536):
+            _check_rows(np.asarray(arr[start : start + 65536], dtype=np.float32), start, "training vectors")
+        self._x = arr
+        self._labels = None
+        if labels is not None:
+            lab = np.asarray(labels)
+            if lab.shape != (arr.shape[0],):
+                raise DataError(f"labels must have shape ({arr.shape[0]},), got {lab.shape}")
+            self._labels = lab.astype(np.int64)
+        self.dim = int(arr.shape[1])
+        self.n_rows: int | None = int(arr.shape[0])
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> Iterator[Batch]:
+        n = self._x.shape[0]
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else None
+        for start in range(0, n, batch_size):
+            sel = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
+            xb = np.asarray(self._x[sel], dtype=np.float32)
+            yield (xb, self._labels[sel]) if self._labels is not None else xb
+
+
+class NpySource:
+    """A ``.npy`` file ``[n, dim]`` (float16/32/64) streamed through a read-only memmap.
+
+    The file is never loaded whole: each epoch reads contiguous blocks of ``block_rows`` rows in a
+    random order, ``buffer_blocks`` at a time, shuffles the rows inside that buffer, and tells the
+    kernel it may drop the pages already read (so the resident set stays at the buffer size even for
+    a file larger than RAM).
+
+    Args:
+        path: the ``.npy`` file.
+        block_rows: rows per contiguous read.
+        buffer_blocks: blocks mixed together before batches are cut.
+
+    Raises:
+        DataError: missing/unreadable file, not a 2-D float array; bad rows while streaming.
+    """
+
+    def __init__(self, path: str | Path, block_rows: int = 8192, buffer_blocks: int = 8) -> None:
+        self.path = Path(path)
+        try:
+            arr = np.load(self.path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read embeddings file {self.path}: {exc}") from exc
+        if arr.ndim != 2 or arr.shape[0] == 0 or arr.dtype.kind != "f":
+            raise DataError(f"{self.path} must hold a non-empty 2-D float array, got {arr.dtype} {arr.shape}")
+        self._arr = arr
+        self.dim = int(arr.shape[1])
+        self.n_rows: int | None = int(arr.shape[0])
+        self.block_rows = max(1, int(block_rows))
+        self.buffer_blocks = max(1, int(buffer_blocks))
+
+    def _release(self, start: int, stop: int) -> None:
+        """Drop the mapped pages of rows [start, stop) from this process's resident set."""
+        mm = getattr(self._arr, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        row_bytes = self._arr.dtype.itemsize * self.dim
+        base = self._arr.offset
+        lo = (base + start * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        hi = base + stop * row_bytes
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):  # pragma: no cover - best effort only
+            pass
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        block = np.array(self._arr[start:stop], dtype=np.float32)
+        self._release(start, stop)
+        _check_rows(block, start, f"embeddings in {self.path.name}")
+        return block
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> Iterator[Batch]:
+        n = self._arr.shape[0]
+        starts = np.arange(0, n, self.block_rows)
+        rng = np.random.default_rng([seed, epoch])
+        if shuffle:
+            starts = rng.permutation(starts)
+        carry = np.zeros((0, self.dim), np.float32)
+        per = self.buffer_blocks if shuffle else 1
+        for g in range(0, len(starts), per):
+            parts = [carry] + [self._read(int(s), min(int(s) + self.block_rows, n)) for s in starts[g : g + per]]
+            buf = np.concatenate(parts)
+            if shuffle:
+                buf = buf[rng.permutation(buf.shape[0])]
+            full = buf.shape[0] // batch_size * batch_size
+            for start in range(0, full, batch_size):
+                yield buf[start : start + batch_size]
+            carry = buf[full:]
+        if carry.shape[0]:
+            yield carry
+
+
+class IteratorSource:
+    """A stream re-created every epoch by ``factory()`` (e.g. pages read from a database).
+
+    Incoming arrays of any size are re-cut into batches; with ``shuffle`` rows are mixed inside a
+    buffer of ``shuffle_buffer`` rows (an approximate shuffle that needs no random access).
+
+    Args:
+        factory: returns a fresh iterator of ``[m, dim]`` arrays.
+        dim: embedding dimension.
+        n_rows: total rows if known (lets the trainer plan steps and k-annealing).
+        shuffle_buffer: rows mixed together when shuffling.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], Iterator[np.ndarray]],
+        dim: int,
+        n_rows: int | None = None,
+        shuffle_buffer: int = 65536,
+    ) -> None:
+        if dim <= 0:
+            raise DataError(f"dim must be positive, got {dim}")
+        self._factory = factory
+        self.dim = int(dim)
+        self.n_rows = n_rows
+        self.shuffle_buffer = max(1, int(shuffle_buffer))
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> Iterator[Batch]:
+        rng = np.random.default_rng([seed, epoch])
+        limit = max(self.shuffle_buffer, batch_size) if shuffle else batch_size
+        parts: list[np.ndarray] = []
+        held = 0
+        seen = 0
+        for chunk in self._factory():
+            if isinstance(chunk, torch.Tensor):
+                chunk = chunk.detach().cpu().numpy()
+            arr = np.asarray(chunk, dtype=np.float32)
+            if arr.ndim == 1:
+                arr = arr[None, :]
+            if arr.ndim != 2 or arr.shape[1] != self.dim:
+                raise DataError(f"stream yielded an array of shape {arr.shape}, expected [m, {self.dim}]")
+            _check_rows(arr, seen, "streamed vectors")
+            seen += arr.shape[0]
+            parts.append(arr)
+            held += arr.shape[0]
+            if held >= limit:
+                buf = np.concatenate(parts)
+                if shuffle:
+                    buf = buf[rng.permutation(buf.shape[0])]
+                full = buf.shape[0] // batch_size * batch_size
+                for start in range(0, full, batch_size):
+                    yield buf[start : start + batch_size]
+                parts, held = [buf[full:]], buf.shape[0] - full
+        if held:
+            buf = np.concatenate(parts)
+            if shuffle:
+                buf = buf[rng.permutation(buf.shape[0])]
+            for start in range(0, buf.shape[0], batch_size):
+                yield buf[start : start + batch_size]
+
+
+# ------------------------------------------------------------------------------ helpers
+def k_schedule(step: int, total_steps: int | None, k: int, k_start: int | None, anneal_fraction: float = 0.7) -> int:
+    """CSRv2 k-annealing: ``k_t = round(k0 (1 - p) + k p)`` with ``p = min(1, step / (f * total))``.
+
+    Returns ``k`` when annealing is off (``k_start`` None). With an unknown total (a stream of
+    unknown length, first epoch) ``p`` is 0.
+    """
+    if k_start is None:
+        return k
+    if not total_steps:
+        return k_start
+    p = min(1.0, step / (anneal_fraction * total_steps))
+    return int(round(k_start * (1 - p) + k * p))
+
+
+def holdout_mask(x: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """``[n]`` bool: rows held out for validation, decided by the row's content (order-independent).
+
+    A stream may be re-read in another order every epoch, so the split hashes each row's values
+    (a random projection's fractional digits): the same row always lands on the same side.
+    """
+    if fraction <= 0:
+        return np.zeros(x.shape[0], dtype=bool)
+    r = np.random.default_rng([seed, 7919]).standard_normal(x.shape[1])
+    u = np.modf(np.abs(x.astype(np.float64) @ r) * 1e6)[0]
+    return u < fraction
+
+
+def data_fingerprint(first_rows: np.ndarray, n_rows: int, dim: int) -> str:
+    """sha256 of the first rows (float32 bytes, source order) + row count + dim."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(first_rows, dtype=np.float32).tobytes())
+    h.update(f"|n={n_rows}|dim={dim}".encode())
+    return h.hexdigest()
+
+
+def _split(batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+    if isinstance(batch, tuple):
+        x, y = batch
+        return _as_np(x), np.asarray(y)
+    return _as_np(batch), None
+
+
+def _as_np(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float32).numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+@dataclass
+class TrainResult:
+    """What `train_encoder` returns: the trained encoder and its training report."""
+
+    encoder: CSREncoder
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: str | Path) -> Path:
+        """Save the encoder (and ``training_report.json``) to ``directory``."""
+        self.encoder.training_report = self.report
+        return self.encoder.save(directory)
+
+
+class _Contrastive:
+    """Builds the contrastive term for one batch according to ``TrainConfig.positives``."""
+
+    def __init__(
+        self,
+        model: CSREncoder,
+        train: TrainConfig,
+        pairs: tuple[torch.Tensor, torch.Tensor] | None,
+        generator: torch.Generator,
+    ) -> None:
+        self.model = model
+        self.train = train
+        self.mode = train.positives if train.gamma > 0 else "none"
+        self.cosine = (
+            train.similarity == "cosine"
+            if train.similarity is not None
+            else model.config.normalize_codes
+        )
+        self.pairs = pairs
+        self.gen = generator
+        self.pool: torch.Tensor | None = None
+
+    def codes(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Dense-layout top-k codes ``[n, hidden_dim]`` of preprocessed rows (differentiable)."""
+        vals, idx = self.model.pre_activations(x).topk(k, dim=1)
+        return dense_codes(idx, F.relu(vals), self.model.config.hidden_dim)
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        idx: torch.Tensor,
+        vals: torch.Tensor,
+        labels: torch.Tensor | None,
+        k: int,
+        kq: int,
+        pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+        update_pool: bool = True,
+    ) -> torch.Tensor:
+        mode = self.mode
+        if mode == "none":
+            return x.new_zeros(())
+        t = self.train.temperature
+        h = self.model.config.hidden_dim
+        if mode == "pairs":
+            if pairs is None:
+                return x.new_zeros(())
+            q, d = pairs
+            zq, zd = self.codes(q, kq), self.codes(d, k)
+            logits = code_similarity(zq, zd, self.cosine) / t
+            # in-batch negatives: query i's positive is doc i, every other doc is a negative
+            return info_nce(logits, torch.arange(q.shape[0], device=q.device))
+        z = dense_codes(idx, vals, h)
+        if mode == "labels":
+            if labels is None:
+                raise ConfigError("positives='labels' needs a source with labels, e.g. ArraySource(x, labels)")
+            return supcon_loss(code_similarity(z, z, self.cosine) / t, labels)
+        if mode == "noise":
+            n, dim = x.shape
+            noise = torch.randn(n, dim, generator=self.gen, device="cpu").to(x.device)
+            keep = (torch.rand(n, dim, generator=self.gen, device="cpu") > 0.1).to(x.device)
+            view = self.model.preprocess((x + noise * (self.train.noise_std / math.sqrt(dim))) * keep / 0.9)
+            logits = code_similarity(z, self.codes(view, k), self.cosine) / t
+            return info_nce(logits, torch.arange(n, device=x.device))
+        # "neighbors": each row's dense nearest neighbour (in the batch or the pool of recent rows)
+        n = x.shape[0]
+        # validation (update_pool=False) mines inside its own batch only, so it does not depend on training state
+        pool = self.pool if self.train.neighbor_pool > 0 and update_pool else None
+        nn_idx = nearest_neighbors(x, pool)
+        cand = z
+        targets = nn_idx
+        if pool is not None and pool.shape[0]:
+            from_pool = nn_idx >= n
+            if from_pool.any():
+                uniq, inv = torch.unique(nn_idx[from_pool] - n, return_inverse=True)
+                cand = torch.cat([z, self.codes(pool[uniq], k)])
+                targets = nn_idx.clone()
+                targets[from_pool] = n + inv
+        if update_pool and self.train.neighbor_pool > 0:
+            fresh = x.detach()
+            self.pool = fresh if self.pool is None else torch.cat([fresh, self.pool])[: self.train.neighbor_pool]
+            self.pool = self.pool[: self.train.neighbor_pool]
+        logits = code_similarity(z, cand, self.cosine) / t
+        return info_nce(logits, targets, self_mask=True)
+
+
+@torch.no_grad()
+def _remove_parallel_decoder_grad_(model: CSREncoder) -> None:
+    """Project out the gradient component along each unit-norm decoder atom (it would only change
+    the norm, which `normalize_decoder_` undoes anyway; after Gao et al. 2024)."""
+    g = model.W_dec.grad
+    if g is None:
+        return
+    w = model.W_dec
+    g.sub_((g * w).sum(dim=1, keepdim=True) * w)
+
+
+# ------------------------------------------------------------------------------ trainer
+def train_encoder(
+    source: EmbeddingSource | np.ndarray,
+    config: CSRConfig,
+    train: TrainConfig | None = None,
+    progress: ProgressCallback | None = None,
+    val_source: EmbeddingSource | np.ndarray | None = None,
+    *,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+) -> TrainResult:
+    """Train a `CSREncoder` on a stream of embeddings (arXiv 2503.01776, with CSRv2 k-annealing).
+
+    Loss per step: ``L(k) + L(4k)/8 + beta_aux * L_aux + gamma * L_contrastive`` (see
+    `csr_vdb.losses`). Adam; decoder atoms re-normalised after every step; ``b_pre`` initialised to
+    the mean of the first ``init_rows`` rows; dead latents counted in rows. Validation rows are
+    held out of the stream by content hash (or taken from ``val_source``); training stops early after
+    ``patience`` evaluations without improvement and returns the best weights.
+
+    Args:
+        source: an `EmbeddingSource` (or a plain ``[n, input_dim]`` array).
+        config: the encoder's shape; ``data_fingerprint`` is filled in.
+        train: training settings (defaults when None).
+        progress: called as ``progress(step, total_steps or None, metrics)`` every ``log_every``
+            steps and after each evaluation.
+        val_source: explicit validation rows (then nothing is held out of ``source``).
+        pairs: ``(queries [m, input_dim], docs [m, input_dim])`` for ``positives="pairs"``.
+
+    Returns:
+        `TrainResult` with the encoder (in eval mode) and the report (also kept as
+        ``encoder.training_report`` and saved by ``encoder.save``).
+
+    Raises:
+        ConfigError: dimension mismatch, k_start > hidden_dim/4, a positives mode without its data.
+        DataError: bad rows in the source, an empty source.
+    """
+    train = train or TrainConfig()
+    if isinstance(source, np.ndarray):
+        source = ArraySource(source)
+    if isinstance(val_source, np.ndarray):
+        val_source = ArraySource(val_source)
+    if source.dim != config.input_dim:
+        raise ConfigError(f"source has dimension {source.dim}, config.input_dim is {config.input_dim}")
+    if val_source is not None and val_source.dim != config.input_dim:
+        raise ConfigError(f"validation source has dimension {val_source.dim}, expected {config.input_dim}")
+    if train.k_start is not None and train.k_start > max(config.hidden_dim // 4, config.k):
+        raise ConfigError(f"k_start ({train.k_start}) must be <= hidden_dim/4 ({config.hidden_dim // 4})")
+    if train.positives == "pairs" and train.gamma > 0 and pairs is None:
+        raise ConfigError("positives='pairs' needs pairs=(queries, docs)")
+
+    old_threads = torch.get_num_threads()
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    try:
+        return _train(source, config, train, progress, val_source, pairs)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(
+    source: EmbeddingSource,
+    config: CSRConfig,
+    train: TrainConfig,
+    progress: ProgressCallback | None,
+    val_source: EmbeddingSource | None,
+    pairs_np: tuple[np.ndarray, np.ndarray] | None,
+) -> TrainResult:
+    t_start = time.perf_counter()
+    device = resolve_device(train.device)
+    torch.manual_seed(train.seed)
+    gen = torch.Generator().manual_seed(train.seed)
+    model = CSREncoder(config, device=device)
+    bs = train.batch_size
+    holdout = val_source is None and train.val_fraction > 0
+    val_fraction = train.val_fraction
+    if holdout and source.n_rows:
+        # never hold out far more rows than validation keeps
+        val_fraction = min(val_fraction, max(train.max_val_rows * 1.25 / source.n_rows, 1e-6))
+    hseed = train.seed
+
+    # ---- fingerprint (source order) and b_pre = data mean (shuffled rows, training side of the split)
+    head = []
+    got = 0
+    for b in source.batches(min(FINGERPRINT_ROWS, bs), shuffle=False, seed=train.seed, epoch=0):
+        xb, _ = _split(b)
+        head.append(xb[: FINGERPRINT_ROWS - got])
+        got += head[-1].shape[0]
+        if got >= FINGERPRINT_ROWS:
+            break
+    if not got:
+        raise DataError("the training source yielded no rows")
+    head_rows = np.concatenate(head)
+    acc = torch.zeros(config.input_dim, dtype=torch.float64)
+    cnt = 0
+    for b in source.batches(bs, shuffle=True, seed=train.seed, epoch=0):
+        xb, _ = _split(b)
+        if holdout:
+            xb = xb[~holdout_mask(xb, val_fraction, hseed)]
+        if xb.shape[0]:
+            acc += model.preprocess(torch.from_numpy(xb)).sum(0, dtype=torch.float64)
+            cnt += xb.shape[0]
+        if cnt >= train.init_rows:
+            break
+    if cnt == 0:
+        raise DataError("the training source has no rows left after the validation hold-out")
+    with torch.no_grad():
+        model.b_pre.copy_((acc / cnt).to(torch.float32))
+
+    pairs_t = None
+    val_pairs_t = None
+    if pairs_np is not None and train.positives == "pairs":
+        q = torch.from_numpy(np.asarray(pairs_np[0], dtype=np.float32))
+        d = torch.from_numpy(np.asarray(pairs_np[1], dtype=np.float32))
+        if q.ndim != 2 or q.shape != d.shape or q.shape[1] != config.input_dim or q.shape[0] < 2:
+            raise DataError(f"pairs must be two [m >= 2, {config.input_dim}] arrays, got {tuple(q.shape)} and {tuple(d.shape)}")
+        for name, arr in (("pair queries", q.numpy()), ("pair docs", d.numpy())):
+            _check_rows(arr, 0, name)
+        q, d = model.preprocess(q.to(device)), model.preprocess(d.to(device))
+        perm = torch.randperm(q.shape[0], generator=gen).to(device)
+        n_val_pairs = int(q.shape[0] * train.val_fraction) if q.shape[0] >= 50 else 0
+        if n_val_pairs >= 2:
+            val_pairs_t = (q[perm[:n_val_pairs]], d[perm[:n_val_pairs]])
+            q, d = q[perm[n_val_pairs:]], d[perm[n_val_pairs:]]
+        pairs_t = (q, d)
+
+    opt = torch.optim.Adam(model.parameters(), lr=train.lr, eps=train.eps, weight_decay=train.weight_decay)
+    contrast = _Contrastive(model, train, pairs_t, gen)
+    k_aux = min(config.k_aux, config.hidden_dim)
+    kq_target = config.query_k
+
+    n_train_est = None
+    if source.n_rows:
+        n_train_est = max(1, round(source.n_rows * (1 - (val_fraction if holdout else 0.0))))
+    total_steps = None
+    if n_train_est:
+        total_steps = train.epochs * math.ceil(n_train_est / bs)
+    if train.max_steps:
+        total_steps = min(total_steps, train.max_steps) if total_steps else train.max_steps
+
+    val_rows: list[np.ndarray] = []
+    val_labels: list[np.ndarray] = []
+    n_val_kept = 0
+    curves: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "step", "loss", "reconstruction_loss_k", "reconstruction_loss_4k",
+            "auxiliary_loss", "contrastive_loss", "k", "dead_fraction",
+        )
+    }
+    evals: list[dict[str, Any]] = []
+    epochs_info: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"val_loss": math.inf, "step": 0, "state": None}
+    bad_evals = 0
+    stop = False
+    stopped_early = False
+    step = 0
+    window = torch.zeros(5, dtype=torch.float64, device=device)
+    window_n = 0
+    rows_epoch0 = 0
+    train_rows_total = 0
+    model.train()
+
+    def evaluate(epoch: int) -> float | None:
+        nonlocal bad_evals, stopped_early
+        metrics = _validate(model, train, contrast, val_batches(), k_schedule(step, total_steps, config.k, train.k_start, train.anneal_fraction), kq_now(), val_pairs_t)
+        if metrics is None:
+            return None
+        metrics.update(step=step, epoch=epoch)
+        evals.append(metrics)
+        logger.info("step %d val_loss %.5f val_fvu %.4f", step, metrics["val_loss"], metrics["val_fvu"])
+        if progress is not None:
+            progress(step, total_steps, {f"{k}": float(v) for k, v in metrics.items()})
+        vl = metrics["val_loss"]
+        if vl < best["val_loss"] - train.min_delta * abs(best["val_loss"]) or best["state"] is None:
+            best.update(val_loss=vl, step=step, state={k: v.detach().clone() for k, v in model.state_dict().items()})
+            bad_evals = 0
+        else:
+            bad_evals += 1
+            if train.patience is not None and bad_evals >= train.patience:
+                stopped_early = True
+        return vl
+
+    def val_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        if val_source is not None:
+            for b in val_source.batches(bs, shuffle=False, seed=train.seed, epoch=0):
+                xb, yb = _split(b)
+                yield (
+                    model.preprocess(torch.from_numpy(xb).to(device)),
+                    torch.from_numpy(yb).to(device) if yb is not None else None,
+                )
+            return
+        if not val_rows:
+            return
+        xs = np.concatenate(val_rows)
+        ys = np.concatenate(val_labels) if val_labels else None
+        for start in range(0, xs.shape[0], bs):
+            yield (
+                model.preprocess(torch.from_numpy(xs[start : start + bs]).to(device)),
+                torch.from_numpy(ys[start : start + bs]).to(device) if ys is not None else None,
+            )
+
+    def kq_now() -> int:
+        return k_schedule(step, total_steps, kq_target, train.k_start, train.anneal_fraction) if train.k_start else kq_target
+
+    for epoch in range(train.epochs):
+        t_epoch = time.perf_counter()
+        rows_epoch = 0
+        steps_epoch = 0
+        for b in source.batches(bs, shuffle=True, seed=train.seed, epoch=epoch):
+            xb, yb = _split(b)
+            if xb.ndim != 2 or xb.shape[1] != config.input_dim:
+                raise DataError(f"source yielded a batch of shape {xb.shape}, expected [m, {config.input_dim}]")
+            if epoch == 0:
+                rows_epoch0 += xb.shape[0]
+            if holdout:
+                m = holdout_mask(xb, val_fraction, hseed)
+                if m.any():
+                    if epoch == 0 and n_val_kept < train.max_val_rows:
+                        take = np.flatnonzero(m)[: train.max_val_rows - n_val_kept]
+                        val_rows.append(xb[take])
+                        if yb is not None:
+                            val_labels.append(yb[take])
+                        n_val_kept += take.size
+                    xb = xb[~m]
+                    yb = yb[~m] if yb is not None else None
+            if xb.shape[0] < 2:
+                continue
+            x = model.preprocess(torch.from_numpy(xb).to(device, non_blocking=True))
+            labels = torch.from_numpy(yb).to(device) if yb is not None else None
+            k_t = k_schedule(step, total_steps, config.k, train.k_start, train.anneal_fraction)
+            kq_t = kq_now()
+            recon_k, recon_4k, aux, idx, vals = reconstruction_terms(model, x, k_t, k_aux)
+            pair_batch = None
+            if pairs_t is not None:
+                m_pairs = pairs_t[0].shape[0]
+                pb = min(train.pairs_batch_size or bs, m_pairs)
+                sel = torch.randperm(m_pairs, generator=gen)[:pb].to(device)
+                pair_batch = (pairs_t[0][sel], pairs_t[1][sel])
+            cl = contrast(x, idx, vals, labels, k_t, kq_t, pair_batch)
+            # total = L(k) + L(4k)/8 + beta * L_aux + gamma * L_contrastive
+            total = recon_k + recon_4k / 8 + train.beta_aux * aux + train.gamma * cl
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            _remove_parallel_decoder_grad_(model)
+            opt.step()
+            model.normalize_decoder_()
+            update_dead_counts_(model, idx, vals)
+            step += 1
+            steps_epoch += 1
+            rows_epoch += xb.shape[0]
+            window += torch.stack([total.detach(), recon_k.detach(), recon_4k.detach(), aux.detach(), cl.detach()]).double()
+            window_n += 1
+            if step % train.log_every == 0 or step == total_steps:
+                vals_w = (window / window_n).tolist()
+                dead = float(model.dead_mask().float().mean())
+                for name, v in zip(("loss", "reconstruction_loss_k", "reconstruction_loss_4k", "auxiliary_loss", "contrastive_loss"), vals_w):
+                    curves[name].append(v)
+                curves["step"].append(step)
+                curves["k"].append(k_t)
+                curves["dead_fraction"].append(dead)
+                window.zero_()
+                window_n = 0
+                if progress is not None:
+                    progress(step, total_steps, {"loss": vals_w[0], "fvu": vals_w[1], "k": k_t, "dead_fraction": dead, "epoch": epoch})
+            if train.eval_every and step % train.eval_every == 0:
+                evaluate(epoch)
+                model.train()
+                if stopped_early:
+                    stop = True
+            if train.max_steps and step >= train.max_steps:
+                stop = True
+            if stop:
+                break
+        train_rows_total += rows_epoch
+        secs = time.perf_counter() - t_epoch
+        epochs_info.append(
+            {"epoch": epoch, "rows": rows_epoch, "steps": steps_epoch, "seconds": round(secs, 4),
+             "rows_per_s": round(rows_epoch / secs, 1) if secs > 0 else None}
+        )
+        if epoch == 0 and steps_epoch == 0:
+            raise DataError("the training source yielded no usable rows (all held out or fewer than 2)")
+        if epoch == 0 and total_steps is None:
+            # a stream of unknown length: now we know the epoch size, plan the rest (k-annealing)
+            total_steps = train.epochs * steps_epoch
+        if not train.eval_every and not stop:
+            evaluate(epoch)
+            model.train()
+            if stopped_early:
+                stop = True
+        if stop:
+            break
+
+    if train.eval_every and (not evals or evals[-1]["step"] != step):
+        evaluate(epoch)
+    if train.restore_best and best["state"] is not None and best["step"] != step:
+        model.load_state_dict(best["state"])
+    model.eval()
+
+    n_rows = source.n_rows or rows_epoch0
+    fp = data_fingerprint(head_rows, n_rows, config.input_dim)
+    model.config = config.model_copy(update={"data_fingerprint": fp})
+    final = evals[-1] if evals else None
+    best_eval = next((e for e in evals if e["step"] == best["step"]), None) if evals else None
+    report: dict[str, Any] = {
+        "method": "CSR (arXiv 2503.01776) + CSRv2 k-annealing",
+        "config": model.config.model_dump(mode="json"),
+        "train_config": train.model_dump(mode="json"),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "n_rows": n_rows,
+        "train_rows_per_epoch": epochs_info[0]["rows"],
+        "val_rows": n_val_kept if holdout else None,
+        "val_fraction_used": val_fraction if holdout else 0.0,
+        "steps": step,
+        "total_steps_planned": total_steps,
+        "epochs_completed": len(epochs_info),
+        "stopped_early": stopped_early,
+        "best_step": best["step"] if best["state"] is not None else None,
+        "best_val_loss": best["val_loss"] if best["state"] is not None else None,
+        "restored_best": bool(train.restore_best and best["state"] is not None and best["step"] != step),
+        "final_fvu": (best_eval or final or {}).get("val_fvu", curves["reconstruction_loss_k"][-1] if curves["reconstruction_loss_k"] else None),
+        "final_dead_fraction": float(model.dead_mask().float().mean()),
+        "epochs": epochs_info,
+        "curves": curves,
+        "validation": evals,
+        "data_fingerprint": fp,
+        "seconds": round(time.perf_counter() - t_start, 3),
+    }
+    model.training_report = report
+    return TrainResult(model, report)
+
+
+@torch.no_grad()
+def _validate(
+    model: CSREncoder,
+    train: TrainConfig,
+    contrast: _Contrastive,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor | None]],
+    k: int,
+    kq: int,
+    val_pairs: tuple[torch.Tensor, torch.Tensor] | None,
+) -> dict[str, float] | None:
+    """Validation loss ``L(k) + L(4k)/8 + gamma * L_contrastive`` (no aux: it depends on training state)."""
+    was = model.training
+    model.eval()
+    sums = np.zeros(3)
+    rows = 0
+    try:
+        gen_state = contrast.gen.get_state()
+        contrast.gen.manual_seed(train.seed + 1)  # the same noise views at every evaluation
+        for x, y in batches:
+            n = x.shape[0]
+            if n < 2:
+                continue
+            rk, r4, _, idx, vals = reconstruction_terms(model, x, k, 0, with_aux=False)
+            if contrast.mode == "pairs" or (contrast.mode == "labels" and y is None):
+                cl = 0.0
+            else:
+                cl = float(contrast(x, idx, vals, y, k, kq, update_pool=False))
+            sums += np.array([float(rk), float(r4), cl]) * n
+            rows += n
+        contrast.gen.set_state(gen_state)
+        if rows == 0:
+            return None
+        rk, r4, cl = sums / rows
+        if contrast.mode == "pairs" and val_pairs is not None:
+            cl = float(contrast(val_pairs[0], None, None, None, k, kq, val_pairs, update_pool=False))  # type: ignore[arg-type]
+        loss = rk + r4 / 8 + train.gamma * cl
+        return {"val_loss": float(loss), "val_fvu": float(rk), "val_fvu_4k": float(r4), "val_contrastive": float(cl)}
+    finally:
+        model.train(was)
