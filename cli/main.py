@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -382,6 +384,11 @@ def demo(demo_store: str, demo_uri: str | None, out: str, limit: int, epochs: in
       csr-vdb demo --store milvus --out demo_out --limit 2000
     """
     from csr_vdb.cli.demo import render_demo, run_demo
+    from csr_vdb.cli.ui import quiet_client_loggers
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    quiet_client_loggers(debug)
 
     flags = {"store": demo_store, "uri": demo_uri, "token": None, "state_dir": None, "device": device,
              "config": None, "timeout": None}

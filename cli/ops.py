@@ -278,7 +278,7 @@ def train_model(
         t0 = time.perf_counter()
         result = train_encoder(source, cfg, tcfg, progress=train_progress)
         secs = time.perf_counter() - t0
-        result.encoder.save(model_dir)
+        result.save(model_dir)  # also writes training_report.json
     finally:
         if export_path is not None and not keep_export:
             for p in (export_path, _sibling(export_path, ".ids.txt"), _sibling(export_path, ".meta.json")):

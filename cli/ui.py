@@ -194,6 +194,14 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def quiet_client_loggers(debug: bool) -> None:
+    """Milvus Lite's embedded gRPC server logs tracebacks for calls it does not implement (and the
+    client retries differently); they are noise on a CLI's stderr unless --debug."""
+    if not debug:
+        for name in ("grpc._server", "grpc", "pymilvus", "milvus_lite"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add the global options to a command and hand it an `App` as first argument."""
 
@@ -207,6 +215,7 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             format="%(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        quiet_client_loggers(bool(flags["debug"]))
         app = App(flags=flags, json=bool(flags["json_out"]), debug=bool(flags["debug"]))
         try:
             return fn(app, **kwargs)

@@ -1,7 +1,8 @@
 """csr-vdb: Contrastive Sparse Representation (CSR) codes for vector databases.
 
 Public names are imported lazily (PEP 562), so ``import csr_vdb`` loads neither torch nor a
-database client nor sentence-transformers until one of them is used.
+database client nor sentence-transformers until one of them is used. Database access lives in
+`csr_vdb.adapters` (``open_store``), migrations in `csr_vdb.migrations`: the core never imports them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ _EXPORTS: dict[str, str] = {
     "TextEmbedder": "csr_vdb.text",
     "load_text_model": "csr_vdb.text",
     "evaluate_collection": "csr_vdb.collection_eval",
-    "open_store": "csr_vdb.adapters",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -55,7 +55,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers see the real symbols
-    from csr_vdb.adapters import open_store
     from csr_vdb.collection_eval import evaluate_collection
     from csr_vdb.config import CSRConfig, TrainConfig
     from csr_vdb.errors import (

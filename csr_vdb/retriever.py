@@ -153,13 +153,10 @@ class Retriever:
         by_id = {h.id: h for hs in hits for h in hs}
         cand = [[h.id for h in hs] for hs in hits]
         if self.has_dense:
-            ranked = self._rerank_dense(x, cand)
+            ranked = self._rerank_dense(x, cand, top_k)
         else:
-            ranked = self._rerank_sparse(codes, cand)
-        return [
-            [_with_score(by_id[i], s) for i, s in zip(list(ids)[:top_k], list(scores)[:top_k])]
-            for ids, scores in ranked
-        ]
+            ranked = self._rerank_sparse(codes, cand, top_k)
+        return [[_with_score(by_id[i], s) for i, s in zip(ids, scores)] for ids, scores in ranked]
 
     # ------------------------------------------------------------------ re-ranking
     def _get_reranker(self) -> Any:
@@ -172,7 +169,7 @@ class Retriever:
     def _unique(self, cand: list[list[Any]]) -> list[Any]:
         return list(dict.fromkeys(i for ids in cand for i in ids))
 
-    def _rerank_dense(self, x: np.ndarray, cand: list[list[Any]]) -> list[tuple[list[Any], list[float]]]:
+    def _rerank_dense(self, x: np.ndarray, cand: list[list[Any]], top_k: int) -> list[tuple[list[Any], list[float]]]:
         records = self.store.fetch(self.collection_name, self._unique(cand), with_dense=True)
         vectors = {r.id: np.asarray(r.dense, dtype=np.float32) for r in records if r.dense is not None}
         missing = [i for ids in cand for i in ids if i not in vectors]
@@ -189,18 +186,17 @@ class Retriever:
             # rank by -|q-d|^2 = 2 q.d - |d|^2 - |q|^2: one dot product of augmented vectors [q, 1].[2d, -|d|^2]
             q = np.hstack([x, np.ones((len(x), 1), np.float32)])
             vectors = {i: np.append(2 * v, -float(v @ v)).astype(np.float32) for i, v in vectors.items()}
-        ranked = self._get_reranker().rerank_dense(q, cand, vectors)
+        ranked = self._get_reranker().rerank_dense(q, cand, vectors, top_k=top_k)
         if metric == "l2":
             qn = (x * x).sum(axis=1)
             ranked = [(ids, [float(s) - float(qn[j]) for s in scores]) for j, (ids, scores) in enumerate(ranked)]
         return [(list(ids), [float(s) for s in scores]) for ids, scores in ranked]
 
-    def _rerank_sparse(self, codes: SparseVectors, cand: list[list[Any]]) -> list[tuple[list[Any], list[float]]]:
+    def _rerank_sparse(
+        self, codes: SparseVectors, cand: list[list[Any]], top_k: int
+    ) -> list[tuple[list[Any], list[float]]]:
         records = self.store.fetch(self.collection_name, self._unique(cand), with_sparse=True)
         lookup = {r.id: r.sparse for r in records if r.sparse is not None}
         cand = [[i for i in ids if i in lookup] for ids in cand]
-        ids_all = list(lookup)
-        doc_codes = SparseVectors.from_qdrant([lookup[i] for i in ids_all], codes.dim)
-        row = {i: n for n, i in enumerate(ids_all)}
-        ranked = self._get_reranker().rerank_sparse(codes, cand, lambda ids: doc_codes[[row[i] for i in ids]])
+        ranked = self._get_reranker().rerank_sparse(codes, cand, lookup, top_k=top_k)
         return [(list(ids), [float(s) for s in scores]) for ids, scores in ranked]

@@ -1,0 +1,169 @@
+"""Retriever: sparse search in the store + exact re-ranking, on the memory store and both embedded engines."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from csr_vdb.adapters import open_store
+from csr_vdb.adapters.base import Hit
+from csr_vdb.config import CSRConfig
+from csr_vdb.errors import ConfigError, DataError, StoreError
+from csr_vdb.model import CSREncoder
+from csr_vdb.retriever import Retriever
+from tests.helpers import clustered
+
+N, D = 240, 16
+KINDS = ["memory", "milvus", "qdrant-edge"]
+
+
+def _adapter_present(kind: str) -> bool:
+    mod = {"memory": "memory", "milvus": "milvus", "qdrant-edge": "qdrant_edge"}[kind]
+    try:
+        importlib.import_module(f"csr_vdb.adapters.{mod}")
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def encoder() -> CSREncoder:
+    torch.manual_seed(0)
+    return CSREncoder(CSRConfig(input_dim=D, hidden_dim=64, k=6), device="cpu")
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def world(request, tmp_path_factory, encoder):
+    """A dense source, a sparse target with dense kept, and a lean target (no dense)."""
+    kind = request.param
+    if not _adapter_present(kind):
+        pytest.skip(f"adapter {kind} not available")
+    root = tmp_path_factory.mktemp(kind.replace("-", "_"))
+    uri = {"memory": None, "milvus": str(root / "r.db"), "qdrant-edge": str(root / "q")}[kind]
+    store = open_store(kind, uri)
+    x, labels = clustered(N, D, 6, seed=3)
+    ids = [int(i) * 7 + 1 for i in range(N)]
+    payloads = [{"label": int(lab), "text": f"row {i}"} for i, lab in enumerate(labels)]
+    store.create_dense_collection("src", D, metric="cosine")
+    store.insert_dense("src", ids, x, payloads)
+    codes = encoder.encode(x)
+    for name, keep in (("full", True), ("lean", False)):
+        store.create_sparse_collection(name, like="src", keep_dense=keep)
+        store.upsert(name, ids, codes, payloads, dense=x if keep else None)
+        store.flush(name)
+    yield store, x, ids, payloads, codes
+    store.close()
+
+
+def _exact_dense(x: np.ndarray, q: np.ndarray, ids: list[int], top_k: int) -> list[list[int]]:
+    s = q @ x.T
+    order = np.argsort(-s, axis=1, kind="stable")[:, :top_k]
+    return [[ids[j] for j in row] for row in order]
+
+
+def test_rerank_over_all_rows_equals_exact_dense_search(world, encoder):
+    store, x, ids, payloads, _ = world
+    r = Retriever(store, "full", encoder, device="cpu")
+    q = x[:12] + 0.05 * np.random.default_rng(1).normal(size=(12, D)).astype(np.float32)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    hits = r.search(q, top_k=5, candidates=N, rerank=True)
+    assert [[h.id for h in hs] for hs in hits] == _exact_dense(x, qn, ids, 5)
+    by_id = dict(zip(ids, range(N)))
+    for qi, hs in enumerate(hits):
+        for h in hs:
+            assert isinstance(h, Hit)
+            assert h.payload == payloads[by_id[h.id]]
+            assert h.score == pytest.approx(float(qn[qi] @ x[by_id[h.id]]), abs=1e-5)
+        assert [h.score for h in hs] == sorted((h.score for h in hs), reverse=True)
+
+
+def test_rerank_never_leaves_the_sparse_candidates(world, encoder):
+    store, x, ids, _, _ = world
+    r = Retriever(store, "full", encoder, device="cpu")
+    cand = r.search(x[:8], top_k=20, rerank=False)
+    rer = r.search(x[:8], top_k=5, candidates=20, rerank=True)
+    for c, hs in zip(cand, rer):
+        assert {h.id for h in hs} <= {h.id for h in c}
+        assert len(hs) == 5
+
+
+def test_sparse_only_scores_are_code_dot_products(world, encoder):
+    store, x, ids, _, codes = world
+    r = Retriever(store, "full", encoder, device="cpu")
+    q = x[20:26]
+    hits = r.search(q, top_k=4, rerank=False)
+    qc = encoder.encode_queries(q).to_dense()
+    dc = codes.to_dense()
+    by_id = dict(zip(ids, range(N)))
+    for qi, hs in enumerate(hits):
+        assert len(hs) == 4
+        for h in hs:
+            assert h.score == pytest.approx(float(qc[qi] @ dc[by_id[h.id]]), rel=1e-4, abs=1e-5)
+
+
+def test_lean_collection_reranks_by_exact_sparse_dot(world, encoder):
+    store, x, ids, _, codes = world
+    r = Retriever(store, "lean", encoder, device="cpu")
+    assert not r.has_dense
+    q = x[40:46]
+    hits = r.search(q, top_k=5, candidates=N)
+    s = encoder.encode_queries(q).to_dense().astype(np.float64) @ codes.to_dense().T.astype(np.float64)
+    for qi, hs in enumerate(hits):
+        got = [h.score for h in hs]
+        want = np.sort(s[qi])[::-1][:5]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_text_queries_go_through_the_text_model(world, encoder):
+    store, x, ids, _, _ = world
+    texts = {"alpha": x[5], "beta": x[9]}
+    seen: list[list[str]] = []
+
+    def embed(batch: list[str]) -> np.ndarray:
+        seen.append(list(batch))
+        return np.stack([texts[t] for t in batch])
+
+    r = Retriever(store, "full", encoder, text_model=embed, device="cpu")
+    hits = r.search(["alpha", "beta"], top_k=1, candidates=N)
+    assert seen == [["alpha", "beta"]]
+    assert [hs[0].id for hs in hits] == [ids[5], ids[9]]
+    assert r.search("alpha", top_k=1, candidates=N)[0][0].id == ids[5]
+
+
+def test_errors(world, encoder):
+    store, x, _, _, _ = world
+    with pytest.raises(StoreError, match="no sparse field"):
+        Retriever(store, "src", encoder)
+    r = Retriever(store, "full", encoder, device="cpu")
+    bad = x[:3].copy()
+    bad[1, 0] = np.nan
+    with pytest.raises(DataError):
+        r.search(bad)
+    with pytest.raises(DataError):
+        r.search(np.ones((2, D + 1), np.float32))
+    with pytest.raises(ConfigError, match="text model"):
+        r.search("a question")
+    with pytest.raises(ConfigError):
+        r.search(x[:1], top_k=0)
+    other = CSREncoder(CSRConfig(input_dim=D * 2, hidden_dim=64, k=4), device="cpu")
+    with pytest.raises(ConfigError, match="input_dim"):
+        Retriever(store, "full", other)
+
+
+def test_package_exports_are_lazy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, csr_vdb; "
+        "heavy = [m for m in ('torch', 'pymilvus', 'qdrant_client', 'qdrant_edge', 'sentence_transformers', 'click') "
+        "if m in sys.modules]; "
+        "assert not heavy, heavy; "
+        "assert csr_vdb.Retriever.__name__ == 'Retriever'; "
+        "assert csr_vdb.CSREncoder.__name__ == 'CSREncoder' and 'torch' in sys.modules; "
+        "assert 'sentence_transformers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
