@@ -293,7 +293,8 @@ def _load_npy(path: Path) -> np.ndarray:
     arr = np.load(path, mmap_mode="r")
     if arr.ndim != 2:
         raise DataError(f"{path} must hold a 2-D array, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    # a writable in-memory copy: torch warns on (and must not write into) read-only memmaps
+    return np.array(arr, dtype=np.float32, order="C")
 
 
 def _read_ids(path: Path) -> list[str]:
