@@ -1,0 +1,551 @@
+"""Exact scoring of CSR codes: an inverted-list top-k index (`SparseIndex`) and a `Reranker`."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import numpy as np
+import torch
+
+from csr_vdb.errors import ConfigError, DataError, describe_rows
+from csr_vdb.sparse import SparseVectors
+
+logger = logging.getLogger(__name__)
+
+# Documents per block of the block-max selection: the top-k pass reads one max per block and then
+# only the few blocks that can hold a top-k document, instead of sorting a whole [queries, N] buffer.
+_SELECT_BLOCK = 128
+# Budget (elements) of one [queries, N] float32 score buffer on an accelerator.
+_GPU_BUFFER_ELEMS = 1 << 28
+# Same budget for the vectorised path on CPU (a shared machine: 64 MB).
+_CPU_BUFFER_ELEMS = 1 << 24
+# Budget of the posting entries expanded at once by the vectorised (accelerator) path.
+_GPU_EXPAND_ELEMS = 1 << 27
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a `torch.device`; ``None`` means CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown torch device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _check_top_k(top_k: int) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+    return int(top_k)
+
+
+def _check_finite(codes: SparseVectors, what: str) -> None:
+    bad = ~np.isfinite(codes.values).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad).tolist()
+        raise DataError(f"{what} contain NaN or inf at rows {describe_rows(rows)}", rows)
+    live = codes.values != 0
+    out = (live & ((codes.indices < 0) | (codes.indices >= codes.dim))).any(axis=1)
+    if out.any():
+        rows = np.flatnonzero(out).tolist()
+        raise DataError(f"{what} have an index outside [0, {codes.dim}) at rows {describe_rows(rows)}", rows)
+
+
+class SparseIndex:
+    """Exact brute-force top-k inner-product search over sparse codes, by inverted lists.
+
+    The codes are stored as posting lists (CSC: for every latent, the rows that use it and their
+    values). A query with ``k`` non-zeros touches only those ``k`` lists, so one query costs about
+    ``k * N * k / h`` multiply-adds (times the skew of the latent usage) instead of the ``N * d``
+    of a dense scan. Scores are accumulated into a float32 buffer per block of queries; the top-k
+    is then found by a block-max pass (the max of every ``_SELECT_BLOCK`` rows) and an exact sort
+    of the few blocks whose max reaches the k-th largest block max, so ``[q, N]`` is never sorted.
+
+    Ground truth semantics: the top-k is exact over ALL rows, zero scores included, ordered by
+    score descending and then by smaller row. So a query that touches fewer than ``top_k`` rows
+    is completed with zero-score rows in ascending row order, and negative scores (possible when
+    codes have negative values) rank below every untouched row. Only when ``top_k`` exceeds the
+    number of rows are results padded, with row -1 and score -inf.
+
+    Scores are float32 sums (accumulation order may differ from a float64 reference in the last
+    bit; codes made of exactly representable values give identical results).
+
+    On CPU each (query, latent) pair is one fused ``index_add_`` of a posting list into the
+    query's buffer row (no expansion passes), spread over at most ``threads`` Python threads. On
+    CUDA all posting entries of a query block are expanded and scattered at once.
+
+    Args:
+        codes: the ``[N, width]`` codes to search (row positions are the result ids).
+        device: torch device; ``None`` = CUDA when available, else CPU.
+        threads: CPU worker threads (at most 2 unless told otherwise).
+        query_block: queries scored together (default: 8 on CPU, sized to memory on CUDA).
+        method: ``"loop"`` (one ``index_add_`` per query latent, the CPU default),
+            ``"vectorised"`` (expand all posting entries of a block, the CUDA default) or ``"auto"``.
+
+    Raises:
+        DataError: codes with NaN/inf or indices outside ``[0, dim)``.
+        ConfigError: unknown device or CUDA unavailable.
+    """
+
+    def __init__(
+        self,
+        codes: SparseVectors,
+        device: str | torch.device | None = None,
+        threads: int = 2,
+        query_block: int | None = None,
+        method: Literal["auto", "loop", "vectorised"] = "auto",
+    ) -> None:
+        self.device = resolve_device(device)
+        if method not in ("auto", "loop", "vectorised"):
+            raise ConfigError(f"method must be 'auto', 'loop' or 'vectorised', got {method!r}")
+        if method == "auto":
+            method = "loop" if self.device.type == "cpu" else "vectorised"
+        self.method = method
+        if query_block is not None and query_block < 1:
+            raise ConfigError(f"query_block must be positive, got {query_block}")
+        self.dim = int(codes.dim)
+        self.threads = max(1, int(threads))
+        self._query_block = query_block
+        self._parts: list[SparseVectors] = []
+        self._n = 0
+        self._built = False
+        self._lock = threading.Lock()
+        self.add(codes)
+
+    # ------------------------------------------------------------------ building
+    def add(self, codes: SparseVectors) -> None:
+        """Append rows; they get positions ``len(self) .. len(self) + len(codes) - 1``.
+
+        The posting lists are rebuilt lazily at the next `search`.
+
+        Raises:
+            DataError: a different dimension, NaN/inf or out-of-range indices.
+        """
+        if codes.dim != self.dim:
+            raise DataError(f"codes have dimension {codes.dim}, the index has {self.dim}")
+        _check_finite(codes, "codes")
+        if len(codes):
+            self._parts.append(codes)
+            self._n += len(codes)
+            self._built = False
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the posting lists (pointers, row ids and values) once built."""
+        self._build()
+        return sum(t.element_size() * t.numel() for t in (self._ptr, self._docs, self._vals))
+
+    def _build(self) -> None:
+        with self._lock:
+            if self._built:
+                return
+            rows_l, lat_l, val_l = [], [], []
+            offset = 0
+            for part in self._parts:
+                live = part.values != 0
+                rows_l.append(np.nonzero(live)[0] + offset)
+                lat_l.append(part.indices[live])
+                val_l.append(part.values[live])
+                offset += len(part)
+            rows = np.concatenate(rows_l) if rows_l else np.zeros(0, np.int64)
+            lat = np.concatenate(lat_l) if lat_l else np.zeros(0, np.int64)
+            vals = np.concatenate(val_l) if val_l else np.zeros(0, np.float32)
+            # Stable sort by latent keeps rows ascending inside each posting list (sequential writes).
+            order = np.argsort(lat, kind="stable")
+            counts = np.bincount(lat, minlength=self.dim)
+            ptr = np.zeros(self.dim + 1, np.int64)
+            np.cumsum(counts, out=ptr[1:])
+            rows, lat = rows[order], lat[order]
+            # Rows ascend inside each posting list, so a latent repeated within a row is adjacent.
+            dup = (rows[1:] == rows[:-1]) & (lat[1:] == lat[:-1])
+            if dup.any():
+                bad = np.unique(rows[1:][dup]).tolist()
+                raise DataError(f"codes contain a duplicate index within rows {describe_rows(bad)}", bad)
+            doc_dtype = np.int32 if self._n < 2**31 else np.int64
+            self._ptr_list = ptr.tolist()
+            self._ptr = torch.from_numpy(ptr).to(self.device)
+            self._docs = torch.from_numpy(rows.astype(doc_dtype)).to(self.device)
+            self._vals = torch.from_numpy(vals[order].astype(np.float32)).to(self.device)
+            self._built = True
+            logger.debug("built SparseIndex: %d rows, %d postings, dim %d", self._n, len(rows), self.dim)
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries: SparseVectors, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k rows by inner product for every query.
+
+        Args:
+            queries: ``[q, width]`` sparse queries in the index's dimension.
+            top_k: results per query.
+
+        Returns:
+            ``(scores [q, top_k] float32, rows [q, top_k] int64)``, best first, ties by smaller
+            row; padded with (-inf, -1) only where ``top_k > len(self)``.
+
+        Raises:
+            DataError: wrong dimension or NaN/inf in the queries.
+            ConfigError: ``top_k`` not a positive integer.
+        """
+        top_k = _check_top_k(top_k)
+        if queries.dim != self.dim:
+            raise DataError(f"queries have dimension {queries.dim}, the index has {self.dim}")
+        _check_finite(queries, "queries")
+        self._build()
+        nq = len(queries)
+        scores = np.full((nq, top_k), -np.inf, np.float32)
+        rows = np.full((nq, top_k), -1, np.int64)
+        if nq == 0 or self._n == 0:
+            return scores, rows
+        kk = min(top_k, self._n)
+        if self.method == "loop":
+            block = self._query_block or 8
+            starts = list(range(0, nq, block))
+            workers = min(self.threads, len(starts))
+            # One reusable buffer per worker: a fresh [block, N] allocation costs page faults
+            # comparable to the scoring itself.
+            free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
+            for _ in range(workers):
+                free.put(self._new_buffer(min(block, nq)))
+
+            def work(start: int) -> None:
+                q = queries[start : start + block]
+                buf = free.get()
+                try:
+                    s, r = self._search_block_loop(q, kk, buf)
+                finally:
+                    free.put(buf)
+                scores[start : start + len(q), :kk] = s
+                rows[start : start + len(q), :kk] = r
+
+            # Our worker threads are the parallelism: intra-op threads (index_add_ splits long
+            # posting lists) would oversubscribe the cores, so they are off during the search.
+            prev = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                if workers > 1:
+                    with ThreadPoolExecutor(max_workers=workers) as pool:
+                        list(pool.map(work, starts))
+                else:
+                    for start in starts:
+                        work(start)
+            finally:
+                torch.set_num_threads(prev)
+        else:
+            budget = _GPU_BUFFER_ELEMS if self.device.type != "cpu" else _CPU_BUFFER_ELEMS
+            block = self._query_block or max(1, min(nq, budget // max(self._n, 1)))
+            for start in range(0, nq, block):
+                q = queries[start : start + block]
+                s, r = self._search_block_vectorised(q, kk)
+                scores[start : start + len(q), :kk] = s
+                rows[start : start + len(q), :kk] = r
+        return scores, rows
+
+    def _new_buffer(self, b: int) -> torch.Tensor:
+        # Padded to whole selection blocks; the padding holds -inf so it never wins.
+        n_pad = -(-self._n // _SELECT_BLOCK) * _SELECT_BLOCK
+        buf = torch.zeros((b, n_pad), dtype=torch.float32, device=self.device)
+        buf[:, self._n :] = -torch.inf
+        return buf
+
+    def _search_block_loop(
+        self, q: SparseVectors, top_k: int, buf: torch.Tensor | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """CPU: one fused ``index_add_`` per (query, latent) into the query's buffer row.
+
+        ``buf`` (from `_new_buffer`, at least ``len(q)`` rows) is used and left zeroed again.
+        """
+        if buf is None:
+            buf = self._new_buffer(len(q))
+        buf = buf[: len(q)]
+        ptr, docs, vals = self._ptr_list, self._docs, self._vals
+        for b, (lat_row, val_row) in enumerate(zip(q.indices.tolist(), q.values.tolist())):
+            row = buf[b, : self._n]
+            for lat, qv in zip(lat_row, val_row):
+                if qv == 0.0:
+                    continue
+                s, e = ptr[lat], ptr[lat + 1]
+                if e > s:
+                    row.index_add_(0, docs[s:e], vals[s:e], alpha=qv)
+        out = self._select(buf, top_k)
+        buf[:, : self._n].zero_()
+        return out
+
+    def _search_block_vectorised(self, q: SparseVectors, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Any device: expand every posting entry of the block's latents and scatter at once."""
+        dev = self.device
+        buf = self._new_buffer(len(q))
+        flat = buf.view(-1)
+        live = q.values != 0
+        q_row = torch.from_numpy(np.nonzero(live)[0]).to(dev)
+        q_lat = torch.from_numpy(q.indices[live]).to(dev)
+        q_val = torch.from_numpy(q.values[live]).to(dev)
+        start = self._ptr[q_lat]
+        length = self._ptr[q_lat + 1] - start
+        # Expand in pieces so the int64 index arrays stay within budget on huge lists.
+        ends = torch.cumsum(length, 0).cpu().numpy()
+        i, n_entries = 0, len(ends)
+        while i < n_entries:
+            base = ends[i - 1] if i else 0
+            j = int(np.searchsorted(ends, base + _GPU_EXPAND_ELEMS, side="right"))
+            j = max(j, i + 1)
+            ln = length[i:j]
+            total = int(ends[j - 1] - base)
+            if total:
+                entry = torch.repeat_interleave(torch.arange(j - i, device=dev), ln, output_size=total)
+                offset = torch.cumsum(ln, 0) - ln
+                pos = torch.arange(total, device=dev) + (start[i:j] - offset)[entry]
+                key = q_row[i:j][entry] * buf.shape[1] + self._docs[pos].long()
+                flat.index_add_(0, key, self._vals[pos] * q_val[i:j][entry])
+            i = j
+        return self._select(buf, top_k)
+
+    @staticmethod
+    def _select(buf: torch.Tensor, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of every buffer row, ties by smaller column, via block maxima.
+
+        The k-th largest block max ``t`` is a lower bound of the k-th best score (the k best
+        blocks each hold a row scoring at least ``t``), so every top-k row, ties included, lies
+        in a block whose max is ``>= t``; only those blocks are sorted.
+        """
+        b, n_pad = buf.shape
+        nblocks = n_pad // _SELECT_BLOCK
+        blocks = buf.view(b, nblocks, _SELECT_BLOCK)
+        bmax = blocks.amax(dim=2)
+        kb = min(top_k, nblocks)
+        thr = torch.topk(bmax, kb, dim=1).values[:, -1:]
+        need = int((bmax >= thr).sum(dim=1).max())
+        # The `need` largest block maxima of each row include all its qualifying blocks; extra
+        # blocks of a row hold only scores below its threshold and cannot enter its top-k.
+        cand = torch.topk(bmax, need, dim=1).indices
+        cand = torch.sort(cand, dim=1).values  # ascending blocks -> ascending rows after gather
+        gathered = torch.gather(blocks, 1, cand.unsqueeze(2).expand(b, need, _SELECT_BLOCK))
+        cand_scores = gathered.reshape(b, need * _SELECT_BLOCK)
+        cand_rows = (cand.unsqueeze(2) * _SELECT_BLOCK + torch.arange(_SELECT_BLOCK, device=buf.device)).reshape(
+            b, need * _SELECT_BLOCK
+        )
+        # A stable descending sort keeps equal scores in ascending row order.
+        order = torch.sort(cand_scores, dim=1, descending=True, stable=True).indices[:, :top_k]
+        scores = torch.gather(cand_scores, 1, order)
+        rows = torch.gather(cand_rows, 1, order)
+        return scores.cpu().numpy(), rows.cpu().numpy().astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------ re-ranking
+Id = Hashable
+VectorLookup = Mapping[Id, np.ndarray] | Callable[[list[Id]], np.ndarray]
+CodeLookup = Mapping[Id, object] | Callable[[list[Id]], SparseVectors]
+
+
+def _unique_candidates(candidates: Sequence[Sequence[Id]]) -> tuple[list[list[Id]], list[Id], list[list[int]]]:
+    """Per-query candidates without repeats (first kept), the distinct ids, and their positions."""
+    per_query: list[list[Id]] = []
+    distinct: dict[Id, int] = {}
+    where: list[list[int]] = []
+    for cands in candidates:
+        seen: dict[Id, None] = {}
+        for c in cands:
+            seen.setdefault(c, None)
+        ids = list(seen)
+        per_query.append(ids)
+        where.append([distinct.setdefault(c, len(distinct)) for c in ids])
+    return per_query, list(distinct), where
+
+
+def _lookup_dense(vectors: VectorLookup, ids: list[Id]) -> np.ndarray:
+    if callable(vectors) and not isinstance(vectors, Mapping):
+        out = np.asarray(vectors(ids), dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != len(ids):
+            raise DataError(f"vector lookup returned shape {out.shape} for {len(ids)} ids")
+        return out
+    missing = [i for i in ids if i not in vectors]
+    if missing:
+        raise DataError(f"no vector for candidate ids {describe_rows(missing)}", missing)
+    return np.stack([np.asarray(vectors[i], dtype=np.float32).ravel() for i in ids]) if ids else np.zeros((0, 0), np.float32)
+
+
+def _lookup_codes(codes: CodeLookup, ids: list[Id], dim: int) -> SparseVectors:
+    if callable(codes) and not isinstance(codes, Mapping):
+        out = codes(ids)
+        if not isinstance(out, SparseVectors) or len(out) != len(ids):
+            raise DataError(f"code lookup must return SparseVectors with {len(ids)} rows")
+        return out
+    missing = [i for i in ids if i not in codes]
+    if missing:
+        raise DataError(f"no sparse code for candidate ids {describe_rows(missing)}", missing)
+    pairs: list[tuple[list[int], list[float]]] = []
+    for i in ids:
+        c = codes[i]
+        if isinstance(c, SparseVectors):
+            live = c.values[0] != 0
+            pairs.append((c.indices[0][live].tolist(), c.values[0][live].tolist()))
+        elif isinstance(c, Mapping):  # Milvus {index: value}
+            pairs.append(([int(k) for k in c], [float(v) for v in c.values()]))
+        else:  # Qdrant-style (indices, values)
+            ind, val = c
+            pairs.append((list(ind), list(val)))
+    return SparseVectors.from_qdrant(pairs, dim) if pairs else SparseVectors.empty(dim, 1)
+
+
+class Reranker:
+    """Exact re-ranking of per-query candidate ids (e.g. a database's sparse ANN results).
+
+    Scores are computed in float64 on the device (CUDA when available), so the order is that of
+    exact dot products; equal scores keep the order in which the candidates were given. Repeated
+    candidate ids of one query are scored once (first occurrence kept). Ids may be any hashable
+    (int or str).
+
+    Args:
+        device: torch device; ``None`` = CUDA when available, else CPU.
+        batch_size: candidate pairs scored per device batch (bounds memory).
+    """
+
+    def __init__(self, device: str | torch.device | None = None, batch_size: int = 1 << 16) -> None:
+        self.device = resolve_device(device)
+        self.batch_size = max(1, int(batch_size))
+
+    def rerank_dense(
+        self,
+        queries: np.ndarray,
+        candidates: Sequence[Sequence[Id]],
+        vectors: VectorLookup,
+        top_k: int | None = None,
+    ) -> list[tuple[list[Id], np.ndarray]]:
+        """Re-rank by the exact dense dot product ``<query, vector>``.
+
+        Args:
+            queries: ``[q, d]`` dense query vectors.
+            candidates: ``q`` lists of candidate ids.
+            vectors: ``id -> [d]`` mapping, or a callable taking a list of ids and returning
+                ``[len(ids), d]`` (called once with every distinct candidate).
+            top_k: keep this many per query (all when ``None``).
+
+        Returns:
+            Per query ``(ids, scores [m] float64)``, best first.
+
+        Raises:
+            DataError: NaN/inf or mismatched dimensions, a query count that differs from
+                ``len(candidates)``, or candidate ids without a vector.
+        """
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        self._check_queries(q, len(candidates))
+        per_query, distinct, where = _unique_candidates(candidates)
+        if not distinct:
+            return [([], np.zeros(0, np.float64)) for _ in per_query]
+        vec = _lookup_dense(vectors, distinct)
+        if vec.shape[1] != q.shape[1]:
+            raise DataError(f"candidate vectors have dimension {vec.shape[1]}, queries {q.shape[1]}")
+        bad = ~np.isfinite(vec).all(axis=1)
+        if bad.any():
+            names = [distinct[i] for i in np.flatnonzero(bad)]
+            raise DataError(f"candidate vectors contain NaN or inf at ids {describe_rows(names)}", names)
+        qt = torch.from_numpy(q).to(self.device, torch.float64)
+        vt = torch.from_numpy(vec).to(self.device, torch.float64)
+
+        def score(qi: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
+            return (qt[qi] * vt[ci]).sum(dim=1)
+
+        return self._rank(per_query, where, score, top_k)
+
+    def rerank_sparse(
+        self,
+        query_codes: SparseVectors,
+        candidates: Sequence[Sequence[Id]],
+        codes: CodeLookup,
+        top_k: int | None = None,
+    ) -> list[tuple[list[Id], np.ndarray]]:
+        """Re-rank by the exact sparse dot product of the codes.
+
+        Args:
+            query_codes: ``[q, width]`` query codes.
+            candidates: ``q`` lists of candidate ids.
+            codes: ``id -> code`` mapping (a 1-row `SparseVectors`, a Milvus ``{index: value}``
+                dict or a Qdrant-style ``(indices, values)`` pair), or a callable taking a list of
+                ids and returning their `SparseVectors` (called once with every distinct candidate).
+            top_k: keep this many per query (all when ``None``).
+
+        Returns:
+            Per query ``(ids, scores [m] float64)``, best first.
+
+        Raises:
+            DataError: NaN/inf, mismatched dimensions or counts, or ids without a code.
+        """
+        _check_finite(query_codes, "query codes")
+        if len(query_codes) != len(candidates):
+            raise DataError(f"{len(query_codes)} queries but {len(candidates)} candidate lists")
+        per_query, distinct, where = _unique_candidates(candidates)
+        if not distinct:
+            return [([], np.zeros(0, np.float64)) for _ in per_query]
+        cand = _lookup_codes(codes, distinct, query_codes.dim)
+        if cand.dim != query_codes.dim:
+            raise DataError(f"candidate codes have dimension {cand.dim}, queries {query_codes.dim}")
+        _check_finite(cand, "candidate codes")
+        dev = self.device
+        # Queries as dense rows are small ([q, dim]); candidates stay sparse and gather from them.
+        q_idx = torch.from_numpy(query_codes.indices).to(dev)
+        q_val = torch.from_numpy(query_codes.values).to(dev, torch.float64)
+        c_idx = torch.from_numpy(cand.indices).to(dev)
+        c_val = torch.from_numpy(cand.values).to(dev, torch.float64)
+        dim = query_codes.dim
+
+        def score(qi: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
+            # Dense copies of just this batch's queries: memory [batch queries, dim].
+            uq, inv = torch.unique(qi, return_inverse=True)
+            dense = torch.zeros((len(uq), dim), dtype=torch.float64, device=dev)
+            dense.scatter_add_(1, q_idx[uq], q_val[uq])
+            return (torch.gather(dense[inv], 1, c_idx[ci]) * c_val[ci]).sum(dim=1)
+
+        return self._rank(per_query, where, score, top_k, pair_budget=max(1, (1 << 24) // max(dim, 1)))
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _check_queries(q: np.ndarray, n_lists: int) -> None:
+        if q.ndim != 2:
+            raise DataError(f"queries must be [q, d], got shape {q.shape}")
+        if q.shape[0] != n_lists:
+            raise DataError(f"{q.shape[0]} queries but {n_lists} candidate lists")
+        bad = ~np.isfinite(q).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad).tolist()
+            raise DataError(f"queries contain NaN or inf at rows {describe_rows(rows)}", rows)
+
+    def _rank(
+        self,
+        per_query: list[list[Id]],
+        where: list[list[int]],
+        score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        top_k: int | None,
+        pair_budget: int | None = None,
+    ) -> list[tuple[list[Id], np.ndarray]]:
+        if top_k is not None:
+            top_k = _check_top_k(top_k)
+        lengths = np.array([len(c) for c in per_query], np.int64)
+        q_of_pair = torch.from_numpy(np.repeat(np.arange(len(per_query)), lengths)).to(self.device)
+        c_of_pair = torch.from_numpy(np.fromiter((i for w in where for i in w), np.int64, int(lengths.sum())))
+        c_of_pair = c_of_pair.to(self.device)
+        step = min(self.batch_size, pair_budget or self.batch_size)
+        parts = [score(q_of_pair[s : s + step], c_of_pair[s : s + step]) for s in range(0, len(q_of_pair), step)]
+        flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=self.device)
+        # Pad to [q, max candidates] with -inf and sort each row once; stability keeps input order.
+        width = int(lengths.max(initial=0))
+        padded = torch.full((len(per_query), max(width, 1)), -torch.inf, dtype=torch.float64, device=self.device)
+        slot = torch.from_numpy(np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+        padded[q_of_pair, slot.to(self.device)] = flat
+        sc, order = torch.sort(padded, dim=1, descending=True, stable=True)
+        sc, order = sc.cpu().numpy(), order.cpu().numpy()
+        out: list[tuple[list[Id], np.ndarray]] = []
+        for i, ids in enumerate(per_query):
+            m = len(ids) if top_k is None else min(len(ids), top_k)
+            out.append(([ids[j] for j in order[i, :m]], sc[i, :m].copy()))
+        return out
