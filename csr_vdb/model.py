@@ -250,7 +250,8 @@ class CSREncoder(nn.Module):
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {n: getattr(self, n).detach().to("cpu", torch.float32).contiguous() for n in _TENSOR_NAMES}
-        atomic_write_bytes(out / WEIGHTS_FILE, st_save(tensors, metadata={"format": "pt", "library": "csr-vdb"}))
+        # one metadata key only: safetensors orders several keys at random, and the bytes must be reproducible
+        atomic_write_bytes(out / WEIGHTS_FILE, st_save(tensors, metadata={"format": "pt"}))
         meta = {
             "library": "csr-vdb",
             "format_version": FORMAT_VERSION,

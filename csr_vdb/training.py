@@ -683,7 +683,7 @@ def _train(
         if epoch == 0 and total_steps is None:
             # a stream of unknown length: now we know the epoch size, plan the rest (k-annealing)
             total_steps = train.epochs * steps_epoch
-        if not train.eval_every and not stop:
+        if not train.eval_every and not stopped_early:
             evaluate(epoch)
             model.train()
             if stopped_early:

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# OpenMP threads that spin while waiting are ~5x slower on a shared, oversubscribed CPU; must be set
+# before torch is first imported
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
