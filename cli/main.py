@@ -358,6 +358,21 @@ def eval_table(rep: Any) -> str:
     return head + "\n" + table(rows, ["mode", f"recall@{rep.top_k}", "bytes/vector", "ms/query"])
 
 
+# ----------------------------------------------------------------- show-config
+@main.command("show-config")
+@common_options
+def show_config(app: App) -> None:
+    """Print the resolved settings (flags > CSR_VDB_* env > csr-vdb.toml > defaults); secrets
+    are shown only as set / not set.
+
+    \b
+    Example:
+      CSR_VDB_STORE=qdrant-edge csr-vdb show-config --json
+    """
+    data = app.settings.public()
+    app.emit(data, lambda: kv(data))
+
+
 # ------------------------------------------------------------------------ demo
 @main.command()
 @click.option("--store", "demo_store", type=click.Choice(["milvus", "qdrant-edge"]), default="milvus", show_default=True,

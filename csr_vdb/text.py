@@ -67,6 +67,13 @@ class TextEmbedder:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
+            # transformers draws its own "Loading weights" bar on stderr; progress is the caller's job
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover - older/newer transformers layouts
+            pass
+        try:
             self._model: Any = SentenceTransformer(str(path), device=device)
         except Exception as exc:  # the library raises many kinds (OSError, ValueError, HF errors)
             raise ModelError(f"cannot load text model from {path}: {exc}") from exc

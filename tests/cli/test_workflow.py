@@ -1,0 +1,133 @@
+"""The full CLI path on both embedded engines: export, train, migrate (dry run first), status,
+verify, cutover, search, eval, rollback — every command's --json parsed and checked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.cli.conftest import DIM, EMBEDDED, ROWS, TINY
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = Path(dirpath) / f
+            st = p.stat()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize("kind", EMBEDDED)
+def test_full_workflow(cli_factory, kind):
+    cli, (x, ids, payloads) = cli_factory(kind)
+    state = cli.cwd / "state"
+
+    # export: a .npy equal to the source, ids in order
+    exp = cli.json("export", "--collection", "docs", "--out", "exp/docs.npy")
+    assert exp["rows"] == ROWS and exp["dim"] == DIM
+    arr = np.load(cli.cwd / "exp/docs.npy")
+    got_ids = [int(s) for s in (cli.cwd / "exp/docs.ids.txt").read_text().split()]
+    assert got_ids == sorted(ids)
+    order = [ids.index(i) for i in got_ids]
+    np.testing.assert_allclose(arr, x[order], atol=1e-6)
+
+    # train from the store (streamed through a memmap export), tiny model
+    tr = cli.json("train", "--collection", "docs", "--model", "model", *TINY)
+    assert (tr["input_dim"], tr["hidden_dim"], tr["k"], tr["epochs"]) == (DIM, 64, 4, 2)
+    assert (cli.cwd / "model/model.safetensors").is_file()
+    assert not list((state / "exports").glob("*.npy")), "the temporary export must be removed"
+
+    # dry run: prints the plan, writes nothing (no target, no state files)
+    before = _tree(state)
+    dry = cli.json("migrate", "--to", "sparse", "--collection", "docs", "--model", "model", "--dry-run")
+    assert dry["plan"]["target"] == "docs_csr" and dry["result"]["dry_run"] is True
+    assert dry["result"]["rows_written"] == ROWS
+    assert _tree(state) == before
+    store = cli.open()
+    assert not store.has_collection("docs_csr")
+    store.close()
+
+    mig = cli.json("migrate", "--to", "sparse", "--collection", "docs", "--model", "model", "--batch-size", "64")
+    assert mig["status"] == "complete" and mig["rows_done"] == ROWS and mig["target"] == "docs_csr"
+
+    # status is read-only
+    before = _tree(state)
+    st = cli.json("status", "--collection", "docs")
+    assert st["state"] == "complete" and st["rows_done"] == ROWS and st["target_rows"] == ROWS
+    assert _tree(state) == before
+
+    ver = cli.json("verify", "--collection", "docs", "--sample", "50")
+    assert ver["ok"] is True and ver["target_rows"] == ROWS and ver["payload_mismatches"] == 0
+
+    cut = cli.json("cutover", "--collection", "docs")
+    assert cut["alias"] == "docs_live" and cut["current"] == "docs_csr"
+
+    # ids, payloads and dense vectors intact in the target, reached through the alias
+    store = cli.open()
+    try:
+        recs = store.fetch("docs_live", ids, with_dense=True, with_sparse=True)
+        assert [r.id for r in recs] == ids
+        assert [r.payload for r in recs] == payloads
+        np.testing.assert_allclose(np.stack([r.dense for r in recs]), x, atol=1e-6)
+        assert all(0 < len(r.sparse[0]) <= 4 for r in recs)
+    finally:
+        store.close()
+
+    # search through the alias with query vectors: all three modes, model found from the plan
+    np.save(cli.cwd / "q.npy", x[:3])
+    res = cli.json("search", "--collection", "docs_live", "--vectors", "q.npy", "--mode", "all", "--top-k", "3")
+    assert set(res["results"]) == {"dense", "sparse", "rerank"}
+    for qi in range(3):
+        assert res["results"]["dense"][qi][0]["id"] == ids[qi]
+        assert res["results"]["rerank"][qi][0]["id"] == ids[qi]  # re-rank restores the exact top hit
+        assert res["results"]["rerank"][qi][0]["payload"] == payloads[qi]
+    human = cli.run("search", "--collection", "docs_live", "--vectors", "q.npy", "--top-k", "2").stdout
+    assert "[rerank]" in human and "passage 0" in human
+
+    ev = cli.json("eval", "--collection", "docs", "--sample", "40", "--candidates", "50")
+    assert ev["queries"] == 40 and 0.0 <= ev["recall_sparse"] <= ev["recall_rerank"] <= 1.0
+    assert ev["dense_bytes_per_vector"] == DIM * 4 and ev["sparse_bytes_per_vector"] <= 4 * 8
+    assert set(ev["latency_ms"]) == {"dense", "sparse", "rerank"}
+
+    rb = cli.json("rollback", "--collection", "docs")
+    assert rb["current"] == "docs" and rb["previous"] == "docs_csr"
+    store = cli.open()
+    try:
+        assert store.get_alias("docs_live") == "docs"
+        assert store.count("docs") == ROWS
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", EMBEDDED)
+def test_resume_and_lean_target(cli_factory, kind):
+    cli, (x, ids, _) = cli_factory(kind, rows=120)
+    cli.run("train", "--from-npy", _save(cli.cwd, x), "--model", "m", *TINY)
+    args = ("migrate", "--to", "sparse", "--collection", "docs", "--model", "m", "--target", "lean", "--drop-dense")
+    cli.run(*args)
+    again = cli.json(*args, "--resume")
+    assert again["resumed"] is True and again["rows_written"] == 0 and again["rows_done"] == 120
+    store = cli.open()
+    try:
+        info = store.describe("lean")
+        assert info.sparse_field == "csr" and not info.vector_field
+    finally:
+        store.close()
+    # search a lean collection: dense mode is skipped in "all", re-rank falls back to exact sparse
+    np.save(cli.cwd / "q.npy", x[:2])
+    res = cli.json("search", "--collection", "lean", "--vectors", "q.npy", "--mode", "all", "--model", "m")
+    assert set(res["results"]) == {"sparse", "rerank"}
+    for s, r in zip(res["results"]["sparse"], res["results"]["rerank"]):
+        assert [h["score"] for h in r] == sorted((h["score"] for h in r), reverse=True)
+        assert r[0]["score"] == pytest.approx(s[0]["score"], rel=1e-4)
+
+
+def _save(root: Path, x: np.ndarray) -> str:
+    p = root / "train.npy"
+    np.save(p, x.astype(np.float16))
+    return str(p)
