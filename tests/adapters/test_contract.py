@@ -527,10 +527,12 @@ def test_unreachable_server_is_a_store_error_naming_the_uri(family):
 
 # --------------------------------------------------------------------------- 10k round trip
 @pytest.mark.slow
-def test_round_trip_10k(store, make_name):
+def test_round_trip_10k(store, store_kind, make_name):
     """Export 10k dense rows, write them as sparse with payloads and dense kept, read back identical."""
     src, tgt = make_name("src"), make_name("tgt")
-    n = 10_000
+    # qdrant-client's local mode is a pure-Python prototype store (~0.8k points/s, brute-force
+    # reads): 2k rows keep it within the time budget and still span several pages.
+    n = 2_000 if store_kind == "qdrant-local" else 10_000
     x, _ = clustered(n, 32, clusters=20, seed=3)
     ids = ids_for("int", n, seed=3)
     pl = [{"doc": f"d{i}", "i": i, "tags": [i % 3, "t"], "meta": {"ok": i % 2 == 0}} for i in range(n)]

@@ -1,0 +1,683 @@
+"""`MilvusStore`: the `VectorStore` protocol on pymilvus `MilvusClient` (Milvus Lite file or server URI)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+from pymilvus import DataType, MilvusClient, MilvusException
+
+from csr_vdb.adapters.base import (
+    SPARSE_FIELD,
+    CollectionInfo,
+    DensePage,
+    Hit,
+    Id,
+    IdType,
+    Metric,
+    Record,
+)
+from csr_vdb.adapters.memory import check_ids, check_payloads
+from csr_vdb.errors import (
+    ConfigError,
+    CollectionNotFoundError,
+    CSRVDBError,
+    DataError,
+    StoreError,
+)
+from csr_vdb.sparse import SparseVectors
+from csr_vdb.validation import check_dense
+
+logger = logging.getLogger(__name__)
+
+_METRICS: dict[str, Metric] = {"COSINE": "cosine", "IP": "ip", "L2": "l2"}
+_META = "$meta"  # Milvus' name for the dynamic (schemaless JSON) field
+# Milvus caps a query's limit (+offset) and a search's topk / nq at 16384.
+_MAX_WINDOW = 16_384
+# Keep one write request well under gRPC's message limits.
+_WRITE_BYTES = 16 * 2**20
+_VARCHAR_MAX = 65_535
+# Index description keys that are bookkeeping, not parameters to copy.
+_INDEX_BOOKKEEPING = {
+    "field_name", "index_name", "total_rows", "indexed_rows", "pending_index_rows", "state",
+    "index_state_fail_reason",
+}
+
+# Milvus Lite runs one in-process server per .db path; several stores in one process share it,
+# so the server is released only when the last of them closes.
+_LITE_REFS: dict[str, int] = {}
+_LITE_LOCK = threading.Lock()
+
+
+@dataclass
+class _Schema:
+    """What the adapter needs to know about one collection, read from the server per call."""
+
+    name: str  # real name (aliases resolved)
+    pk: str
+    id_type: IdType
+    pk_params: dict[str, Any]
+    dense: dict[str, tuple[int, Metric]]  # FLOAT_VECTOR field -> (dim, metric)
+    dense_index: dict[str, dict[str, Any]]  # FLOAT_VECTOR field -> index description
+    sparse: bool  # has a SPARSE_FLOAT_VECTOR field named SPARSE_FIELD
+    vector_names: set[str]  # every vector field, whatever its type
+    scalars: dict[str, dict[str, Any]]  # scalar payload field -> its field description
+    dynamic: bool
+    raw_fields: list[dict[str, Any]] = field(default_factory=list)
+
+    def dense_field(self, requested: str | None, uri: str) -> str:
+        if not self.dense:
+            raise StoreError(f"collection '{self.name}' in {uri} has no dense vector field")
+        f = requested or next(iter(self.dense))
+        if f not in self.dense:
+            raise StoreError(
+                f"collection '{self.name}' in {uri} has no vector field '{f}' "
+                f"(dense fields: {', '.join(self.dense)})"
+            )
+        return f
+
+
+def _safe_uri(uri: str) -> str:
+    """The URI without credentials (``https://user:pass@host`` -> ``https://host``)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return uri
+
+
+def _literal(value: Id) -> str:
+    """A primary-key value as a Milvus filter literal (strings double-quoted and escaped)."""
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(int(value))
+
+
+class MilvusStore:
+    """A `VectorStore` on Milvus: Milvus Lite (``uri`` ending in ``.db``) or a server URL.
+
+    Args:
+        uri: path of a Milvus Lite ``.db`` file (created, parent folders included) or an
+            ``http(s)://host:port`` / ``tcp://`` server address.
+        token: server token (``user:password`` or an API key); never logged nor shown in errors.
+        timeout: seconds to wait when connecting before raising `StoreError`.
+
+    Raises:
+        StoreError: the database cannot be opened or reached.
+    """
+
+    def __init__(self, uri: str, token: str | None = None, timeout: float = 10.0) -> None:
+        self.uri = _safe_uri(uri)
+        self._lite_path: str | None = None
+        self._loaded: set[str] = set()
+        if uri.endswith(".db") and "://" not in uri:
+            self._lite_path = os.path.abspath(uri)
+            try:
+                os.makedirs(os.path.dirname(self._lite_path), exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder of Milvus Lite file {self.uri}: {exc}") from exc
+        try:
+            self._client = MilvusClient(uri=uri, token=token or "", timeout=timeout)
+            version = str(self._client.get_server_version())
+        except Exception as exc:  # pymilvus raises MilvusException, grpc errors or ValueError here
+            raise StoreError(f"cannot connect to Milvus at {self.uri}: {self._reason(exc, token)}") from None
+        # Milvus Lite (embedded or `milvus-lite server`) serves paged queries far faster from
+        # sealed segments than from its write buffer, so readers flush first there.
+        self._is_lite = version.startswith("milvus_lite") or self._lite_path is not None
+        if self._lite_path is not None:
+            with _LITE_LOCK:
+                _LITE_REFS[self._lite_path] = _LITE_REFS.get(self._lite_path, 0) + 1
+        logger.debug("connected to Milvus %s at %s", version, self.uri)
+
+    # ------------------------------------------------------------------ errors
+    @staticmethod
+    def _reason(exc: BaseException, token: str | None = None) -> str:
+        msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if token:
+            msg = msg.replace(token, "***")
+        return msg.splitlines()[0] if msg else type(exc).__name__
+
+    @contextmanager
+    def _errors(self, action: str, collection: str | None = None):
+        """Translate client exceptions into `StoreError` naming the collection and URI."""
+        try:
+            yield
+        except CSRVDBError:
+            raise
+        except Exception as exc:
+            where = f"collection '{collection}' in {self.uri}" if collection else self.uri
+            reason = self._reason(exc)
+            if collection and isinstance(exc, MilvusException) and "not exist" in reason and "collection" in reason.lower():
+                raise CollectionNotFoundError(f"{where} not found: {reason}") from exc
+            raise StoreError(f"Milvus {action} failed for {where}: {reason}") from exc
+
+    # ------------------------------------------------------------------ schema
+    def _aliases(self) -> list[str]:
+        with self._errors("list aliases"):
+            return list(self._client.list_aliases().get("aliases", []))
+
+    def _resolve(self, name: str) -> str:
+        """The real collection behind ``name`` (itself or an alias); `CollectionNotFoundError` if none."""
+        with self._errors("resolve", name):
+            if name in self._client.list_collections():
+                return name
+            if name in self._aliases():
+                return str(self._client.describe_alias(name)["collection_name"])
+        raise CollectionNotFoundError(f"collection '{name}' not found in {self.uri}")
+
+    def _schema(self, name: str) -> _Schema:
+        real = self._resolve(name)
+        with self._errors("describe", name):
+            desc = self._client.describe_collection(real)
+            pk = None
+            id_type: IdType = "int"
+            pk_params: dict[str, Any] = {}
+            dense: dict[str, tuple[int, Metric]] = {}
+            dense_index: dict[str, dict[str, Any]] = {}
+            sparse = False
+            vector_names: set[str] = set()
+            scalars: dict[str, dict[str, Any]] = {}
+            for f in desc["fields"]:
+                dtype = f["type"]
+                if f.get("is_primary"):
+                    pk = f["name"]
+                    if dtype == DataType.INT64:
+                        id_type = "int"
+                    elif dtype == DataType.VARCHAR:
+                        id_type = "str"
+                    else:
+                        raise StoreError(f"collection '{real}' in {self.uri} has an unsupported primary key type {dtype.name}")
+                    pk_params = dict(f.get("params", {}))
+                elif dtype == DataType.FLOAT_VECTOR:
+                    vector_names.add(f["name"])
+                    index = self._index_of(real, f["name"])
+                    metric = _METRICS.get(str(index.get("metric_type", "COSINE")).upper())
+                    if metric is None:
+                        raise StoreError(
+                            f"collection '{real}' in {self.uri}: metric {index.get('metric_type')} of "
+                            f"field '{f['name']}' is not supported"
+                        )
+                    dense[f["name"]] = (int(f["params"]["dim"]), metric)
+                    dense_index[f["name"]] = index
+                elif dtype == DataType.SPARSE_FLOAT_VECTOR:
+                    vector_names.add(f["name"])
+                    sparse = sparse or f["name"] == SPARSE_FIELD
+                elif "VECTOR" in getattr(dtype, "name", ""):
+                    vector_names.add(f["name"])
+                elif not f.get("is_function_output"):
+                    scalars[f["name"]] = f
+            if pk is None:
+                raise StoreError(f"collection '{real}' in {self.uri} has no primary key")
+        return _Schema(
+            name=real,
+            pk=pk,
+            id_type=id_type,
+            pk_params=pk_params,
+            dense=dense,
+            dense_index=dense_index,
+            sparse=sparse,
+            vector_names=vector_names,
+            scalars=scalars,
+            dynamic=bool(desc.get("enable_dynamic_field")),
+            raw_fields=list(desc["fields"]),
+        )
+
+    def _index_of(self, collection: str, field_name: str) -> dict[str, Any]:
+        names = self._client.list_indexes(collection, field_name=field_name)
+        if not names:
+            return {}
+        return dict(self._client.describe_index(collection, names[0]))
+
+    def _ensure_loaded(self, s: _Schema) -> None:
+        # Milvus Lite reopens .db collections released; a server may have released them too.
+        if s.name in self._loaded:
+            return
+        with self._errors("load", s.name):
+            state = str(self._client.get_load_state(s.name).get("state", ""))
+            if "NotLoad" in state:
+                self._client.load_collection(s.name)
+        self._loaded.add(s.name)
+
+    def _payload(self, s: _Schema, row: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in row.items() if k != s.pk and k not in s.vector_names and k != _META}
+
+    def _payload_fields(self, s: _Schema) -> list[str]:
+        return [s.pk, *s.scalars] + ([_META] if s.dynamic else [])
+
+    def _check_payload_keys(self, s: _Schema, payloads: list[dict[str, Any]], ids: list[Id]) -> None:
+        reserved = {s.pk, _META, *s.vector_names}
+        for i, p in zip(ids, payloads):
+            clash = reserved.intersection(p)
+            if clash:
+                raise DataError(
+                    f"payload of id {i} uses reserved field name(s) {sorted(clash)} of collection '{s.name}'", [i]
+                )
+            if not s.dynamic:
+                extra = set(p) - set(s.scalars)
+                if extra:
+                    raise DataError(
+                        f"collection '{s.name}' has no dynamic field for payload keys {sorted(extra)} (id {i})", [i]
+                    )
+
+    def _create(self, name: str, schema: Any, index: Any) -> None:
+        # pymilvus' create_collection(index_params=...) polls the index build with 0.5 s sleeps;
+        # an empty collection's index is ready at once, so create, index without waiting, load.
+        self._client.create_collection(name, schema=schema)
+        try:
+            self._client.create_index(name, index, sync=False)
+            self._client.load_collection(name)
+        except Exception:
+            self._client.drop_collection(name)  # no half-made collection left behind
+            raise
+        self._loaded.add(name)
+
+    def _write(self, s: _Schema, rows: list[dict[str, Any]], row_bytes: int) -> None:
+        step = max(1, min(len(rows), _WRITE_BYTES // max(row_bytes, 1)))
+        # A server's upsert replaces whole rows. Milvus Lite's upsert merges the new fields onto
+        # the old row (stale payload keys would survive), while its insert keeps only the newest
+        # row per primary key: that is the replace-by-id the protocol promises.
+        write = self._client.insert if self._is_lite else self._client.upsert
+        with self._errors("upsert", s.name):
+            for a in range(0, len(rows), step):
+                write(s.name, rows[a : a + step])
+
+    # ------------------------------------------------------------------ protocol
+    def list_collections(self) -> list[str]:
+        with self._errors("list collections"):
+            return sorted(self._client.list_collections())
+
+    def has_collection(self, collection_name: str) -> bool:
+        try:
+            self._resolve(collection_name)
+        except CollectionNotFoundError:
+            return False
+        return True
+
+    def describe(self, collection_name: str) -> CollectionInfo:
+        s = self._schema(collection_name)
+        first = next(iter(s.dense), None)
+        schema = {k: DataType(f["type"]).name.lower() for k, f in s.scalars.items()}
+        if s.dynamic:
+            schema[_META] = "dynamic"
+        return CollectionInfo(
+            name=s.name,
+            dimension=s.dense[first][0] if first else 0,
+            metric=s.dense[first][1] if first else "ip",
+            vector_field=first,
+            id_type=s.id_type,
+            count=self._count(s),
+            vector_fields={k: v[0] for k, v in s.dense.items()},
+            sparse_field=SPARSE_FIELD if s.sparse else None,
+            payload_schema=schema,
+        )
+
+    def _count(self, s: _Schema) -> int:
+        self._ensure_loaded(s)
+        with self._errors("count", s.name):
+            res = self._client.query(s.name, filter="", output_fields=["count(*)"])
+            return int(res[0]["count(*)"])
+
+    def count(self, collection_name: str) -> int:
+        return self._count(self._schema(collection_name))
+
+    def create_dense_collection(
+        self,
+        collection_name: str,
+        dimension: int,
+        *,
+        metric: Metric = "cosine",
+        id_type: IdType = "int",
+        vector_field: str = "vector",
+    ) -> None:
+        if self.has_collection(collection_name):
+            raise StoreError(f"collection '{collection_name}' already exists in {self.uri}")
+        if metric not in ("cosine", "ip", "l2"):
+            raise ConfigError(f"unknown metric '{metric}' (choose cosine, ip or l2)")
+        with self._errors("create collection", collection_name):
+            schema = self._client.create_schema(auto_id=False, enable_dynamic_field=True)
+            if id_type == "int":
+                schema.add_field("id", DataType.INT64, is_primary=True)
+            else:
+                schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_VARCHAR_MAX)
+            schema.add_field(vector_field, DataType.FLOAT_VECTOR, dim=int(dimension))
+            index = self._client.prepare_index_params()
+            index.add_index(vector_field, index_type="AUTOINDEX", metric_type=metric.upper())
+            self._create(collection_name, schema, index)
+
+    def insert_dense(
+        self,
+        collection_name: str,
+        ids: Sequence[Id],
+        vectors: np.ndarray,
+        payloads: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        s = self._schema(collection_name)
+        f = s.dense_field(None, self.uri)
+        vecs = check_dense(vectors, s.dense[f][0])
+        ids = check_ids(ids, s.id_type, len(vecs))
+        payloads = check_payloads(payloads, len(vecs))
+        self._check_payload_keys(s, payloads, ids)
+        rows = [{**p, s.pk: i, f: v} for i, v, p in zip(ids, vecs, payloads)]
+        self._write(s, rows, vecs.shape[1] * 4 + 256)
+
+    def iter_dense(
+        self,
+        collection_name: str,
+        batch_size: int = 1000,
+        after: Id | None = None,
+        vector_field: str | None = None,
+    ) -> Iterator[DensePage]:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        s = self._schema(collection_name)
+        f = s.dense_field(vector_field, self.uri)
+        want = int if s.id_type == "int" else str
+        if after is not None and (not isinstance(after, want) or isinstance(after, bool)):
+            raise DataError(f"cursor {after!r} is not a {s.id_type} id of collection '{s.name}'")
+        self._ensure_loaded(s)
+        if self._is_lite:
+            with self._errors("flush", s.name):
+                self._client.flush(s.name)
+        limit = min(batch_size, _MAX_WINDOW)
+        fields = [*self._payload_fields(s), f]
+        while True:
+            expr = f"{s.pk} > {_literal(after)}" if after is not None else ""
+            with self._errors("query", s.name):
+                # iterator="True" asks the server for primary-key order before the limit is
+                # applied (what pymilvus' own query_iterator relies on); without it Milvus Lite
+                # returns an arbitrary subset and a cursor would skip rows.
+                rows = self._client.query(s.name, filter=expr, limit=limit, output_fields=fields, iterator="True")
+            if not rows:
+                return
+            ids = [r[s.pk] for r in rows]
+            if any(b <= a for a, b in zip(ids, ids[1:])) or (after is not None and ids[0] <= after):
+                raise StoreError(
+                    f"Milvus at {self.uri} returned collection '{s.name}' out of primary-key order; "
+                    "cannot page it safely"
+                )
+            yield DensePage(
+                ids=ids,
+                vectors=np.asarray([r[f] for r in rows], dtype=np.float32).reshape(len(rows), s.dense[f][0]),
+                payloads=[self._payload(s, r) for r in rows],
+            )
+            if len(rows) < limit:
+                return
+            after = ids[-1]
+
+    def create_sparse_collection(
+        self,
+        collection_name: str,
+        like: str,
+        *,
+        keep_dense: bool = True,
+        vector_field: str | None = None,
+    ) -> None:
+        src = self._schema(like)
+        kept = src.dense_field(vector_field, self.uri) if keep_dense and src.dense else None
+        if SPARSE_FIELD in src.scalars:
+            raise StoreError(f"collection '{src.name}' in {self.uri} has a payload field named '{SPARSE_FIELD}'")
+        if self.has_collection(collection_name):
+            tgt = self._schema(collection_name)
+            same = (
+                tgt.sparse
+                and tgt.id_type == src.id_type
+                and tgt.pk == src.pk
+                and tgt.dense == ({kept: src.dense[kept]} if kept else {})
+                and {k: v["type"] for k, v in tgt.scalars.items()} == {k: v["type"] for k, v in src.scalars.items()}
+                and tgt.dynamic
+            )
+            if not same:
+                raise StoreError(f"collection '{collection_name}' already exists with another schema in {self.uri}")
+            self._ensure_loaded(tgt)
+            return
+        with self._errors("create collection", collection_name):
+            schema = self._client.create_schema(auto_id=False, enable_dynamic_field=True)
+            index = self._client.prepare_index_params()
+            for f in src.raw_fields:
+                if f["name"] == src.pk:
+                    schema.add_field(f["name"], f["type"], is_primary=True, **src.pk_params)
+                elif f["name"] in src.scalars:
+                    kwargs = dict(f.get("params", {}))
+                    for key in ("nullable", "default_value", "element_type"):
+                        if key in f and f[key] is not None:
+                            kwargs[key] = f[key]
+                    schema.add_field(f["name"], f["type"], **kwargs)
+                elif f["name"] == kept:
+                    schema.add_field(kept, DataType.FLOAT_VECTOR, dim=src.dense[kept][0])
+                    idx = {k: v for k, v in src.dense_index[kept].items() if k not in _INDEX_BOOKKEEPING}
+                    index_type = idx.pop("index_type", "AUTOINDEX")
+                    idx.pop("metric_type", None)
+                    index.add_index(kept, index_type=index_type, metric_type=src.dense[kept][1].upper(), params=idx)
+            schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
+            # Milvus Lite accepts only this index/metric pair for sparse vectors; with its default
+            # drop ratio of 0 nothing is pruned, so search is exact.
+            index.add_index(SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+            self._create(collection_name, schema, index)
+        logger.info("created sparse collection '%s' like '%s' in %s", collection_name, src.name, self.uri)
+
+    def upsert(
+        self,
+        collection_name: str,
+        ids: Sequence[Id],
+        sparse: SparseVectors,
+        payloads: Sequence[dict[str, Any]] | None = None,
+        dense: np.ndarray | None = None,
+    ) -> None:
+        s = self._schema(collection_name)
+        if not s.sparse:
+            raise StoreError(f"collection '{s.name}' in {self.uri} has no sparse field '{SPARSE_FIELD}'")
+        ids = check_ids(ids, s.id_type, len(sparse))
+        sparse.validate(ids)
+        payloads = check_payloads(payloads, len(ids))
+        self._check_payload_keys(s, payloads, ids)
+        f = next(iter(s.dense), None)
+        if dense is not None:
+            if f is None:
+                raise DataError(f"collection '{s.name}' keeps no dense vectors")
+            dense = check_dense(dense, s.dense[f][0], ids)
+        elif f is not None:
+            raise DataError(f"collection '{s.name}' needs dense vectors for field '{f}'")
+        codes = sparse.to_milvus()
+        rows = []
+        for n, i in enumerate(ids):
+            row = {**payloads[n], s.pk: i, SPARSE_FIELD: codes[n]}
+            if f is not None:
+                row[f] = dense[n]
+            rows.append(row)
+        dim = s.dense[f][0] if f else 0
+        self._write(s, rows, dim * 4 + sparse.width * 12 + 256)
+
+    def _search(
+        self, s: _Schema, data: list, anns_field: str, metric: Metric, limit: int, with_payload: bool, params: dict
+    ) -> list[list[Hit]]:
+        self._ensure_loaded(s)
+        out_fields = self._payload_fields(s) if with_payload else [s.pk]
+        results: list[list[Hit]] = []
+        with self._errors("search", s.name):
+            for a in range(0, len(data), 4096):
+                res = self._client.search(
+                    s.name,
+                    data=data[a : a + 4096],
+                    anns_field=anns_field,
+                    limit=limit,
+                    output_fields=out_fields,
+                    search_params={"metric_type": metric.upper(), "params": params},
+                )
+                for hits in res:
+                    row = []
+                    for h in hits:
+                        hid = h.get(s.pk, h.get("id"))
+                        dist = float(h["distance"])
+                        # one convention for every store: higher is better (Milvus reports L2 distance)
+                        score = -dist if metric == "l2" else dist
+                        payload = self._payload(s, h.get("entity", {})) if with_payload else None
+                        row.append(Hit(hid, score, payload))
+                    results.append(row)
+        return results
+
+    def search_sparse(
+        self,
+        collection_name: str,
+        queries: SparseVectors,
+        limit: int = 10,
+        with_payload: bool = False,
+    ) -> list[list[Hit]]:
+        s = self._schema(collection_name)
+        if not s.sparse:
+            raise StoreError(f"collection '{s.name}' in {self.uri} has no sparse field '{SPARSE_FIELD}'")
+        if limit < 1:
+            raise ConfigError(f"limit must be at least 1, got {limit}")
+        queries.validate(allow_empty=True)
+        codes = queries.to_milvus()
+        # Milvus rejects an empty sparse query; such a query matches nothing anyway.
+        live = [n for n, c in enumerate(codes) if c]
+        found = (
+            self._search(s, [codes[n] for n in live], SPARSE_FIELD, "ip", min(limit, _MAX_WINDOW), with_payload, {})
+            if live
+            else []
+        )
+        out: list[list[Hit]] = [[] for _ in codes]
+        for n, hits in zip(live, found):
+            out[n] = [h for h in hits if h.score > 0]
+        return out
+
+    def search_dense(
+        self,
+        collection_name: str,
+        queries: np.ndarray,
+        limit: int = 10,
+        with_payload: bool = False,
+        vector_field: str | None = None,
+    ) -> list[list[Hit]]:
+        s = self._schema(collection_name)
+        f = s.dense_field(vector_field, self.uri)
+        dim, metric = s.dense[f]
+        if limit < 1:
+            raise ConfigError(f"limit must be at least 1, got {limit}")
+        q = check_dense(queries, dim, what="queries")
+        params: dict[str, Any] = {}
+        if "HNSW" in str(s.dense_index[f].get("index_type", "")).upper():
+            # a generous ef keeps HNSW close to exact at small limits
+            params["ef"] = max(64, min(limit * 4, _MAX_WINDOW))
+        return self._search(s, list(q), f, metric, min(limit, _MAX_WINDOW), with_payload, params)
+
+    def fetch(
+        self,
+        collection_name: str,
+        ids: Sequence[Id],
+        with_dense: bool = False,
+        with_sparse: bool = False,
+    ) -> list[Record]:
+        s = self._schema(collection_name)
+        want = int if s.id_type == "int" else str
+        asked = [i for i in ids if isinstance(i, want) and not isinstance(i, bool)]
+        if not asked:
+            return []
+        self._ensure_loaded(s)
+        dense_f = next(iter(s.dense), None)
+        fields = self._payload_fields(s)
+        if with_dense and dense_f:
+            fields.append(dense_f)
+        if with_sparse and s.sparse:
+            fields.append(SPARSE_FIELD)
+        found: dict[Id, dict[str, Any]] = {}
+        uniq = list(dict.fromkeys(asked))
+        with self._errors("fetch", s.name):
+            for a in range(0, len(uniq), 1000):
+                chunk = uniq[a : a + 1000]
+                expr = f"{s.pk} in [{', '.join(_literal(i) for i in chunk)}]"
+                for r in self._client.query(s.name, filter=expr, output_fields=fields):
+                    found[r[s.pk]] = r
+        out = []
+        for i in asked:
+            r = found.get(i)
+            if r is None:
+                continue
+            sparse = None
+            if with_sparse and s.sparse and r.get(SPARSE_FIELD) is not None:
+                items = sorted((int(k), float(v)) for k, v in dict(r[SPARSE_FIELD]).items())
+                sparse = ([k for k, _ in items], [v for _, v in items])
+            dense = None
+            if with_dense and dense_f and r.get(dense_f) is not None:
+                dense = np.asarray(r[dense_f], dtype=np.float32)
+            out.append(Record(id=i, payload=self._payload(s, r), dense=dense, sparse=sparse))
+        return out
+
+    def get_alias(self, alias: str) -> str | None:
+        if alias not in self._aliases():
+            return None
+        with self._errors("describe alias"):
+            return str(self._client.describe_alias(alias)["collection_name"])
+
+    def set_alias(self, alias: str, collection_name: str) -> None:
+        with self._errors("list collections"):
+            collections = self._client.list_collections()
+        if alias in collections:
+            raise StoreError(f"alias '{alias}' would shadow a collection of that name in {self.uri}")
+        real = self._resolve(collection_name)
+        with self._errors("set alias", real):
+            if alias in self._aliases():
+                self._client.alter_alias(real, alias)  # atomic move
+            else:
+                self._client.create_alias(real, alias)
+        logger.info("alias '%s' -> '%s' in %s", alias, real, self.uri)
+
+    def drop_alias(self, alias: str) -> None:
+        if alias in self._aliases():
+            with self._errors("drop alias"):
+                self._client.drop_alias(alias)
+
+    def drop(self, collection_name: str) -> None:
+        with self._errors("drop", collection_name):
+            if collection_name not in self._client.list_collections():
+                return
+            # a server refuses to drop a collection that an alias still points at
+            for a in self._client.list_aliases(collection_name=collection_name).get("aliases", []):
+                self._client.drop_alias(a)
+            self._client.drop_collection(collection_name)
+        self._loaded.discard(collection_name)
+
+    def flush(self, collection_name: str) -> None:
+        s = self._schema(collection_name)
+        with self._errors("flush", s.name):
+            self._client.flush(s.name)
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception as exc:  # closing must not raise over a failed connection
+            logger.debug("closing Milvus client for %s: %s", self.uri, exc)
+        path, self._lite_path = self._lite_path, None
+        if path is None:
+            return
+        with _LITE_LOCK:
+            left = _LITE_REFS.get(path, 1) - 1
+            if left > 0:
+                _LITE_REFS[path] = left
+                return
+            _LITE_REFS.pop(path, None)
+        # the last store on this file: stop its embedded server so the file is released
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(path)
+
+    def __enter__(self) -> MilvusStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MilvusStore({self.uri!r})"
