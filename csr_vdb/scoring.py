@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -20,8 +21,10 @@ logger = logging.getLogger(__name__)
 # Documents per block of the block-max selection: the top-k pass reads one max per block and then
 # only the few blocks that can hold a top-k document, instead of sorting a whole [queries, N] buffer.
 _SELECT_BLOCK = 128
-# Budget (elements) of one [queries, N] float32 score buffer on an accelerator.
-_GPU_BUFFER_ELEMS = 1 << 28
+# Cap (elements) of one [queries, N] float32 score buffer on an accelerator (4 GiB).
+_GPU_BUFFER_ELEMS = 1 << 30
+# Score-buffer elements per CPU worker that still fit a per-core cache (2 MB).
+_CPU_CACHE_ELEMS = 1 << 19
 # Same budget for the vectorised path on CPU (a shared machine: 64 MB).
 _CPU_BUFFER_ELEMS = 1 << 24
 # Budget of the posting entries expanded at once by the vectorised (accelerator) path.
@@ -39,6 +42,29 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available")
     return dev
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 1
+
+
+@contextlib.contextmanager
+def _single_intra_op_thread() -> Iterator[None]:
+    """Set torch's intra-op threads to 1 while any CPU search runs (restored by the last one out)."""
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
 
 
 def _check_top_k(top_k: int) -> int:
@@ -79,14 +105,17 @@ class SparseIndex:
     bit; codes made of exactly representable values give identical results).
 
     On CPU each (query, latent) pair is one fused ``index_add_`` of a posting list into the
-    query's buffer row (no expansion passes), spread over at most ``threads`` Python threads. On
-    CUDA all posting entries of a query block are expanded and scattered at once.
+    query's buffer row (no expansion passes), spread over at most ``threads`` Python threads;
+    torch's intra-op threads are set to 1 for the duration of a search (and restored), so a
+    search uses ``threads`` cores. On CUDA all posting entries of a query block are expanded
+    and scattered at once.
 
     Args:
         codes: the ``[N, width]`` codes to search (row positions are the result ids).
         device: torch device; ``None`` = CUDA when available, else CPU.
         threads: CPU worker threads (at most 2 unless told otherwise).
-        query_block: queries scored together (default: 8 on CPU, sized to memory on CUDA).
+        query_block: queries scored together (default: as many as keep a CPU worker's buffer
+            within ~2 MB, 1 to 8; sized to free memory on CUDA).
         method: ``"loop"`` (one ``index_add_`` per query latent, the CPU default),
             ``"vectorised"`` (expand all posting entries of a block, the CUDA default) or ``"auto"``.
 
@@ -177,6 +206,10 @@ class SparseIndex:
             self._ptr = torch.from_numpy(ptr).to(self.device)
             self._docs = torch.from_numpy(rows.astype(doc_dtype)).to(self.device)
             self._vals = torch.from_numpy(vals[order].astype(np.float32)).to(self.device)
+            # Per-latent views for the CPU loop: saves two slicing calls per (query, latent).
+            sizes = counts.tolist()
+            self._doc_lists = torch.split(self._docs, sizes) if self.method == "loop" else ()
+            self._val_lists = torch.split(self._vals, sizes) if self.method == "loop" else ()
             self._built = True
             logger.debug("built SparseIndex: %d rows, %d postings, dim %d", self._n, len(rows), self.dim)
 
@@ -193,7 +226,8 @@ class SparseIndex:
             row; padded with (-inf, -1) only where ``top_k > len(self)``.
 
         Raises:
-            DataError: wrong dimension or NaN/inf in the queries.
+            DataError: wrong dimension or NaN/inf in the queries; a latent repeated within a row
+                of the indexed codes (found when the posting lists are built).
             ConfigError: ``top_k`` not a positive integer.
         """
         top_k = _check_top_k(top_k)
@@ -208,7 +242,9 @@ class SparseIndex:
             return scores, rows
         kk = min(top_k, self._n)
         if self.method == "loop":
-            block = self._query_block or 8
+            # Few queries per buffer: the rows being scattered into should stay cache-resident
+            # (measured at N=1M: 1 query per block is 2.7x faster than 8).
+            block = self._query_block or max(1, min(8, _CPU_CACHE_ELEMS // max(self._n, 1)))
             starts = list(range(0, nq, block))
             workers = min(self.threads, len(starts))
             # One reusable buffer per worker: a fresh [block, N] allocation costs page faults
@@ -229,19 +265,19 @@ class SparseIndex:
 
             # Our worker threads are the parallelism: intra-op threads (index_add_ splits long
             # posting lists) would oversubscribe the cores, so they are off during the search.
-            prev = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
+            with _single_intra_op_thread():
                 if workers > 1:
                     with ThreadPoolExecutor(max_workers=workers) as pool:
                         list(pool.map(work, starts))
                 else:
                     for start in starts:
                         work(start)
-            finally:
-                torch.set_num_threads(prev)
         else:
-            budget = _GPU_BUFFER_ELEMS if self.device.type != "cpu" else _CPU_BUFFER_ELEMS
+            budget = _CPU_BUFFER_ELEMS
+            if self.device.type == "cuda":
+                # A quarter of the free memory (the buffer plus its gathers), capped.
+                free_bytes, _ = torch.cuda.mem_get_info(self.device)
+                budget = max(1, min(_GPU_BUFFER_ELEMS, free_bytes // 16))
             block = self._query_block or max(1, min(nq, budget // max(self._n, 1)))
             for start in range(0, nq, block):
                 q = queries[start : start + block]
@@ -267,15 +303,12 @@ class SparseIndex:
         if buf is None:
             buf = self._new_buffer(len(q))
         buf = buf[: len(q)]
-        ptr, docs, vals = self._ptr_list, self._docs, self._vals
+        ptr, docs, vals = self._ptr_list, self._doc_lists, self._val_lists
         for b, (lat_row, val_row) in enumerate(zip(q.indices.tolist(), q.values.tolist())):
             row = buf[b, : self._n]
             for lat, qv in zip(lat_row, val_row):
-                if qv == 0.0:
-                    continue
-                s, e = ptr[lat], ptr[lat + 1]
-                if e > s:
-                    row.index_add_(0, docs[s:e], vals[s:e], alpha=qv)
+                if qv != 0.0 and ptr[lat + 1] > ptr[lat]:
+                    row.index_add_(0, docs[lat], vals[lat], alpha=qv)
         out = self._select(buf, top_k)
         buf[:, : self._n].zero_()
         return out

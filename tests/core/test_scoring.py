@@ -185,10 +185,19 @@ def test_cuda_requested_without_cuda_is_a_config_error():
     assert resolve_device(None).type == "cpu"
 
 
-def test_search_restores_torch_threads():
+def test_concurrent_searches_are_correct_and_restore_torch_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    docs, queries = random_codes(3000, 32, 4, seed=1), random_codes(40, 32, 4, seed=2)
+    index = SparseIndex(docs, threads=2, query_block=1)
+    ref_s, ref_r = reference_topk(queries, docs, 7)
     before = torch.get_num_threads()
-    SparseIndex(random_codes(100, 16, 3, seed=1), threads=2, query_block=1).search(random_codes(4, 16, 3, seed=2), 3)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: index.search(queries, 7), range(6)))
     assert torch.get_num_threads() == before
+    for scores, rows in results:
+        np.testing.assert_array_equal(rows, ref_r)
+        np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
 
 
 # ------------------------------------------------------------------------------------- Reranker
