@@ -6,6 +6,7 @@ that the core itself may not import; the click commands stay thin and call one o
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -183,7 +184,15 @@ def build_configs(
         default_configs = None
     try:
         if default_configs is not None:
-            cfg, tcfg = default_configs(input_dim, n_rows)
+            # the recipe may derive other settings (batch, annealing) from k and h: hand them over
+            given = {name: v for name, v in (("k", k), ("hidden_dim", hidden)) if v is not None}
+            if k is not None and hidden is None and k > 4 * input_dim:
+                given["hidden_dim"] = 4 * k
+            try:
+                accepted = set(inspect.signature(default_configs).parameters)
+            except (TypeError, ValueError):  # pragma: no cover - builtins/C callables
+                accepted = set()
+            cfg, tcfg = default_configs(input_dim, n_rows, **{a: v for a, v in given.items() if a in accepted})
             model_kw = cfg.model_dump()
             train_kw = tcfg.model_dump()
         else:

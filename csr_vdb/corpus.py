@@ -118,6 +118,8 @@ def stdlib_passages(
         rel = path.relative_to(base).parts
         if any(p in _SKIP_PARTS or p.startswith("config-") for p in rel):
             continue
+        if any(p.startswith("_") and p != "__init__.py" for p in rel):
+            continue  # private modules mostly duplicate public ones (_pydecimal, _collections_abc)
         try:
             tree = ast.parse(path.read_bytes(), filename=str(path))
         except (SyntaxError, ValueError, OSError) as exc:  # a few stdlib files are templates
