@@ -49,3 +49,15 @@ def test_demo_small(tmp_path, monkeypatch, kind):
     found = json.loads(res.stdout)["results"]
     assert found["dense"][0][0]["payload"]["name"].startswith("abc")
     assert found["rerank"][0][0]["id"] == found["dense"][0][0]["id"]
+
+    if kind == "milvus":  # the RAG example runs against the demo's output
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        example = Path(__file__).resolve().parents[2] / "examples" / "rag_retriever.py"
+        proc = subprocess.run([sys.executable, str(example), "abstract base classes", "--uri", uri,
+                               "--model", str(out / "model"), "--top-k", "3"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "1. abc" in proc.stdout and "Question: abstract base classes" in proc.stdout
