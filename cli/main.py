@@ -176,8 +176,10 @@ def _plan(app: App, store: Any, collection: str, target: str | None, shard: str 
               help="Rows re-encoded and compared; also the queries of the recall check.")
 @click.option("--min-recall", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Fail when recall@10 of sparse vs dense search is below this.")
+@click.option("--shard", default="0/1", show_default=True,
+              help="Any shard i/n of a sharded migration (verify covers all n shards).")
 @common_options
-def verify(app: App, collection: str, target: str | None, sample: int, min_recall: float) -> None:
+def verify(app: App, collection: str, target: str | None, sample: int, min_recall: float, shard: str) -> None:
     """Check the target against the source: counts, ids, payloads, vectors, a re-encoded sample,
     and recall@10 of sparse vs dense search. Exit 0 only when everything matches (else 8).
 
@@ -188,8 +190,9 @@ def verify(app: App, collection: str, target: str | None, sample: int, min_recal
     from csr_vdb.cli.ops import load_encoder
     from csr_vdb.migrations import verify_migration
 
+    parse_shard(shard)
     store = app.open_store()
-    plan = _plan(app, store, collection, target)
+    plan = _plan(app, store, collection, target, shard)
     encoder = load_encoder(plan.model_dir, app.device)
     with app.progress("verify") as bar:
         rep = verify_migration(store, plan, encoder.encode, encoder.encode_queries, state_base=app.state_dir,
@@ -213,8 +216,9 @@ def verify(app: App, collection: str, target: str | None, sample: int, min_recal
 @click.option("--target", default=None, help="Target collection [<collection>_csr].")
 @click.option("--alias", default=None, help="Alias to move [<collection>_live].")
 @click.option("--force", is_flag=True, help="Cut over even without a passing verify.")
+@click.option("--shard", default="0/1", show_default=True, help="Any shard i/n of a sharded migration.")
 @common_options
-def cutover(app: App, collection: str, target: str | None, alias: str | None, force: bool) -> None:
+def cutover(app: App, collection: str, target: str | None, alias: str | None, force: bool, shard: str) -> None:
     """Point the alias at the sparse target (only after a passing verify).
 
     \b
@@ -223,8 +227,9 @@ def cutover(app: App, collection: str, target: str | None, alias: str | None, fo
     """
     from csr_vdb.migrations import cutover as do_cutover
 
+    parse_shard(shard)
     store = app.open_store()
-    plan = _plan(app, store, collection, target)
+    plan = _plan(app, store, collection, target, shard)
     res = do_cutover(store, plan, state_base=app.state_dir, alias=alias, force=force)
     app.emit(res, f"alias '{res.alias}': {res.previous or '(new)'} -> {res.current}")
 
@@ -233,8 +238,9 @@ def cutover(app: App, collection: str, target: str | None, alias: str | None, fo
 @click.option("--collection", required=True, help="Source collection of the migration.")
 @click.option("--target", default=None, help="Target collection [<collection>_csr].")
 @click.option("--alias", default=None, help="Alias to move back [<collection>_live].")
+@click.option("--shard", default="0/1", show_default=True, help="Any shard i/n of a sharded migration.")
 @common_options
-def rollback(app: App, collection: str, target: str | None, alias: str | None) -> None:
+def rollback(app: App, collection: str, target: str | None, alias: str | None, shard: str) -> None:
     """Point the alias back at the dense source collection.
 
     \b
@@ -243,8 +249,9 @@ def rollback(app: App, collection: str, target: str | None, alias: str | None) -
     """
     from csr_vdb.migrations import rollback as do_rollback
 
+    parse_shard(shard)
     store = app.open_store()
-    plan = _plan(app, store, collection, target)
+    plan = _plan(app, store, collection, target, shard)
     res = do_rollback(store, plan, state_base=app.state_dir, alias=alias)
     app.emit(res, f"alias '{res.alias}': {res.previous or '(new)'} -> {res.current}")
 
