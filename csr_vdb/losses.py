@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from csr_vdb.kernels import selected_linear, sparse_similarity
 from csr_vdb.model import CSREncoder
 
 
@@ -28,7 +29,14 @@ def normalized_mse(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x_hat - x).pow(2).sum() / denom
 
 
-def auxiliary_loss(model: CSREncoder, pre: torch.Tensor, residual: torch.Tensor, k_aux: int) -> torch.Tensor:
+def auxiliary_loss(
+    model: CSREncoder,
+    x: torch.Tensor,
+    bias: torch.Tensor,
+    pre: torch.Tensor,
+    residual: torch.Tensor,
+    k_aux: int,
+) -> torch.Tensor:
     """AuxK loss: reconstruct the residual ``e = x - x_hat`` from the top ``k_aux`` *dead* latents.
 
     ``L_aux = ||e - W_dec^T TopK_aux(ReLU(pre[dead]))||^2 / ||e||^2`` (arXiv 2503.01776, after Gao et al.
@@ -36,7 +44,9 @@ def auxiliary_loss(model: CSREncoder, pre: torch.Tensor, residual: torch.Tensor,
 
     Args:
         model: the encoder (its ``rows_since_fired`` defines the dead latents).
-        pre: ``[n, hidden_dim]`` full pre-activations.
+        x: ``[n, input_dim]`` preprocessed batch.
+        bias: ``model.encoder_bias()`` (with grad).
+        pre: ``[n, hidden_dim]`` pre-activations computed without grad.
         residual: ``[n, input_dim]`` detached residual ``x - x_hat_k``.
         k_aux: latents to use (clamped to the number of dead latents).
 
@@ -47,9 +57,11 @@ def auxiliary_loss(model: CSREncoder, pre: torch.Tensor, residual: torch.Tensor,
     if dead.numel() == 0:
         return pre.new_zeros(())
     kk = min(int(k_aux), dead.numel())
-    vals, pos = pre.index_select(1, dead).topk(kk, dim=1)
-    e_hat = model.decode_sparse(dead[pos], F.relu(vals), bias=False)
-    # ||e - e_hat||^2 / ||e||^2 ; e is detached so only the dead latents learn from it
+    with torch.no_grad():
+        idx = dead[pre.index_select(1, dead).topk(kk, dim=1).indices]
+    vals = F.relu(selected_linear(x, model.W_enc, bias, idx, pre))
+    e_hat = model.decode_sparse(idx, vals, bias=False)
+    # L_aux = ||e - e_hat||^2 / ||e||^2 ; e is detached so only the dead latents learn from it
     return (e_hat - residual).pow(2).sum() / residual.pow(2).sum().clamp_min(1e-12)
 
 
@@ -60,12 +72,23 @@ def dense_codes(indices: torch.Tensor, values: torch.Tensor, hidden_dim: int) ->
     )
 
 
-def code_similarity(a: torch.Tensor, b: torch.Tensor, cosine: bool) -> torch.Tensor:
-    """Pairwise similarity of dense-layout codes ``[n, h] x [m, h] -> [n, m]``: dot, or cosine."""
+def code_similarity(
+    idx1: torch.Tensor,
+    v1: torch.Tensor,
+    idx2: torch.Tensor,
+    v2: torch.Tensor,
+    hidden_dim: int,
+    cosine: bool,
+) -> torch.Tensor:
+    """Pairwise similarity of two batches of sparse codes ``[n1, w1], [n2, w2] -> [n1, n2]``: dot or cosine.
+
+    Computed sparsely (n1 * w1 * n2 work, `csr_vdb.kernels.sparse_similarity`), never as a dense
+    ``[n, hidden_dim]`` product.
+    """
     if cosine:
-        a = F.normalize(a, dim=1, eps=1e-8)
-        b = F.normalize(b, dim=1, eps=1e-8)
-    return a @ b.T
+        v1 = F.normalize(v1, dim=1, eps=1e-8)
+        v2 = F.normalize(v2, dim=1, eps=1e-8)
+    return sparse_similarity(idx1, v1, idx2, v2, hidden_dim)
 
 
 def info_nce(logits: torch.Tensor, targets: torch.Tensor, self_mask: bool = False) -> torch.Tensor:
@@ -154,24 +177,33 @@ def reconstruction_terms(
     """L(k), L(4k) and L_aux for a preprocessed batch ``x [n, input_dim]``.
 
     The 4k pass uses the FULL pre-activations (sentence-transformers' CSRLoss uses the dead-masked
-    ones, which is a bug). One ``topk(4k)`` serves both passes: its first k slots are the top k.
+    ones, which is a bug). One ``topk(4k)`` serves both passes: its first k slots are the top k, and
+    ``x_hat_4k = x_hat_k + decode(slots k..4k)`` reuses the k-sparse reconstruction. The dense
+    pre-activations are computed once without grad; gradients flow through the selected entries
+    only (`csr_vdb.kernels`), which is all TopK passes back.
 
     Returns:
         ``(recon_k, recon_4k, aux, indices_k [n, k], values_k [n, k])``.
     """
     h = model.config.hidden_dim
     k4 = min(4 * k, h)
-    pre = model.pre_activations(x)
-    vals4, idx4 = pre.topk(k4, dim=1)
-    vals4 = F.relu(vals4)
+    bias = model.encoder_bias()
+    with torch.no_grad():
+        pre = torch.addmm(bias, x, model.W_enc.T)
+        idx4 = pre.topk(k4, dim=1).indices
+    vals4 = F.relu(selected_linear(x, model.W_enc, bias, idx4, pre))
     idx_k, vals_k = idx4[:, :k], vals4[:, :k]
     x_hat_k = model.decode_sparse(idx_k, vals_k)
     # L(k) = ||x - x_hat_k||^2 / ||x - mean(x)||^2
     recon_k = normalized_mse(x_hat_k, x)
-    # L(4k) = ||x - x_hat_4k||^2 / ||x - mean(x)||^2  (a denser code keeps the dictionary useful for larger k)
-    recon_4k = normalized_mse(model.decode_sparse(idx4, vals4), x) if k4 > k else recon_k.detach()
+    if k4 > k:
+        # L(4k) = ||x - x_hat_4k||^2 / ||x - mean(x)||^2  (keeps the dictionary useful beyond k)
+        x_hat_4k = x_hat_k + model.decode_sparse(idx4[:, k:], vals4[:, k:], bias=False)
+        recon_4k = normalized_mse(x_hat_4k, x)
+    else:
+        recon_4k = recon_k.detach()
     aux = (
-        auxiliary_loss(model, pre, (x - x_hat_k).detach(), k_aux) if with_aux else pre.new_zeros(())
+        auxiliary_loss(model, x, bias, pre, (x - x_hat_k).detach(), k_aux) if with_aux else pre.new_zeros(())
     )
     return recon_k, recon_4k, aux, idx_k, vals_k
 

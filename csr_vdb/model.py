@@ -17,6 +17,7 @@ from torch import nn
 from csr_vdb.config import CSRConfig
 from csr_vdb.errors import DataError, ModelError
 from csr_vdb.fileutil import atomic_write_bytes, atomic_write_json, sha256_file
+from csr_vdb.kernels import selected_linear, sparse_decode
 from csr_vdb.sparse import SparseVectors
 from csr_vdb.validation import check_dense
 
@@ -107,9 +108,27 @@ class CSREncoder(nn.Module):
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """``W_enc (x - b_pre) + b_enc`` for preprocessed ``x [n, input_dim]`` -> ``[n, hidden_dim]``."""
-        # folding b_pre into the bias (b_enc - W_enc b_pre) keeps its gradient a cheap matvec instead of
-        # a full [n, hidden_dim] x [hidden_dim, input_dim] product through the input
-        return F.linear(x, self.W_enc, self.b_enc - self.W_enc @ self.b_pre)
+        return torch.addmm(self.encoder_bias(), x, self.W_enc.T)
+
+    def encoder_bias(self) -> torch.Tensor:
+        """``b_enc - W_enc b_pre`` ``[hidden_dim]``: ``W_enc (x - b_pre) + b_enc = W_enc x + this``.
+
+        Folding ``b_pre`` into the bias keeps its gradient a cheap matvec instead of a full
+        ``[n, hidden_dim] x [hidden_dim, input_dim]`` product through the input.
+        """
+        return self.b_enc - self.W_enc @ self.b_pre
+
+    def topk_codes(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable TopK codes of preprocessed ``x [n, input_dim]`` for training.
+
+        Returns:
+            ``(indices [n, k], values [n, k] >= 0)``, slots sorted by pre-activation.
+        """
+        bias = self.encoder_bias()
+        with torch.no_grad():
+            pre = torch.addmm(bias, x, self.W_enc.T)
+            idx = pre.topk(k, dim=1).indices
+        return idx, F.relu(selected_linear(x, self.W_enc, bias, idx, pre))
 
     def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """``x_hat = sum_j values[:, j] * W_dec[indices[:, j]] (+ b_pre)``.
@@ -122,8 +141,8 @@ class CSREncoder(nn.Module):
         Returns:
             ``[n, input_dim]`` reconstruction.
         """
-        # embedding_bag = gather + weighted sum: n*w*d work instead of a dense n*h*d matmul
-        out = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
+        # a gather + weighted sum (n*w*d work) with a sparse backward, instead of a dense n*h*d matmul
+        out = sparse_decode(indices, values, self.W_dec)
         return out + self.b_pre if bias else out
 
     def forward(self, x: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -136,9 +155,7 @@ class CSREncoder(nn.Module):
         Returns:
             ``(indices [n, k], values [n, k] >= 0, x_hat [n, input_dim])``.
         """
-        k = k or self.config.k
-        vals, idx = self.pre_activations(x).topk(k, dim=1)
-        vals = F.relu(vals)
+        idx, vals = self.topk_codes(x, k or self.config.k)
         return idx, vals, self.decode_sparse(idx, vals)
 
     # --------------------------------------------------------------- inference

@@ -20,7 +20,6 @@ from csr_vdb.config import CSRConfig, TrainConfig
 from csr_vdb.errors import ConfigError, DataError, describe_rows
 from csr_vdb.losses import (
     code_similarity,
-    dense_codes,
     info_nce,
     nearest_neighbors,
     reconstruction_terms,
@@ -326,10 +325,14 @@ class _Contrastive:
         self.gen = generator
         self.pool: torch.Tensor | None = None
 
-    def codes(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """Dense-layout top-k codes ``[n, hidden_dim]`` of preprocessed rows (differentiable)."""
-        vals, idx = self.model.pre_activations(x).topk(k, dim=1)
-        return dense_codes(idx, F.relu(vals), self.model.config.hidden_dim)
+    def codes(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k codes ``(indices [n, k], values [n, k])`` of preprocessed rows (differentiable)."""
+        return self.model.topk_codes(x, k)
+
+    def sim(self, a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Code similarities / temperature, ``[n_a, n_b]``."""
+        h = self.model.config.hidden_dim
+        return code_similarity(a[0], a[1], b[0], b[1], h, self.cosine) / self.train.temperature
 
     def __call__(
         self,
@@ -345,28 +348,24 @@ class _Contrastive:
         mode = self.mode
         if mode == "none":
             return x.new_zeros(())
-        t = self.train.temperature
-        h = self.model.config.hidden_dim
         if mode == "pairs":
             if pairs is None:
                 return x.new_zeros(())
             q, d = pairs
-            zq, zd = self.codes(q, kq), self.codes(d, k)
-            logits = code_similarity(zq, zd, self.cosine) / t
             # in-batch negatives: query i's positive is doc i, every other doc is a negative
+            logits = self.sim(self.codes(q, kq), self.codes(d, k))
             return info_nce(logits, torch.arange(q.shape[0], device=q.device))
-        z = dense_codes(idx, vals, h)
+        z = (idx, vals)
         if mode == "labels":
             if labels is None:
                 raise ConfigError("positives='labels' needs a source with labels, e.g. ArraySource(x, labels)")
-            return supcon_loss(code_similarity(z, z, self.cosine) / t, labels)
+            return supcon_loss(self.sim(z, z), labels)
         if mode == "noise":
             n, dim = x.shape
             noise = torch.randn(n, dim, generator=self.gen, device="cpu").to(x.device)
             keep = (torch.rand(n, dim, generator=self.gen, device="cpu") > 0.1).to(x.device)
             view = self.model.preprocess((x + noise * (self.train.noise_std / math.sqrt(dim))) * keep / 0.9)
-            logits = code_similarity(z, self.codes(view, k), self.cosine) / t
-            return info_nce(logits, torch.arange(n, device=x.device))
+            return info_nce(self.sim(z, self.codes(view, k)), torch.arange(n, device=x.device))
         # "neighbors": each row's dense nearest neighbour (in the batch or the pool of recent rows)
         n = x.shape[0]
         # validation (update_pool=False) mines inside its own batch only, so it does not depend on training state
@@ -378,15 +377,14 @@ class _Contrastive:
             from_pool = nn_idx >= n
             if from_pool.any():
                 uniq, inv = torch.unique(nn_idx[from_pool] - n, return_inverse=True)
-                cand = torch.cat([z, self.codes(pool[uniq], k)])
+                pi, pv = self.codes(pool[uniq], k)
+                cand = (torch.cat([idx, pi]), torch.cat([vals, pv]))
                 targets = nn_idx.clone()
                 targets[from_pool] = n + inv
         if update_pool and self.train.neighbor_pool > 0:
             fresh = x.detach()
             self.pool = fresh if self.pool is None else torch.cat([fresh, self.pool])[: self.train.neighbor_pool]
-            self.pool = self.pool[: self.train.neighbor_pool]
-        logits = code_similarity(z, cand, self.cosine) / t
-        return info_nce(logits, targets, self_mask=True)
+        return info_nce(self.sim(z, cand), targets, self_mask=True)
 
 
 @torch.no_grad()
