@@ -1,0 +1,187 @@
+"""Loss terms and the sparse autograd kernels, checked against plain dense autograd."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from csr_vdb.config import CSRConfig
+from csr_vdb.kernels import sddmm, selected_linear, sparse_decode, sparse_similarity, spmm_t
+from csr_vdb.losses import (
+    auxiliary_loss,
+    code_similarity,
+    dense_codes,
+    info_nce,
+    nearest_neighbors,
+    normalized_mse,
+    reconstruction_terms,
+    supcon_loss,
+)
+from csr_vdb.model import CSREncoder
+from tests.helpers import clustered
+
+torch.set_num_threads(1)
+
+
+def _unique_idx(n, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(h, generator=g)[:w] for _ in range(n)])
+
+
+def test_normalized_mse_is_fraction_of_variance_unexplained():
+    x = torch.randn(64, 8)
+    assert normalized_mse(x, x) == 0
+    mean_pred = x.mean(0, keepdim=True).expand_as(x)
+    assert normalized_mse(mean_pred, x).item() == pytest.approx(1.0, rel=1e-5)
+    assert normalized_mse(0.5 * (x + mean_pred), x).item() == pytest.approx(0.25, rel=1e-4)
+
+
+def test_sddmm_and_spmm_t_match_dense():
+    torch.manual_seed(0)
+    idx = _unique_idx(20, 16, 4)
+    a, rows = torch.randn(20, 6), torch.randn(16, 6)
+    assert torch.allclose(sddmm(idx, a, rows), (a @ rows.T).gather(1, idx), atol=1e-5)
+    vals, m = torch.rand(20, 4), torch.randn(20, 5)
+    assert torch.allclose(spmm_t(idx, vals, 16, m), dense_codes(idx, vals, 16).T @ m, atol=1e-5)
+
+
+def test_kernel_gradients_match_dense_autograd():
+    torch.manual_seed(0)
+    n, d, h, w = 40, 8, 32, 5
+    x = torch.randn(n, d)
+    W = torch.randn(h, d, requires_grad=True)
+    b = torch.randn(h, requires_grad=True)
+    with torch.no_grad():
+        pre = torch.addmm(b, x, W.T)
+    idx = pre.topk(w, dim=1).indices[:, torch.randperm(w)]  # any slot order
+    out = selected_linear(x, W, b, idx, pre)
+    (out.relu() ** 2).sum().backward()
+    got = (W.grad.clone(), b.grad.clone())
+    W.grad = b.grad = None
+    ref = (x @ W.T + b).gather(1, idx)
+    (ref.relu() ** 2).sum().backward()
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(got[0], W.grad, atol=1e-5) and torch.allclose(got[1], b.grad, atol=1e-5)
+
+    vals = torch.rand(n, w, requires_grad=True)
+    D = torch.randn(h, d, requires_grad=True)
+    t = torch.randn(n, d)
+    ((sparse_decode(idx, vals, D) - t) ** 2).sum().backward()
+    got = (vals.grad.clone(), D.grad.clone())
+    vals.grad = D.grad = None
+    ((dense_codes(idx, vals, h) @ D - t) ** 2).sum().backward()
+    assert torch.allclose(got[0], vals.grad, atol=1e-4) and torch.allclose(got[1], D.grad, atol=1e-4)
+
+    idx2 = _unique_idx(30, h, 3, seed=1)
+    v1, v2 = torch.rand(n, w, requires_grad=True), torch.rand(30, 3, requires_grad=True)
+    G = torch.randn(n, 30)
+    s = sparse_similarity(idx, v1, idx2, v2, h)
+    (s * G).sum().backward()
+    got = (v1.grad.clone(), v2.grad.clone())
+    v1.grad = v2.grad = None
+    s_ref = dense_codes(idx, v1, h) @ dense_codes(idx2, v2, h).T
+    (s_ref * G).sum().backward()
+    assert torch.allclose(s, s_ref, atol=1e-5)
+    assert torch.allclose(got[0], v1.grad, atol=1e-4) and torch.allclose(got[1], v2.grad, atol=1e-4)
+
+    # self-similarity: the same tensor on both sides gets both gradients
+    v1.grad = None
+    G2 = torch.randn(n, n)
+    (sparse_similarity(idx, v1, idx, v1, h) * G2).sum().backward()
+    got = v1.grad.clone()
+    v1.grad = None
+    z = dense_codes(idx, v1, h)
+    ((z @ z.T) * G2).sum().backward()
+    assert torch.allclose(got, v1.grad, atol=1e-4)
+
+
+def test_code_similarity_cosine():
+    idx = _unique_idx(6, 16, 3)
+    v = torch.rand(6, 3) + 0.1
+    cos = code_similarity(idx, v, idx, v, 16, cosine=True)
+    assert torch.allclose(cos.diagonal(), torch.ones(6), atol=1e-5)
+    dot = code_similarity(idx, v, idx, v, 16, cosine=False)
+    assert torch.allclose(dot.diagonal(), (v**2).sum(1), atol=1e-5)
+
+
+def _model(**kw) -> CSREncoder:
+    torch.manual_seed(0)
+    cfg = dict(input_dim=8, hidden_dim=32, k=2)
+    cfg.update(kw)
+    return CSREncoder(CSRConfig(**cfg), device="cpu")
+
+
+def test_reconstruction_terms_match_a_plain_implementation():
+    x = torch.from_numpy(clustered(64, 8)[0])
+    m = _model()
+    with torch.no_grad():
+        m.b_pre.copy_(x.mean(0))
+        m.b_enc.normal_(0, 0.1)
+    rk, r4, aux, idx, vals = reconstruction_terms(m, x, k=2, k_aux=8)
+    pre = (x - m.b_pre) @ m.W_enc.T + m.b_enc
+    v4, i4 = pre.topk(8, dim=1)
+    zk = torch.zeros_like(pre).scatter(1, i4[:, :2], v4[:, :2].relu())
+    z4 = torch.zeros_like(pre).scatter(1, i4, v4.relu())
+    ref_k = normalized_mse(zk @ m.W_dec + m.b_pre, x)
+    ref_4k = normalized_mse(z4 @ m.W_dec + m.b_pre, x)
+    assert rk.item() == pytest.approx(ref_k.item(), rel=1e-4)
+    assert r4.item() == pytest.approx(ref_4k.item(), rel=1e-4)
+    assert aux.item() == 0  # nothing is dead yet
+    assert torch.equal(idx, i4[:, :2])
+
+
+def test_4k_pass_uses_full_pre_activations_even_with_dead_latents():
+    x = torch.from_numpy(clustered(64, 8)[0])
+    m = _model(dead_threshold=1)
+    _, r4_alive, *_ = reconstruction_terms(m, x, k=2, k_aux=8)
+    with torch.no_grad():
+        m.rows_since_fired.fill_(10)  # every latent "dead"
+    _, r4_dead, aux, *_ = reconstruction_terms(m, x, k=2, k_aux=8)
+    # sentence-transformers would mask dead latents out of the 4k pass; here it must not change
+    assert r4_dead.item() == pytest.approx(r4_alive.item(), rel=1e-6)
+    assert aux.item() > 0
+
+
+def test_aux_loss_trains_only_dead_latents():
+    x = torch.from_numpy(clustered(64, 8)[0])
+    m = _model(dead_threshold=5)
+    with torch.no_grad():
+        m.rows_since_fired[:16] = 100  # latents 0..15 dead
+    bias = m.encoder_bias()
+    with torch.no_grad():
+        pre = torch.addmm(bias, x, m.W_enc.T)
+    residual = torch.randn(64, 8)
+    loss = auxiliary_loss(m, x, bias, pre, residual, k_aux=4)
+    loss.backward()
+    live_rows = m.W_dec.grad[16:]
+    assert live_rows.abs().sum() == 0 and m.W_dec.grad[:16].abs().sum() > 0
+    assert m.b_enc.grad[16:].abs().sum() == 0
+
+
+def test_info_nce_and_supcon_values():
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.5, 3.0, 0.0]])
+    want = -(torch.log_softmax(logits, 1)[0, 0] + torch.log_softmax(logits, 1)[1, 2]) / 2
+    assert info_nce(logits, torch.tensor([0, 2])).item() == pytest.approx(want.item(), rel=1e-6)
+    sq = torch.tensor([[9.0, 1.0, 2.0], [1.0, 9.0, 3.0], [2.0, 3.0, 9.0]])
+    masked = info_nce(sq, torch.tensor([2, 2, 1]), self_mask=True)
+    ref = -(math.log(math.exp(2) / (math.exp(1) + math.exp(2))) + math.log(math.exp(3) / (math.exp(1) + math.exp(3)))
+            + math.log(math.exp(3) / (math.exp(2) + math.exp(3)))) / 3
+    assert masked.item() == pytest.approx(ref, rel=1e-5)
+    # SupCon: rows 0 and 1 share a label; row 2 has no positive and is skipped
+    labels = torch.tensor([0, 0, 1])
+    sc = supcon_loss(sq, labels)
+    ref = -(math.log(math.exp(1) / (math.exp(1) + math.exp(2))) + math.log(math.exp(1) / (math.exp(1) + math.exp(3)))) / 2
+    assert sc.item() == pytest.approx(ref, rel=1e-5)
+    assert supcon_loss(sq, torch.tensor([0, 1, 2])).item() == 0
+
+
+def test_nearest_neighbors_never_self_and_uses_pool():
+    x = F.normalize(torch.randn(10, 4), dim=1)
+    nn = nearest_neighbors(x)
+    assert (nn != torch.arange(10)).all()
+    pool = x[:3] * 1.0001  # near-copies of rows 0..2
+    nn = nearest_neighbors(x, pool)
+    assert nn[0] == 10 and nn[1] == 11 and nn[2] == 12
