@@ -243,8 +243,9 @@ def quality_vs_k(
         cand = _exact_top(sp, c, qi)
         rer = np.take_along_axis(cand, np.argsort(-np.take_along_axis(dense, cand, axis=1), axis=1, kind="stable"), 1)
         dims = min(2 * k, vt.shape[0])
-        proj = (xn - mean) @ vt[:dims].T
-        pca = _exact_top(proj[qi] @ proj.T, top_k, qi)
+        # score the reconstructions (coefficients + the shared mean): with all dims this is exact
+        recon = ((xn - mean) @ vt[:dims].T) @ vt[:dims] + mean
+        pca = _exact_top(recon[qi] @ recon.T, top_k, qi)
         nnz = float(np.mean(np.diff(codes.indptr)))
         out.append({
             "k": int(k),
