@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from scipy import sparse as sp
 
 from csr_vdb.errors import ConfigError, DataError, describe_rows
 from csr_vdb.sparse import SparseVectors
@@ -179,33 +180,34 @@ class SparseIndex:
         with self._lock:
             if self._built:
                 return
-            rows_l, lat_l, val_l = [], [], []
-            offset = 0
-            for part in self._parts:
-                live = part.values != 0
-                rows_l.append(np.nonzero(live)[0] + offset)
-                lat_l.append(part.indices[live])
-                val_l.append(part.values[live])
-                offset += len(part)
-            rows = np.concatenate(rows_l) if rows_l else np.zeros(0, np.int64)
-            lat = np.concatenate(lat_l) if lat_l else np.zeros(0, np.int64)
-            vals = np.concatenate(val_l) if val_l else np.zeros(0, np.float32)
-            # Stable sort by latent keeps rows ascending inside each posting list (sequential writes).
-            order = np.argsort(lat, kind="stable")
-            counts = np.bincount(lat, minlength=self.dim)
-            ptr = np.zeros(self.dim + 1, np.int64)
-            np.cumsum(counts, out=ptr[1:])
-            rows, lat = rows[order], lat[order]
-            # Rows ascend inside each posting list, so a latent repeated within a row is adjacent.
-            dup = (rows[1:] == rows[:-1]) & (lat[1:] == lat[:-1])
+            big = sum(p.indices.size for p in self._parts) >= 2**31 or self.dim >= 2**31
+            itype = np.int64 if big else np.int32
+            parts = self._parts or [SparseVectors.empty(self.dim, 1)]
+            vals = np.concatenate([p.values.ravel() for p in parts])
+            # Padding slots may hold any index: point them at 0 so scipy accepts them.
+            lat = np.where(vals != 0, np.concatenate([p.indices.ravel() for p in parts]), 0).astype(itype)
+            widths = np.repeat([p.width for p in parts], [len(p) for p in parts])
+            indptr = np.concatenate([[0], np.cumsum(widths)])
+            # scipy does the heavy lifting in C++: drop the padding (value 0), then CSR -> CSC by a
+            # counting sort that keeps rows ascending inside each posting list (sequential writes
+            # at search time) and keeps duplicates rather than summing them.
+            csr = sp.csr_array((vals, lat, indptr.astype(itype)), shape=(self._n, self.dim))
+            csr.eliminate_zeros()
+            csc = csr.tocsc()
+            ptr = csc.indptr.astype(np.int64)
+            rows = csc.indices
+            # A latent repeated within a row shows up as equal adjacent rows in one posting list.
+            dup = rows[1:] == rows[:-1]
+            dup[ptr[1:-1][(ptr[1:-1] > 0) & (ptr[1:-1] < len(rows))] - 1] = False
             if dup.any():
                 bad = np.unique(rows[1:][dup]).tolist()
                 raise DataError(f"codes contain a duplicate index within rows {describe_rows(bad)}", bad)
             doc_dtype = np.int32 if self._n < 2**31 else np.int64
+            counts = np.diff(ptr)
             self._ptr_list = ptr.tolist()
             self._ptr = torch.from_numpy(ptr).to(self.device)
-            self._docs = torch.from_numpy(rows.astype(doc_dtype)).to(self.device)
-            self._vals = torch.from_numpy(vals[order].astype(np.float32)).to(self.device)
+            self._docs = torch.from_numpy(rows.astype(doc_dtype, copy=False)).to(self.device)
+            self._vals = torch.from_numpy(csc.data.astype(np.float32, copy=False)).to(self.device)
             # Per-latent views for the CPU loop: saves two slicing calls per (query, latent).
             sizes = counts.tolist()
             self._doc_lists = torch.split(self._docs, sizes) if self.method == "loop" else ()

@@ -138,6 +138,17 @@ def test_empty_query_row_and_empty_index():
     assert s.shape == r.shape == (0, 3)
 
 
+def test_padding_slots_with_any_index_are_ignored():
+    docs = random_codes(200, 16, 4, seed=30)
+    messy = SparseVectors(np.where(docs.values != 0, docs.indices, -7), docs.values, 16)
+    queries = random_codes(5, 16, 3, seed=31)
+    ref_s, ref_r = reference_topk(queries, docs, 9)
+    scores, rows = SparseIndex(messy).search(queries, 9)
+    np.testing.assert_array_equal(rows, ref_r)
+    np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
+    assert SparseIndex(messy).nbytes == SparseIndex(docs).nbytes
+
+
 def test_add_appends_rows_and_equals_one_index_over_all():
     a, b = random_codes(300, 32, 4, seed=13), random_codes(200, 32, 6, seed=14)
     queries = random_codes(9, 32, 4, seed=15)
