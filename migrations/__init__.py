@@ -4,6 +4,9 @@ from csr_vdb.migrations.alias import AliasResult, StatusReport, cutover, migrati
 from csr_vdb.migrations.journal import Journal
 from csr_vdb.migrations.plan import (
     DEFAULT_STATE_BASE,
+    JOURNAL_FILE,
+    PLAN_FILE,
+    VERIFY_FILE,
     MigrationPlan,
     SourceSchema,
     find_plan,
@@ -16,6 +19,9 @@ from csr_vdb.migrations.verify import VerifyReport, verify_migration
 
 __all__ = [
     "DEFAULT_STATE_BASE",
+    "JOURNAL_FILE",
+    "PLAN_FILE",
+    "VERIFY_FILE",
     "AliasResult",
     "Journal",
     "MigrationPlan",

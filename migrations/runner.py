@@ -64,6 +64,7 @@ class MigrationResult(BaseModel):
     seconds: float = Field(description="Wall time of this run.")
     rows_per_s: float = Field(description="Source rows scanned per second in this run.")
     avg_nnz: float | None = Field(None, description="Mean non-zeros per sparse vector written (or encoded, dry run).")
+    flush_s: float = Field(0.0, description="Seconds of the final flush (index build) inside `seconds`.")
     target_created: bool = Field(False, description="True when this run created the target collection.")
     state_dir: str | None = Field(None, description="Folder of plan.json / journal.sqlite (None for a dry run).")
 
@@ -408,7 +409,9 @@ def _run(
         wthread.join()
         if write_error:
             raise write_error[0]
+        tf = time.monotonic()
         store.flush(plan.target)
+        stats["flush_s"] = time.monotonic() - tf
         journal.set_meta(completed_at=time.time())
         outcome = "complete"
     except _Stop:
@@ -495,6 +498,7 @@ def _result(plan, dry, resumed, before, total, stats, invalid_ids, journal, t0, 
         seconds=round(secs, 3),
         rows_per_s=round(stats["read"] / secs, 1) if secs > 0 else 0.0,
         avg_nnz=round(stats["nnz"] / stats["written"], 2) if stats["written"] else None,
+        flush_s=round(stats.get("flush_s", 0.0), 3),
         target_created=created,
         state_dir=str(folder) if folder is not None else None,
     )
