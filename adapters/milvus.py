@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 _METRICS: dict[str, Metric] = {"COSINE": "cosine", "IP": "ip", "L2": "l2"}
 _META = "$meta"  # Milvus' name for the dynamic (schemaless JSON) field
+# Reads see every acknowledged write (pymilvus' default, Bounded, may lag a write by seconds).
+_READ = "Strong"
 # Milvus caps a query's limit (+offset) and a search's topk / nq at 16384.
 _MAX_WINDOW = 16_384
 # Keep one write request well under gRPC's message limits.
@@ -274,7 +276,7 @@ class MilvusStore:
     def _create(self, name: str, schema: Any, index: Any) -> None:
         # pymilvus' create_collection(index_params=...) polls the index build with 0.5 s sleeps;
         # an empty collection's index is ready at once, so create, index without waiting, load.
-        self._client.create_collection(name, schema=schema)
+        self._client.create_collection(name, schema=schema, consistency_level="Strong")
         try:
             self._client.create_index(name, index, sync=False)
             self._client.load_collection(name)
@@ -326,7 +328,7 @@ class MilvusStore:
     def _count(self, s: _Schema) -> int:
         self._ensure_loaded(s)
         with self._errors("count", s.name):
-            res = self._client.query(s.name, filter="", output_fields=["count(*)"])
+            res = self._client.query(s.name, filter="", output_fields=["count(*)"], consistency_level=_READ)
             return int(res[0]["count(*)"])
 
     def count(self, collection_name: str) -> int:
@@ -398,7 +400,9 @@ class MilvusStore:
                 # iterator="True" asks the server for primary-key order before the limit is
                 # applied (what pymilvus' own query_iterator relies on); without it Milvus Lite
                 # returns an arbitrary subset and a cursor would skip rows.
-                rows = self._client.query(s.name, filter=expr, limit=limit, output_fields=fields, iterator="True")
+                rows = self._client.query(
+                    s.name, filter=expr, limit=limit, output_fields=fields, iterator="True", consistency_level=_READ
+                )
             if not rows:
                 return
             ids = [r[s.pk] for r in rows]
@@ -412,8 +416,8 @@ class MilvusStore:
                 vectors=np.asarray([r[f] for r in rows], dtype=np.float32).reshape(len(rows), s.dense[f][0]),
                 payloads=[self._payload(s, r) for r in rows],
             )
-            if len(rows) < limit:
-                return
+            # a short page is no proof of the end (a server may stop a page at a segment
+            # boundary to keep primary-key order), so only an empty page ends the scan
             after = ids[-1]
 
     def create_sparse_collection(
@@ -514,6 +518,7 @@ class MilvusStore:
                     limit=limit,
                     output_fields=out_fields,
                     search_params={"metric_type": metric.upper(), "params": params},
+                    consistency_level=_READ,
                 )
                 for hits in res:
                     row = []
@@ -598,7 +603,7 @@ class MilvusStore:
             for a in range(0, len(uniq), 1000):
                 chunk = uniq[a : a + 1000]
                 expr = f"{s.pk} in [{', '.join(_literal(i) for i in chunk)}]"
-                for r in self._client.query(s.name, filter=expr, output_fields=fields):
+                for r in self._client.query(s.name, filter=expr, output_fields=fields, consistency_level=_READ):
                     found[r[s.pk]] = r
         out = []
         for i in asked:
