@@ -96,7 +96,8 @@ def run_speed(args: argparse.Namespace) -> dict:
     queries = synthetic_codes(args.q, args.h, args.k, args.zipf, rng, perm)
     usage = np.bincount(docs.indices[docs.values != 0], minlength=args.h) / max(int((docs.values != 0).sum()), 1)
     inflation = float(args.h * (usage**2).sum())
-    print(f"generated codes in {time.perf_counter() - t0:.1f}s; work inflation h*sum(p^2) = {inflation:.2f}", file=sys.stderr)
+    gen_s = time.perf_counter() - t0
+    print(f"generated codes in {gen_s:.1f}s; work inflation h*sum(p^2) = {inflation:.2f}", file=sys.stderr)
     top_k = args.top_k
     res: dict = {
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),

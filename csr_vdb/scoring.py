@@ -405,7 +405,11 @@ def _lookup_dense(vectors: VectorLookup, ids: list[Id]) -> np.ndarray:
     missing = [i for i in ids if i not in vectors]
     if missing:
         raise DataError(f"no vector for candidate ids {describe_rows(missing)}", missing)
-    return np.stack([np.asarray(vectors[i], dtype=np.float32).ravel() for i in ids]) if ids else np.zeros((0, 0), np.float32)
+    rows = [np.asarray(vectors[i], dtype=np.float32).ravel() for i in ids]
+    sizes = {len(r) for r in rows}
+    if len(sizes) > 1:
+        raise DataError(f"candidate vectors have different dimensions: {sorted(sizes)}")
+    return np.stack(rows)
 
 
 def _lookup_codes(codes: CodeLookup, ids: list[Id], dim: int) -> SparseVectors:

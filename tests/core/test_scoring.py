@@ -300,6 +300,8 @@ def test_rerank_errors():
         r.rerank_dense(np.ones((1, 4)), [[1]], vectors)
     with pytest.raises(DataError, match="NaN or inf at rows 0"):
         r.rerank_dense(np.full((1, 3), np.inf), [[1]], vectors)
+    with pytest.raises(DataError, match="different dimensions"):
+        r.rerank_dense(np.ones((1, 3)), [[1, 3]], {1: np.ones(3), 3: np.ones(4)})
     with pytest.raises(DataError, match="returned shape"):
         r.rerank_dense(np.ones((1, 3)), [[1]], lambda ids: np.ones((5, 3)))
     with pytest.raises(ConfigError, match="top_k"):
