@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -92,7 +93,8 @@ def train(app: App, collection: str | None, model_dir: str, field: str | None, f
     from csr_vdb.cli.ops import train_model
 
     store = app.open_store() if collection is not None else None
-    with app.progress("export", "rows") as ebar, app.progress("train", "step") as tbar:
+    export_bar = app.progress("export", "rows") if store is not None else contextlib.nullcontext(None)
+    with export_bar as ebar, app.progress("train", "step") as tbar:
         res = train_model(
             model_dir, store=store, collection=collection, from_npy=from_npy, vector_field=field,
             work_dir=app.state_dir, keep_export=keep_export, export_progress=ebar, train_progress=tbar,
