@@ -100,6 +100,14 @@ def _safe_uri(uri: str) -> str:
     return uri
 
 
+def _is_not_found(exc: BaseException, reason: str) -> bool:
+    """A missing collection, as Milvus Lite and servers of several versions word it."""
+    if getattr(exc, "code", None) == 100:  # CollectionNotExists
+        return True
+    low = reason.lower()
+    return "collection" in low and any(w in low for w in ("not exist", "not found", "can't find", "cannot find"))
+
+
 def _literal(value: Id) -> str:
     """A primary-key value as a Milvus filter literal (strings double-quoted and escaped)."""
     if isinstance(value, str):
@@ -124,6 +132,7 @@ class MilvusStore:
         self.uri = _safe_uri(uri)
         self._lite_path: str | None = None
         self._loaded: set[str] = set()
+        self._schemas: dict[str, tuple[tuple[str, Any], _Schema]] = {}
         if uri.endswith(".db") and "://" not in uri:
             self._lite_path = os.path.abspath(uri)
             try:
@@ -161,7 +170,7 @@ class MilvusStore:
         except Exception as exc:
             where = f"collection '{collection}' in {self.uri}" if collection else self.uri
             reason = self._reason(exc)
-            if collection and isinstance(exc, MilvusException) and "not exist" in reason and "collection" in reason.lower():
+            if collection and _is_not_found(exc, reason):
                 raise CollectionNotFoundError(f"{where} not found: {reason}") from exc
             raise StoreError(f"Milvus {action} failed for {where}: {reason}") from exc
 
@@ -170,19 +179,23 @@ class MilvusStore:
         with self._errors("list aliases"):
             return list(self._client.list_aliases().get("aliases", []))
 
-    def _resolve(self, name: str) -> str:
-        """The real collection behind ``name`` (itself or an alias); `CollectionNotFoundError` if none."""
-        with self._errors("resolve", name):
-            if name in self._client.list_collections():
-                return name
-            if name in self._aliases():
-                return str(self._client.describe_alias(name)["collection_name"])
-        raise CollectionNotFoundError(f"collection '{name}' not found in {self.uri}")
-
     def _schema(self, name: str) -> _Schema:
-        real = self._resolve(name)
+        """Schema of ``name`` (a collection or an alias): one describe call per use, because
+        describe resolves aliases server-side and an alias may move at any time; the index
+        details are cached per collection id."""
         with self._errors("describe", name):
-            desc = self._client.describe_collection(real)
+            desc = self._client.describe_collection(name)
+        real = str(desc["collection_name"])
+        key = (real, desc.get("collection_id"))
+        cached = self._schemas.get(real)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        schema = self._read_schema(real, desc)
+        self._schemas[real] = (key, schema)
+        return schema
+
+    def _read_schema(self, real: str, desc: dict[str, Any]) -> _Schema:
+        with self._errors("describe", real):
             pk = None
             id_type: IdType = "int"
             pk_params: dict[str, Any] = {}
@@ -301,11 +314,8 @@ class MilvusStore:
             return sorted(self._client.list_collections())
 
     def has_collection(self, collection_name: str) -> bool:
-        try:
-            self._resolve(collection_name)
-        except CollectionNotFoundError:
-            return False
-        return True
+        with self._errors("has_collection", collection_name):
+            return bool(self._client.has_collection(collection_name))
 
     def describe(self, collection_name: str) -> CollectionInfo:
         s = self._schema(collection_name)
@@ -631,7 +641,7 @@ class MilvusStore:
             collections = self._client.list_collections()
         if alias in collections:
             raise StoreError(f"alias '{alias}' would shadow a collection of that name in {self.uri}")
-        real = self._resolve(collection_name)
+        real = self._schema(collection_name).name
         with self._errors("set alias", real):
             if alias in self._aliases():
                 self._client.alter_alias(real, alias)  # atomic move
@@ -653,6 +663,7 @@ class MilvusStore:
                 self._client.drop_alias(a)
             self._client.drop_collection(collection_name)
         self._loaded.discard(collection_name)
+        self._schemas.pop(collection_name, None)
 
     def flush(self, collection_name: str) -> None:
         s = self._schema(collection_name)
