@@ -21,7 +21,6 @@ above it in string order (so a collection of UUID ids pages exactly like sorted 
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -106,18 +105,20 @@ def sparse_rows(sparse: SparseVectors, ids: Sequence[object] | None = None, *, a
         DataError: naming the offending ids/rows.
     """
     sparse.validate(ids, allow_empty=allow_empty)
-    rows = sparse.to_qdrant()
-    for n, (idx, val) in enumerate(rows):
-        # Re-checked on the exact lists handed to the engine: a malformed vector here costs a shard.
-        if (
-            len(idx) != len(val)
-            or any(b <= a for a, b in zip(idx, idx[1:]))
-            or (idx and not 0 <= idx[0] <= idx[-1] < 2**32 - 1)
-            or not all(math.isfinite(v) for v in val)
-        ):
-            name = ids[n] if ids is not None else n
-            raise DataError(f"invalid sparse vector at {'id' if ids is not None else 'row'} {name}", [name])
-    return rows
+    c = sparse.canonical()  # each row sorted by index, padding (value 0) at the end
+    live = c.values != 0
+    nnz = live.sum(axis=1)
+    # Re-checked on the exact arrays handed to the engine (a malformed vector costs the shard):
+    # live entries first, strictly increasing indices, in u32 range, finite values.
+    bad = (live[:, 1:] & ~live[:, :-1]).any(axis=1)
+    bad |= (live[:, 1:] & (np.diff(c.indices, axis=1) <= 0)).any(axis=1)
+    bad |= (live & ((c.indices < 0) | (c.indices >= 2**32 - 1) | ~np.isfinite(c.values))).any(axis=1)
+    if bad.any():
+        rows_bad = np.flatnonzero(bad).tolist()
+        names = [ids[r] for r in rows_bad] if ids is not None else rows_bad
+        raise DataError(f"invalid sparse vectors at {'ids' if ids is not None else 'rows'} {names[:5]}", names)
+    idx, val = c.indices.tolist(), c.values.tolist()
+    return [(i[:m], v[:m]) for i, v, m in zip(idx, val, nnz.tolist())]
 
 
 def payload_schema(payloads: Iterable[dict[str, Any]]) -> dict[str, str]:
