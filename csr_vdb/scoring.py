@@ -95,6 +95,8 @@ class SparseIndex:
     of a dense scan. Scores are accumulated into a float32 buffer per block of queries; the top-k
     is then found by a block-max pass (the max of every ``_SELECT_BLOCK`` rows) and an exact sort
     of the few blocks whose max reaches the k-th largest block max, so ``[q, N]`` is never sorted.
+    Rows are split into shards of ``shard_rows`` (each with its own posting lists and buffer) so a
+    score buffer row never exceeds ``shard_rows`` floats; shard results are merged exactly.
 
     Ground truth semantics: the top-k is exact over ALL rows, zero scores included, ordered by
     score descending and then by smaller row. So a query that touches fewer than ``top_k`` rows
@@ -119,10 +121,11 @@ class SparseIndex:
             within ~2 MB, 1 to 8; sized to free memory on CUDA).
         method: ``"loop"`` (one ``index_add_`` per query latent, the CPU default),
             ``"vectorised"`` (expand all posting entries of a block, the CUDA default) or ``"auto"``.
+        shard_rows: rows per shard (bounds the score buffer: ``shard_rows`` float32 per query).
 
     Raises:
         DataError: codes with NaN/inf or indices outside ``[0, dim)``.
-        ConfigError: unknown device or CUDA unavailable.
+        ConfigError: unknown device, CUDA unavailable, or a non-positive block/shard size.
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class SparseIndex:
         threads: int = 2,
         query_block: int | None = None,
         method: Literal["auto", "loop", "vectorised"] = "auto",
+        shard_rows: int = 1 << 24,
     ) -> None:
         self.device = resolve_device(device)
         if method not in ("auto", "loop", "vectorised"):
@@ -141,10 +145,14 @@ class SparseIndex:
         self.method = method
         if query_block is not None and query_block < 1:
             raise ConfigError(f"query_block must be positive, got {query_block}")
+        if shard_rows < 1:
+            raise ConfigError(f"shard_rows must be positive, got {shard_rows}")
         self.dim = int(codes.dim)
         self.threads = max(1, int(threads))
+        self.shard_rows = int(shard_rows)
         self._query_block = query_block
         self._parts: list[SparseVectors] = []
+        self._shards: list[_Shard] = []
         self._n = 0
         self._built = False
         self._lock = threading.Lock()
@@ -174,7 +182,7 @@ class SparseIndex:
     def nbytes(self) -> int:
         """Bytes held by the posting lists (pointers, row ids and values) once built."""
         self._build()
-        return sum(t.element_size() * t.numel() for t in (self._ptr, self._docs, self._vals))
+        return sum(t.element_size() * t.numel() for sh in self._shards for t in (sh.ptr, sh.docs, sh.vals))
 
     def _build(self) -> None:
         with self._lock:
@@ -188,32 +196,15 @@ class SparseIndex:
             lat = np.where(vals != 0, np.concatenate([p.indices.ravel() for p in parts]), 0).astype(itype)
             widths = np.repeat([p.width for p in parts], [len(p) for p in parts])
             indptr = np.concatenate([[0], np.cumsum(widths)])
-            # scipy does the heavy lifting in C++: drop the padding (value 0), then CSR -> CSC by a
-            # counting sort that keeps rows ascending inside each posting list (sequential writes
-            # at search time) and keeps duplicates rather than summing them.
             csr = sp.csr_array((vals, lat, indptr.astype(itype)), shape=(self._n, self.dim))
             csr.eliminate_zeros()
-            csc = csr.tocsc()
-            ptr = csc.indptr.astype(np.int64)
-            rows = csc.indices
-            # A latent repeated within a row shows up as equal adjacent rows in one posting list.
-            dup = rows[1:] == rows[:-1]
-            dup[ptr[1:-1][(ptr[1:-1] > 0) & (ptr[1:-1] < len(rows))] - 1] = False
-            if dup.any():
-                bad = np.unique(rows[1:][dup]).tolist()
-                raise DataError(f"codes contain a duplicate index within rows {describe_rows(bad)}", bad)
-            doc_dtype = np.int32 if self._n < 2**31 else np.int64
-            counts = np.diff(ptr)
-            self._ptr_list = ptr.tolist()
-            self._ptr = torch.from_numpy(ptr).to(self.device)
-            self._docs = torch.from_numpy(rows.astype(doc_dtype, copy=False)).to(self.device)
-            self._vals = torch.from_numpy(csc.data.astype(np.float32, copy=False)).to(self.device)
-            # Per-latent views for the CPU loop: saves two slicing calls per (query, latent).
-            sizes = counts.tolist()
-            self._doc_lists = torch.split(self._docs, sizes) if self.method == "loop" else ()
-            self._val_lists = torch.split(self._vals, sizes) if self.method == "loop" else ()
+            shards = [
+                _Shard.build(csr[start : start + self.shard_rows], start, self.device, self.method == "loop")
+                for start in range(0, self._n, self.shard_rows)
+            ]
+            self._shards = shards
             self._built = True
-            logger.debug("built SparseIndex: %d rows, %d postings, dim %d", self._n, len(rows), self.dim)
+            logger.debug("built SparseIndex: %d rows, %d postings, %d shards", self._n, csr.nnz, len(shards))
 
     # ------------------------------------------------------------------ search
     def search(self, queries: SparseVectors, top_k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -243,27 +234,45 @@ class SparseIndex:
         if nq == 0 or self._n == 0:
             return scores, rows
         kk = min(top_k, self._n)
+        found = [self._search_shard(sh, queries, min(kk, sh.n)) for sh in self._shards]
+        if len(found) == 1:
+            scores[:, :kk], rows[:, :kk] = found[0]
+        else:
+            # Shards are in row order and each is sorted by (score desc, row asc), so a stable
+            # sort of their concatenation by score keeps ties in ascending row order.
+            cat_s = np.concatenate([f[0] for f in found], axis=1)
+            cat_r = np.concatenate([f[1] for f in found], axis=1)
+            order = np.argsort(-cat_s, axis=1, kind="stable")[:, :kk]
+            scores[:, :kk] = np.take_along_axis(cat_s, order, axis=1)
+            rows[:, :kk] = np.take_along_axis(cat_r, order, axis=1)
+        return scores, rows
+
+    def _search_shard(self, shard: _Shard, queries: SparseVectors, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of one shard: ``(scores [q, top_k], global rows [q, top_k])``."""
+        nq = len(queries)
+        scores = np.empty((nq, top_k), np.float32)
+        rows = np.empty((nq, top_k), np.int64)
         if self.method == "loop":
             # Few queries per buffer: the rows being scattered into should stay cache-resident
             # (measured at N=1M: 1 query per block is 2.7x faster than 8).
-            block = self._query_block or max(1, min(8, _CPU_CACHE_ELEMS // max(self._n, 1)))
+            block = self._query_block or max(1, min(8, _CPU_CACHE_ELEMS // shard.n))
             starts = list(range(0, nq, block))
             workers = min(self.threads, len(starts))
             # One reusable buffer per worker: a fresh [block, N] allocation costs page faults
             # comparable to the scoring itself.
             free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
             for _ in range(workers):
-                free.put(self._new_buffer(min(block, nq)))
+                free.put(shard.new_buffer(min(block, nq)))
 
             def work(start: int) -> None:
                 q = queries[start : start + block]
                 buf = free.get()
                 try:
-                    s, r = self._search_block_loop(q, kk, buf)
+                    s, r = shard.search_loop(q, top_k, buf)
                 finally:
                     free.put(buf)
-                scores[start : start + len(q), :kk] = s
-                rows[start : start + len(q), :kk] = r
+                scores[start : start + len(q)] = s
+                rows[start : start + len(q)] = r
 
             # Our worker threads are the parallelism: intra-op threads (index_add_ splits long
             # posting lists) would oversubscribe the cores, so they are off during the search.
@@ -280,52 +289,88 @@ class SparseIndex:
                 # A quarter of the free memory (the buffer plus its gathers), capped.
                 free_bytes, _ = torch.cuda.mem_get_info(self.device)
                 budget = max(1, min(_GPU_BUFFER_ELEMS, free_bytes // 16))
-            block = self._query_block or max(1, min(nq, budget // max(self._n, 1)))
+            block = self._query_block or max(1, min(nq, budget // shard.n))
             for start in range(0, nq, block):
                 q = queries[start : start + block]
-                s, r = self._search_block_vectorised(q, kk)
-                scores[start : start + len(q), :kk] = s
-                rows[start : start + len(q), :kk] = r
+                s, r = shard.search_vectorised(q, top_k)
+                scores[start : start + len(q)] = s
+                rows[start : start + len(q)] = r
+        rows += shard.start
         return scores, rows
 
-    def _new_buffer(self, b: int) -> torch.Tensor:
-        # Padded to whole selection blocks; the padding holds -inf so it never wins.
-        n_pad = -(-self._n // _SELECT_BLOCK) * _SELECT_BLOCK
+
+class _Shard:
+    """Posting lists (CSC) of the rows ``start .. start + n - 1`` of a `SparseIndex`."""
+
+    def __init__(self, start: int, n: int, ptr: np.ndarray, docs: torch.Tensor, vals: torch.Tensor, views: bool):
+        self.start, self.n = start, n
+        self.device = docs.device
+        self.ptr_list = ptr.tolist()
+        self.ptr = torch.from_numpy(ptr).to(self.device)
+        self.docs, self.vals = docs, vals
+        # Per-latent views for the CPU loop: saves two slicing calls per (query, latent).
+        sizes = np.diff(ptr).tolist()
+        self.doc_lists = torch.split(docs, sizes) if views else ()
+        self.val_lists = torch.split(vals, sizes) if views else ()
+
+    @classmethod
+    def build(cls, csr, start: int, device: torch.device, views: bool) -> _Shard:
+        """From a scipy CSR block (padding removed) whose row 0 is index row ``start``."""
+        # scipy's CSR -> CSC is a counting sort in C++: rows stay ascending inside each posting
+        # list (sequential writes at search time); duplicates are kept, not summed.
+        csc = csr.tocsc()
+        ptr = csc.indptr.astype(np.int64)
+        rows = csc.indices
+        # A latent repeated within a row shows up as equal adjacent rows in one posting list.
+        dup = rows[1:] == rows[:-1]
+        inner = ptr[1:-1]
+        dup[inner[(inner > 0) & (inner < len(rows))] - 1] = False
+        if dup.any():
+            bad = (np.unique(rows[1:][dup]) + start).tolist()
+            raise DataError(f"codes contain a duplicate index within rows {describe_rows(bad)}", bad)
+        n = csr.shape[0]
+        docs = torch.from_numpy(rows.astype(np.int32 if n < 2**31 else np.int64, copy=False)).to(device)
+        vals = torch.from_numpy(csc.data.astype(np.float32, copy=False)).to(device)
+        return cls(start, n, ptr, docs, vals, views)
+
+    def new_buffer(self, b: int) -> torch.Tensor:
+        """``[b, n]`` zeros padded to whole selection blocks with -inf (padding never wins)."""
+        n_pad = -(-self.n // _SELECT_BLOCK) * _SELECT_BLOCK
         buf = torch.zeros((b, n_pad), dtype=torch.float32, device=self.device)
-        buf[:, self._n :] = -torch.inf
+        buf[:, self.n :] = -torch.inf
         return buf
 
-    def _search_block_loop(
+    def search_loop(
         self, q: SparseVectors, top_k: int, buf: torch.Tensor | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """CPU: one fused ``index_add_`` per (query, latent) into the query's buffer row.
 
-        ``buf`` (from `_new_buffer`, at least ``len(q)`` rows) is used and left zeroed again.
+        ``buf`` (from `new_buffer`, at least ``len(q)`` rows) is used and left zeroed again.
         """
         if buf is None:
-            buf = self._new_buffer(len(q))
+            buf = self.new_buffer(len(q))
         buf = buf[: len(q)]
-        ptr, docs, vals = self._ptr_list, self._doc_lists, self._val_lists
+        ptr, docs, vals = self.ptr_list, self.doc_lists, self.val_lists
         for b, (lat_row, val_row) in enumerate(zip(q.indices.tolist(), q.values.tolist())):
-            row = buf[b, : self._n]
+            row = buf[b, : self.n]
             for lat, qv in zip(lat_row, val_row):
                 if qv != 0.0 and ptr[lat + 1] > ptr[lat]:
                     row.index_add_(0, docs[lat], vals[lat], alpha=qv)
-        out = self._select(buf, top_k)
-        buf[:, : self._n].zero_()
+        out = _select(buf, top_k)
+        buf[:, : self.n].zero_()
         return out
 
-    def _search_block_vectorised(self, q: SparseVectors, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_vectorised(self, q: SparseVectors, top_k: int) -> tuple[np.ndarray, np.ndarray]:
         """Any device: expand every posting entry of the block's latents and scatter at once."""
         dev = self.device
-        buf = self._new_buffer(len(q))
+        buf = self.new_buffer(len(q))
         flat = buf.view(-1)
         live = q.values != 0
         q_row = torch.from_numpy(np.nonzero(live)[0]).to(dev)
         q_lat = torch.from_numpy(q.indices[live]).to(dev)
         q_val = torch.from_numpy(q.values[live]).to(dev)
-        start = self._ptr[q_lat]
-        length = self._ptr[q_lat + 1] - start
+        start = self.ptr[q_lat]
+        length = self.ptr[q_lat + 1] - start
         # Expand in pieces so the int64 index arrays stay within budget on huge lists.
         ends = torch.cumsum(length, 0).cpu().numpy()
         i, n_entries = 0, len(ends)
@@ -339,40 +384,40 @@ class SparseIndex:
                 entry = torch.repeat_interleave(torch.arange(j - i, device=dev), ln, output_size=total)
                 offset = torch.cumsum(ln, 0) - ln
                 pos = torch.arange(total, device=dev) + (start[i:j] - offset)[entry]
-                key = q_row[i:j][entry] * buf.shape[1] + self._docs[pos].long()
-                flat.index_add_(0, key, self._vals[pos] * q_val[i:j][entry])
+                key = q_row[i:j][entry] * buf.shape[1] + self.docs[pos].long()
+                flat.index_add_(0, key, self.vals[pos] * q_val[i:j][entry])
             i = j
-        return self._select(buf, top_k)
+        return _select(buf, top_k)
 
-    @staticmethod
-    def _select(buf: torch.Tensor, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k of every buffer row, ties by smaller column, via block maxima.
 
-        The k-th largest block max ``t`` is a lower bound of the k-th best score (the k best
-        blocks each hold a row scoring at least ``t``), so every top-k row, ties included, lies
-        in a block whose max is ``>= t``; only those blocks are sorted.
-        """
-        b, n_pad = buf.shape
-        nblocks = n_pad // _SELECT_BLOCK
-        blocks = buf.view(b, nblocks, _SELECT_BLOCK)
-        bmax = blocks.amax(dim=2)
-        kb = min(top_k, nblocks)
-        thr = torch.topk(bmax, kb, dim=1).values[:, -1:]
-        need = int((bmax >= thr).sum(dim=1).max())
-        # The `need` largest block maxima of each row include all its qualifying blocks; extra
-        # blocks of a row hold only scores below its threshold and cannot enter its top-k.
-        cand = torch.topk(bmax, need, dim=1).indices
-        cand = torch.sort(cand, dim=1).values  # ascending blocks -> ascending rows after gather
-        gathered = torch.gather(blocks, 1, cand.unsqueeze(2).expand(b, need, _SELECT_BLOCK))
-        cand_scores = gathered.reshape(b, need * _SELECT_BLOCK)
-        cand_rows = (cand.unsqueeze(2) * _SELECT_BLOCK + torch.arange(_SELECT_BLOCK, device=buf.device)).reshape(
-            b, need * _SELECT_BLOCK
-        )
-        # A stable descending sort keeps equal scores in ascending row order.
-        order = torch.sort(cand_scores, dim=1, descending=True, stable=True).indices[:, :top_k]
-        scores = torch.gather(cand_scores, 1, order)
-        rows = torch.gather(cand_rows, 1, order)
-        return scores.cpu().numpy(), rows.cpu().numpy().astype(np.int64)
+def _select(buf: torch.Tensor, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of every buffer row, ties by smaller column, via block maxima.
+
+    The k-th largest block max ``t`` is a lower bound of the k-th best score (the k best
+    blocks each hold a row scoring at least ``t``), so every top-k row, ties included, lies
+    in a block whose max is ``>= t``; only those blocks are sorted.
+    """
+    b, n_pad = buf.shape
+    nblocks = n_pad // _SELECT_BLOCK
+    blocks = buf.view(b, nblocks, _SELECT_BLOCK)
+    bmax = blocks.amax(dim=2)
+    kb = min(top_k, nblocks)
+    thr = torch.topk(bmax, kb, dim=1).values[:, -1:]
+    need = int((bmax >= thr).sum(dim=1).max())
+    # The `need` largest block maxima of each row include all its qualifying blocks; extra
+    # blocks of a row hold only scores below its threshold and cannot enter its top-k.
+    cand = torch.topk(bmax, need, dim=1).indices
+    cand = torch.sort(cand, dim=1).values  # ascending blocks -> ascending rows after gather
+    gathered = torch.gather(blocks, 1, cand.unsqueeze(2).expand(b, need, _SELECT_BLOCK))
+    cand_scores = gathered.reshape(b, need * _SELECT_BLOCK)
+    cand_rows = (cand.unsqueeze(2) * _SELECT_BLOCK + torch.arange(_SELECT_BLOCK, device=buf.device)).reshape(
+        b, need * _SELECT_BLOCK
+    )
+    # A stable descending sort keeps equal scores in ascending row order.
+    order = torch.sort(cand_scores, dim=1, descending=True, stable=True).indices[:, :top_k]
+    scores = torch.gather(cand_scores, 1, order)
+    rows = torch.gather(cand_rows, 1, order)
+    return scores.cpu().numpy(), rows.cpu().numpy().astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------ re-ranking

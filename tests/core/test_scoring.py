@@ -56,6 +56,21 @@ def test_search_identical_to_float64_reference(device, method, top_k):
     np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
 
 
+@pytest.mark.parametrize("method", ["loop", "vectorised"])
+@pytest.mark.parametrize("shard_rows", [1, 97, 500])
+def test_shards_merge_to_the_same_exact_top_k(method, shard_rows):
+    # Few distinct scores: many ties span shard borders and must still come out by row.
+    n = 40 if shard_rows == 1 else 1000
+    docs = random_codes(n, 12, 2, seed=40)
+    queries = random_codes(15, 12, 2, seed=41)
+    index = SparseIndex(docs, method=method, shard_rows=shard_rows, query_block=4)
+    for top_k in (1, 17, n, n + 3):
+        ref_s, ref_r = reference_topk(queries, docs, top_k)
+        scores, rows = index.search(queries, top_k)
+        np.testing.assert_array_equal(rows, ref_r)
+        np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("query_block", [1, 3, 64])
 def test_threads_and_blocks_do_not_change_results(threads, query_block):
@@ -187,6 +202,8 @@ def test_errors():
         index.add(random_codes(2, 8, 3, seed=1))
     with pytest.raises(ConfigError, match="method"):
         SparseIndex(docs, method="magic")
+    with pytest.raises(ConfigError, match="shard_rows"):
+        SparseIndex(docs, shard_rows=0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
