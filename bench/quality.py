@@ -3,7 +3,7 @@
 Usage::
 
     python bench/quality.py --data-dir ../shared/data --out bench/results/quality.json [--ks 8,16,32,64]
-        [--hidden H] [--epochs E] [--quick] [--threads 2]
+        [--hidden H] [--epochs E | --steps S] [--quick] [--threads 2]
 
 DIR may hold a ``banking77/`` folder and/or BEIR folders (``corpus_emb.npy, queries_emb.npy,
 corpus_ids.txt, query_ids.txt, qrels_test.tsv``); DIR itself may also be one such folder.
@@ -58,7 +58,9 @@ def dead_fraction(codes) -> float:
     return 1.0 - len(live) / codes.dim
 
 
-def run_dataset(kind: str, folder: Path, ks: list[int], hidden: int | None, epochs: int | None, quick: bool) -> dict:
+def run_dataset(
+    kind: str, folder: Path, ks: list[int], hidden: int | None, epochs: int | None, quick: bool, steps: int | None = None
+) -> dict:
     """Train one model per k on the database side and score every method on one dataset."""
     if kind == "banking77":
         data = load_banking77_dir(folder)
@@ -95,6 +97,10 @@ def run_dataset(kind: str, folder: Path, ks: list[int], hidden: int | None, epoc
         model_cfg = model_cfg.model_copy(update=updates)
         if epochs is not None:
             train_cfg = train_cfg.model_copy(update={"epochs": epochs})
+        if steps is not None:
+            # about ``steps`` optimisation steps whatever the collection size
+            per_epoch = -(-len(train_x) // train_cfg.batch_size)
+            train_cfg = train_cfg.model_copy(update={"epochs": max(1, -(-steps // per_epoch)), "max_steps": steps})
         if quick:
             train_cfg = train_cfg.model_copy(update={"epochs": min(train_cfg.epochs, 3)})
         start = time.perf_counter()
@@ -145,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", default="8,16,32,64", help="comma-separated k values")
     parser.add_argument("--hidden", type=int, default=None, help="latents h (default: the recipe's)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
+    parser.add_argument("--steps", type=int, default=None, help="train about this many steps per model (overrides epochs)")
     parser.add_argument("--quick", action="store_true", help="at most 3000 training rows and 3 epochs")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = {}
     for name, (kind, folder) in datasets.items():
-        results[name] = run_dataset(kind, folder, ks, args.hidden, args.epochs, args.quick)
+        results[name] = run_dataset(kind, folder, ks, args.hidden, args.epochs, args.quick, args.steps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, sort_keys=False))
     print(render(results))

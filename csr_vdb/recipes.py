@@ -57,6 +57,6 @@ def default_configs(
         positives="neighbors",
         neighbor_pool=4096,
         temperature=0.1,
-        patience=5,
+        patience=10,
     )
     return model, train

@@ -1,0 +1,45 @@
+"""Tests for csr_vdb.recipes.default_configs: valid, size-aware settings that train a usable encoder."""
+
+from __future__ import annotations
+
+import pytest
+
+from csr_vdb.config import CSRConfig, TrainConfig
+from csr_vdb.errors import ConfigError
+from csr_vdb.evaluation import one_nn_accuracy
+from csr_vdb.recipes import default_configs
+from csr_vdb.training import train_encoder
+from tests.helpers import clustered
+
+
+def test_defaults_follow_the_collection_size():
+    model, train = default_configs(384, 5000)
+    assert isinstance(model, CSRConfig) and isinstance(train, TrainConfig)
+    assert (model.input_dim, model.hidden_dim, model.k) == (384, 1536, 32)
+    small_steps = train.epochs * -(-5000 // train.batch_size)
+    _, big = default_configs(384, 5_000_000)
+    big_steps = big.epochs * -(-5_000_000 // big.batch_size)
+    assert big.batch_size >= train.batch_size
+    assert big.epochs < train.epochs
+    # a big collection is not trained for fewer steps than a small one
+    assert big_steps >= small_steps
+    m2, t2 = default_configs(8, 3, k=2, hidden_dim=32)
+    assert (m2.hidden_dim, m2.k) == (32, 2) and t2.batch_size <= 3
+
+
+@pytest.mark.parametrize("args", [(0, 10), (8, 0), (8, 10, 40, 32)])
+def test_bad_sizes_raise_config_error(args):
+    with pytest.raises(ConfigError):
+        default_configs(*args)
+
+
+def test_recipe_trains_an_encoder_that_keeps_neighbourhoods():
+    x, y = clustered(600, 16, 6, noise=0.35, seed=5)
+    model, train = default_configs(16, 500, k=4)
+    train = train.model_copy(update={"epochs": 4, "threads": 1})
+    enc = train_encoder(x[:500], model, train).encoder
+    codes = enc.encode(x)
+    assert codes.dim == 64 and int(codes.nnz().max()) <= 4
+    dense = one_nn_accuracy(x[:500], y[:500], x[500:], y[500:])
+    sparse = one_nn_accuracy(codes[:500], y[:500], codes[500:], y[500:], scorer="dot")
+    assert sparse > 0.8 * dense
