@@ -130,7 +130,7 @@ class App:
         from tqdm import tqdm
 
         bar = tqdm(desc=desc, unit=unit, total=total, disable=not self.bars, file=sys.stderr,
-                   dynamic_ncols=True, unit_scale=True, leave=True)
+                   dynamic_ncols=True, leave=True)
 
         def update(done: int, total_: int | None = None, metrics: dict[str, Any] | None = None) -> None:
             if total_ is not None and bar.total != total_:

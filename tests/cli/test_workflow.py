@@ -146,3 +146,16 @@ def test_sharded_migration_two_workers(cli_factory):
     assert ver["ok"] is True and ver["shard_count"] == 2 and ver["target_rows"] == 150
     # cutover reads the verify report of the shard it is given (the one verify ran with)
     assert cli.json("cutover", "--collection", "docs", "--shard", "1/2")["current"] == "docs_csr"
+
+
+def test_progress_bars_only_on_a_terminal(cli_factory, monkeypatch):
+    from csr_vdb.cli import ui
+
+    cli, _ = cli_factory("qdrant-edge", rows=120)
+    quiet = cli.run("export", "--collection", "docs", "--out", "a.npy", "--batch-size", "50")
+    assert "rows/s]" not in quiet.stderr  # CliRunner's stderr is not a TTY
+    monkeypatch.setattr(ui.App, "bars", property(lambda self: not self.json))
+    shown = cli.run("export", "--collection", "docs", "--out", "b.npy", "--batch-size", "50")
+    assert "120/120" in shown.stderr and "rows/s]" in shown.stderr and "export" in shown.stderr
+    js = cli.run("export", "--collection", "docs", "--out", "c.npy", "--batch-size", "50", "--json")
+    assert js.stderr == ""
