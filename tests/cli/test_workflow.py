@@ -159,3 +159,30 @@ def test_progress_bars_only_on_a_terminal(cli_factory, monkeypatch):
     assert "120/120" in shown.stderr and "rows/s]" in shown.stderr and "export" in shown.stderr
     js = cli.run("export", "--collection", "docs", "--out", "c.npy", "--batch-size", "50", "--json")
     assert js.stderr == ""
+
+
+@pytest.mark.parametrize("kind", EMBEDDED)
+def test_export_str_ids_float16(cli_factory, kind):
+    import uuid
+
+    from csr_vdb.adapters import open_store
+
+    cli, _ = cli_factory(kind, rows=60)
+    x = np.random.default_rng(0).normal(size=(70, DIM)).astype(np.float32)
+    ids = [str(uuid.UUID(int=i * 7919 + 1)) for i in range(70)]
+    store = open_store(kind, cli.uri)
+    try:
+        store.create_dense_collection("strs", DIM, metric="ip", id_type="str")
+        store.insert_dense("strs", ids, x, [{"n": i} for i in range(70)])
+        store.flush("strs")
+    finally:
+        store.close()
+    res = cli.json("export", "--collection", "strs", "--out", "s.npy", "--dtype", "float16", "--batch-size", "16")
+    assert (res["rows"], res["dtype"], res["id_type"], res["metric"]) == (70, "float16", "str", "ip")
+    arr = np.load(cli.cwd / "s.npy", mmap_mode="r")
+    assert arr.dtype == np.float16 and arr.shape == (70, DIM)
+    got = (cli.cwd / "s.ids.txt").read_text().split("\n")[:-1]
+    assert sorted(got) == sorted(ids) and len(got) == 70
+    pos = {i: n for n, i in enumerate(ids)}
+    np.testing.assert_allclose(arr.astype(np.float32), x[[pos[i] for i in got]], rtol=1e-3, atol=1e-3)
+    assert not list(cli.cwd.glob("*.part"))
