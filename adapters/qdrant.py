@@ -95,14 +95,21 @@ class _Schema:
         name: str,
         dense: dict[str, tuple[int, Metric]],
         sparse: bool,
-        id_type: IdType,
+        id_type: IdType | None,
         cosine_as_dot: frozenset[str] = frozenset(),
     ):
         self.name = name
         self.dense = dense  # field -> (dim, metric), in the server's order
         self.sparse = sparse
-        self.id_type = id_type
+        self.id_type = id_type  # None: empty and no metadata (a server before collection metadata)
         self.cosine_as_dot = cosine_as_dot  # fields normalised by the adapter (local mode)
+
+    def check_ids(self, ids: Sequence[Id], n: int) -> list[Id]:
+        """`check_ids` against the id type; an unknown one is taken from the batch itself."""
+        id_type = self.id_type
+        if id_type is None:
+            id_type = "str" if len(ids) and isinstance(list(ids)[0], str) else "int"
+        return check_ids(ids, id_type, n)
 
     def prepare(self, f: str, vectors: np.ndarray) -> np.ndarray:
         """Rows to store/search for field ``f``: unit-normalised where the adapter does it."""
@@ -228,7 +235,7 @@ class QdrantStore:
         id_type = meta.get("id_type")
         if id_type not in ("int", "str"):
             recs, _ = self._call("scroll", real, self._client.scroll, real, limit=1, with_payload=False)
-            id_type = "str" if recs and not isinstance(recs[0].id, int) else "int"
+            id_type = ("int" if isinstance(recs[0].id, int) else "str") if recs else None
         return _Schema(real, dense, sparse, id_type, as_dot)
 
     @staticmethod
@@ -251,15 +258,19 @@ class QdrantStore:
         as_dot = [] if self.is_server else [f for f, (_, m) in dense.items() if m == "cosine"]
         if as_dot:
             meta["cosine_as_dot"] = as_dot
-        self._call(
-            "create",
-            name,
-            self._client.create_collection,
+        kwargs: dict[str, Any] = dict(
             collection_name=name,
             vectors_config=self._vectors_config(dense, as_dot),
             sparse_vectors_config={SPARSE_FIELD: qm.SparseVectorParams()} if sparse else None,
-            metadata={META_KEY: meta},
         )
+        try:
+            self._call("create", name, self._client.create_collection, metadata={META_KEY: meta}, **kwargs)
+        except StoreError as exc:
+            if not self.is_server or "metadata" not in str(exc).lower():
+                raise
+            # A server older than collection metadata: the id type is then read off the data.
+            logger.warning("Qdrant at %s refused collection metadata; creating '%s' without it", self.uri, name)
+            self._call("create", name, self._client.create_collection, **kwargs)
         logger.info("created Qdrant collection '%s' at %s", name, self.uri)
 
     def _exists_any(self, name: str) -> bool:
@@ -283,7 +294,7 @@ class QdrantStore:
             dimension=s.dense[first][0] if first is not None else 0,
             metric=s.dense[first][1] if first is not None else "ip",
             vector_field=first,
-            id_type=s.id_type,
+            id_type=s.id_type or "int",
             count=self._count(s.name),
             vector_fields={f: d for f, (d, _) in s.dense.items()},
             sparse_field=SPARSE_FIELD if s.sparse else None,
@@ -334,10 +345,10 @@ class QdrantStore:
             dense = {f: src.dense[f]}
         if self._exists_any(collection_name):
             tgt = self._schema(collection_name)
-            if tgt.id_type != src.id_type or tgt.dense != dense or not tgt.sparse:
+            if tgt.id_type not in (None, src.id_type) or tgt.dense != dense or not tgt.sparse:
                 raise StoreError(f"collection '{collection_name}' already exists with another schema in {self.uri}")
             return
-        self._create(collection_name, dense, True, src.id_type)
+        self._create(collection_name, dense, True, src.id_type or "int")
         if self.is_server:
             info = self._call("describe", src.name, self._client.get_collection, src.name)
             for key, index in (info.payload_schema or {}).items():
@@ -364,7 +375,7 @@ class QdrantStore:
         s = self._schema(collection_name)
         f = s.field(collection_name, None)
         vecs = s.prepare(f, check_dense(vectors, s.dense[f][0]))
-        ids = check_ids(ids, s.id_type, len(vecs))
+        ids = s.check_ids(ids, len(vecs))
         payloads = check_payloads(payloads, len(vecs))
         check_payload_keys(payloads, ids)
         points = [
@@ -385,7 +396,7 @@ class QdrantStore:
         s = self._schema(collection_name)
         if not s.sparse:
             raise StoreError(f"collection '{collection_name}' has no sparse field '{SPARSE_FIELD}'")
-        ids = check_ids(ids, s.id_type, len(sparse))
+        ids = s.check_ids(ids, len(sparse))
         rows = sparse_rows(sparse, ids)
         payloads = check_payloads(payloads, len(ids))
         check_payload_keys(payloads, ids)
@@ -426,7 +437,7 @@ class QdrantStore:
         skip: Any = None
         offset: Any = None
         if after is not None:
-            check_ids([after], s.id_type, 1)
+            s.check_ids([after], 1)
 
             def stored_mapped(pid: str) -> bool:
                 recs = self._call(
@@ -540,7 +551,7 @@ class QdrantStore:
         ids = list(ids)
         if not ids:
             return []
-        want = int if s.id_type == "int" else str
+        want = {"int": (int,), "str": (str,), None: (int, str)}[s.id_type]
         usable = [i for i in ids if isinstance(i, want) and not isinstance(i, bool) and not (isinstance(i, int) and i < 0)]
         f = next(iter(s.dense), None)
         names = ([f] if with_dense and f is not None else []) + ([SPARSE_FIELD] if with_sparse and s.sparse else [])

@@ -190,3 +190,18 @@ def test_unreachable_server_fails_fast_without_leaking_the_key():
 def test_public_uri_drops_credentials():
     assert _public_uri("https://user:pw@host.example:6333/p?api-key=x") == "https://host.example:6333/p"
     assert _public_uri("/data/qdrant") == "/data/qdrant"
+
+
+def test_empty_collection_without_metadata_takes_the_id_type_of_its_first_rows(path, data):
+    """Servers before collection metadata (and other tools) leave the id type to the data."""
+    client = QdrantClient(path=path)
+    for name in ("raw_s", "raw_i"):
+        client.create_collection(name, vectors_config={"v": qm.VectorParams(size=DIM, distance=qm.Distance.DOT)})
+    client.close()
+    with QdrantStore(path) as s:
+        s.insert_dense("raw_s", ["a", "b"], data[:2])
+        s.insert_dense("raw_i", [3, 4], data[:2])
+        assert s.describe("raw_s").id_type == "str" and s.describe("raw_i").id_type == "int"
+        with pytest.raises(DataError):
+            s.insert_dense("raw_s", [5], data[:1])
+        assert [r.id for r in s.fetch("raw_s", ["b", "a", 7])] == ["b", "a"]
