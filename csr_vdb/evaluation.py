@@ -99,13 +99,32 @@ def exact_search(
     top_k = max(1, min(int(top_k), n))
     scores = np.zeros((q.shape[0], top_k), np.float32)
     rows = np.zeros((q.shape[0], top_k), np.int64)
+    # bound the score block to ~64M floats whatever the database size
+    chunk_size = max(1, min(int(chunk_size), (1 << 26) // max(n, 1)))
     for start in range(0, q.shape[0], chunk_size):
         block = _score_block(q[start : start + chunk_size], db)
-        # a stable sort on -score keeps equal scores in row order
-        order = np.argsort(-block, axis=1, kind="stable")[:, :top_k]
+        order = _top_rows(block, top_k)
         rows[start : start + chunk_size] = order
         scores[start : start + chunk_size] = np.take_along_axis(block, order, axis=1)
     return scores, rows
+
+
+def _top_rows(block: np.ndarray, top_k: int) -> np.ndarray:
+    """Rows of the ``top_k`` best scores of each line of ``block`` ``[q, n]``, best first, ties by row."""
+    n = block.shape[1]
+    if top_k < n:
+        # exact selection in O(q * n): everything above the k-th score, then the lowest rows equal to it
+        kth = -np.partition(-block, top_k - 1, axis=1)[:, top_k - 1 : top_k]
+        above = block > kth
+        equal = block == kth
+        need = top_k - above.sum(axis=1, keepdims=True)
+        chosen = above | (equal & (np.cumsum(equal, axis=1) <= need))
+        cand = np.nonzero(chosen)[1].reshape(block.shape[0], top_k)
+    else:
+        cand = np.broadcast_to(np.arange(n), block.shape)
+    # candidates are in row order, so a stable sort on -score breaks ties by row
+    order = np.argsort(-np.take_along_axis(block, cand, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(cand, order, axis=1).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- metrics

@@ -228,3 +228,16 @@ def test_dense_baselines_reproduce_published_figures(data_dir):
     assert round(res["ndcg@10"], 4) == 0.6451
     assert round(res["recall@10"], 4) == 0.7833 and round(res["recall@100"], 4) == 0.9250
     assert (res["n_queries"], res["n_skipped"]) == (300, 0)
+
+
+def test_exact_search_ties_at_the_cut_keep_the_lowest_rows():
+    rng = np.random.default_rng(2)
+    # many exact ties (integer scores), as sparse codes produce
+    q = rng.integers(0, 3, size=(7, 5)).astype(np.float32)
+    db = rng.integers(0, 3, size=(300, 5)).astype(np.float32)
+    for top_k in (1, 4, 17, 300):
+        scores, rows = exact_search(q, db, top_k, chunk_size=3)
+        full = q @ db.T
+        expect = np.lexsort((np.broadcast_to(np.arange(300), full.shape), -full), axis=1)[:, :top_k]
+        assert (rows == expect).all(), top_k
+        np.testing.assert_array_equal(scores, np.take_along_axis(full, expect, axis=1))
