@@ -100,6 +100,13 @@ def _safe_uri(uri: str) -> str:
     return uri
 
 
+def _password(uri: str) -> str | None:
+    try:
+        return urlsplit(uri).password
+    except ValueError:
+        return None
+
+
 def _is_not_found(exc: BaseException, reason: str) -> bool:
     """A missing collection, as Milvus Lite and servers of several versions word it."""
     if getattr(exc, "code", None) == 100:  # CollectionNotExists
@@ -143,7 +150,9 @@ class MilvusStore:
             self._client = MilvusClient(uri=uri, token=token or "", timeout=timeout)
             version = str(self._client.get_server_version())
         except Exception as exc:  # pymilvus raises MilvusException, grpc errors or ValueError here
-            raise StoreError(f"cannot connect to Milvus at {self.uri}: {self._reason(exc, token)}") from None
+            secrets = [token, _password(uri)]
+            # `from None`: the client's own exception may quote the token or the URI's password
+            raise StoreError(f"cannot connect to Milvus at {self.uri}: {self._reason(exc, *secrets)}") from None
         # Milvus Lite (embedded or `milvus-lite server`) serves paged queries far faster from
         # sealed segments than from its write buffer, so readers flush first there.
         self._is_lite = version.startswith("milvus_lite") or self._lite_path is not None
@@ -154,10 +163,11 @@ class MilvusStore:
 
     # ------------------------------------------------------------------ errors
     @staticmethod
-    def _reason(exc: BaseException, token: str | None = None) -> str:
-        msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        if token:
-            msg = msg.replace(token, "***")
+    def _reason(exc: BaseException, *secrets: str | None) -> str:
+        msg = str(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+        for secret in secrets:
+            if secret:
+                msg = msg.replace(secret, "***")
         return msg.splitlines()[0] if msg else type(exc).__name__
 
     @contextmanager
