@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -13,8 +14,11 @@ from csr_vdb.errors import ConfigError
 
 try:  # Python >= 3.11
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 needs the backport
-    import tomli as tomllib  # type: ignore[no-redef]
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10: the backport, if installed
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError:
+        tomllib = None  # type: ignore[assignment]
 
 StoreKind = Literal["milvus", "qdrant", "qdrant-edge"]
 STORE_CHOICES: tuple[str, ...] = ("milvus", "qdrant", "qdrant-edge")
@@ -51,13 +55,23 @@ class CLISettings(BaseModel):
         """Settings safe to print: the secret is reduced to whether one is set."""
         return {
             "store": self.store,
-            "uri": self.uri,
+            "uri": redact_uri(self.uri),
             "token_set": self.token is not None,
             "state_dir": str(self.state_dir),
             "device": self.device,
             "timeout": self.timeout,
             "config_file": str(self.config_file) if self.config_file else None,
         }
+
+
+def redact_uri(uri: str) -> str:
+    """A URI safe to print: a password in its user-info part is replaced by ``***``."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}{port}"))
 
 
 def read_config_file(path: Path | None, cwd: Path | None = None) -> tuple[dict[str, Any], Path | None]:
@@ -69,6 +83,8 @@ def read_config_file(path: Path | None, cwd: Path | None = None) -> tuple[dict[s
         path = cand
     elif not path.is_file():
         raise ConfigError(f"config file {path} not found")
+    if tomllib is None:  # pragma: no cover - Python 3.10 without tomli
+        raise ConfigError(f"reading {path} needs Python 3.11+ or the 'tomli' package")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:

@@ -50,6 +50,9 @@ def test_store_specific_env_and_tokens(tmp_path):
     assert resolve_settings({}, env={**env, "CSR_VDB_URI": "g.db"}, cwd=tmp_path).uri == "g.db"
     assert resolve_settings({"token": "flagtok"}, env=env, cwd=tmp_path).token.get_secret_value() == "flagtok"
     assert "mtok" not in repr(m) and "mtok" not in json.dumps(m.public())
+    creds = resolve_settings({"uri": "https://user:pa55w0rd@milvus.example:19530/db"}, env={}, cwd=tmp_path)
+    assert creds.public()["uri"] == "https://user:***@milvus.example:19530/db"
+    assert "pa55w0rd" not in json.dumps(creds.public())
 
 
 @pytest.mark.parametrize(
