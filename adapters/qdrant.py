@@ -441,7 +441,8 @@ class QdrantStore:
 
             def stored_mapped(pid: str) -> bool:
                 recs = self._call(
-                    "fetch", real, self._client.retrieve, real, [pid], with_payload=[RESERVED_ID_KEY], with_vectors=False
+                    "fetch", real, self._client.retrieve, real, [pid],
+                    with_payload=[RESERVED_ID_KEY], with_vectors=False,
                 )
                 return bool(recs) and (recs[0].payload or {}).get(RESERVED_ID_KEY) == after
 
@@ -527,7 +528,9 @@ class QdrantStore:
         for a in range(0, len(todo), QUERY_BATCH):
             chunk = todo[a : a + QUERY_BATCH]
             reqs = [
-                qm.QueryRequest(query=queries[n], using=using or None, limit=int(limit), with_payload=wp, with_vector=False)
+                qm.QueryRequest(
+                    query=queries[n], using=using or None, limit=int(limit), with_payload=wp, with_vector=False
+                )
                 for n in chunk
             ]
             res = self._call("search", s.name, self._client.query_batch_points, s.name, requests=reqs)
@@ -552,7 +555,9 @@ class QdrantStore:
         if not ids:
             return []
         want = {"int": (int,), "str": (str,), None: (int, str)}[s.id_type]
-        usable = [i for i in ids if isinstance(i, want) and not isinstance(i, bool) and not (isinstance(i, int) and i < 0)]
+        usable = [
+            i for i in ids if isinstance(i, want) and not isinstance(i, bool) and not (isinstance(i, int) and i < 0)
+        ]
         f = next(iter(s.dense), None)
         names = ([f] if with_dense and f is not None else []) + ([SPARSE_FIELD] if with_sparse and s.sparse else [])
         pids = list(dict.fromkeys(to_point_id(i) for i in usable))
@@ -606,7 +611,9 @@ class QdrantStore:
         pointing = [a for a, c in self._aliases().items() if c == collection_name]
         if pointing:
             ops = [qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=a)) for a in pointing]
-            self._call("drop_alias", collection_name, self._client.update_collection_aliases, change_aliases_operations=ops)
+            self._call(
+                "drop_alias", collection_name, self._client.update_collection_aliases, change_aliases_operations=ops
+            )
         self._call("drop", collection_name, self._client.delete_collection, collection_name)
         logger.info("dropped Qdrant collection '%s' at %s", collection_name, self.uri)
 

@@ -411,7 +411,9 @@ class QdrantEdgeStore:
             check_ids([after], meta["id_type"], 1)
 
             def stored_mapped(pid: str) -> bool:
-                recs = self._call("fetch", real, shard.retrieve, [pid], with_payload=[RESERVED_ID_KEY], with_vector=False)
+                recs = self._call(
+                    "fetch", real, shard.retrieve, [pid], with_payload=[RESERVED_ID_KEY], with_vector=False
+                )
                 return bool(recs) and (recs[0].payload or {}).get(RESERVED_ID_KEY) == after
 
             # scroll offsets are inclusive: the cursor row itself is dropped below
