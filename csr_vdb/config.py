@@ -66,7 +66,10 @@ class TrainConfig(BaseModel):
 
     Defaults: Adam lr 4e-4 (the official CSR code; the paper's 4e-5 is slow on small
     collections), eps 6.25e-10 (paper), batch 1024, 10 epochs, beta_aux 1/32, gamma 1,
-    mined nearest-neighbour positives inside the batch, temperature 0.1 on code dot products.
+    mined nearest-neighbour positives inside the batch, InfoNCE on code cosines at temperature 0.05.
+    Measured on Banking77 (MiniLM, h=1536, k=32, 10 epochs, 1-NN accuracy with code dot / cosine):
+    no contrastive 0.872 / 0.899; dot similarity t=0.1 0.887 / 0.895 (FVU 0.66);
+    cosine t=0.1 0.891 / 0.907 (FVU 0.33); cosine t=0.05 0.900 / 0.906 (FVU 0.34).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -86,10 +89,13 @@ class TrainConfig(BaseModel):
             "((query, doc) pairs given to train_encoder, in-batch negatives), 'none'."
         ),
     )
-    temperature: float = Field(default=0.1, gt=0, description="InfoNCE temperature on code similarities.")
-    similarity: Literal["dot", "cosine"] | None = Field(
-        default=None,
-        description="Code similarity in the contrastive loss; None follows CSRConfig.normalize_codes (cosine if set).",
+    temperature: float = Field(default=0.05, gt=0, description="InfoNCE temperature on code similarities.")
+    similarity: Literal["dot", "cosine"] = Field(
+        default="cosine",
+        description=(
+            "Code similarity inside the contrastive loss. 'cosine' keeps InfoNCE from inflating code norms "
+            "(with 'dot' it fights reconstruction: Banking77 FVU 0.66 vs 0.33)."
+        ),
     )
     neighbor_pool: int = Field(
         default=0,

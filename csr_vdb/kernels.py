@@ -149,6 +149,9 @@ class _SparseSimilarity(torch.autograd.Function):
         idx1, v1, idx2, z2t = ctx.saved_tensors
         grad = grad.contiguous()
         g1 = g2 = None
+        if ctx.same:
+            # Z Z^T: both factors are the same tensor, so one sampled product of (G + G^T) covers both
+            return None, sddmm(idx1, grad + grad.T, z2t), None, None, None
         if ctx.needs_input_grad[1]:
             # d/dv1[i,s] = sum_j G[i,j] Z2[j, idx1[i,s]] = <G[i], Z2^T[idx1[i,s]]>
             g1 = sddmm(idx1, grad, z2t)

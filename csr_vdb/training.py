@@ -316,11 +316,7 @@ class _Contrastive:
         self.model = model
         self.train = train
         self.mode = train.positives if train.gamma > 0 else "none"
-        self.cosine = (
-            train.similarity == "cosine"
-            if train.similarity is not None
-            else model.config.normalize_codes
-        )
+        self.cosine = train.similarity == "cosine"
         self.pairs = pairs
         self.gen = generator
         self.pool: torch.Tensor | None = None

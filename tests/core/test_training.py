@@ -43,9 +43,10 @@ def test_loss_decreases_and_csr_beats_pca_at_equal_active_dims():
     tr, te = slice(0, 1000), slice(1000, 1200)
     res = train_encoder(ArraySource(x[tr]), CSRConfig(**TINY), fast(epochs=15, patience=None))
     rep = res.report
-    curve = rep["curves"]["reconstruction_loss_k"]
-    assert np.mean(curve[-5:]) < 0.7 * np.mean(curve[:3])
-    assert rep["final_fvu"] < 0.6
+    for term in ("loss", "reconstruction_loss_k"):
+        curve = rep["curves"][term]
+        assert np.mean(curve[-5:]) < 0.85 * np.mean(curve[:3]), term
+    assert rep["final_fvu"] < 0.5
     codes_tr = res.encoder.encode(x[tr]).to_dense()
     codes_te = res.encoder.encode(x[te]).to_dense()
     csr = one_nn_accuracy(codes_tr, y[tr], codes_te, y[te])
