@@ -168,7 +168,9 @@ def run_demo(
 
     t0 = time.perf_counter()
     app.info("[6/8] verify + cutover")
-    ver = verify_migration(store, plan, encoder.encode, encoder.encode_queries, state_base=state, sample=200)
+    with app.progress("verify") as bar:
+        ver = verify_migration(store, plan, encoder.encode, encoder.encode_queries, state_base=state, sample=200,
+                               progress=bar)
     if not ver.ok:
         raise VerificationError("demo migration did not verify: " + "; ".join(ver.problems[:3]))
     alias = cutover(store, plan, state_base=state)
