@@ -425,7 +425,12 @@ class MilvusStore:
                 )
             if not rows:
                 return
-            ids = [r[s.pk] for r in rows]
+            # pymilvus decodes a result row on every access: walk the rows once
+            ids, vecs, payloads = [], [], []
+            for r in rows:
+                ids.append(r[s.pk])
+                vecs.append(r[f])
+                payloads.append(self._payload(s, r))
             if any(b <= a for a, b in zip(ids, ids[1:])) or (after is not None and ids[0] <= after):
                 raise StoreError(
                     f"Milvus at {self.uri} returned collection '{s.name}' out of primary-key order; "
@@ -433,8 +438,8 @@ class MilvusStore:
                 )
             yield DensePage(
                 ids=ids,
-                vectors=np.asarray([r[f] for r in rows], dtype=np.float32).reshape(len(rows), s.dense[f][0]),
-                payloads=[self._payload(s, r) for r in rows],
+                vectors=np.asarray(vecs, dtype=np.float32).reshape(len(ids), s.dense[f][0]),
+                payloads=payloads,
             )
             # a short page is no proof of the end (a server may stop a page at a segment
             # boundary to keep primary-key order), so only an empty page ends the scan
