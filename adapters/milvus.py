@@ -133,6 +133,15 @@ class MilvusStore:
 
     Raises:
         StoreError: the database cannot be opened or reached.
+
+    Notes:
+        - Collections it creates: an ``id`` primary key (INT64 or VARCHAR), the dense
+          FLOAT_VECTOR field, the dynamic field for payloads; sparse ones add `SPARSE_FIELD`
+          (SPARSE_INVERTED_INDEX, IP) and copy the source's typed scalar fields and dense index.
+        - A user's collection: its typed scalar fields plus its dynamic keys are the payload.
+        - Reads use Strong consistency, so a read sees every acknowledged write.
+        - ``iter_dense`` pages with ``pk > cursor`` queries in primary-key order (on Milvus Lite
+          it flushes first: sealed segments are paged far faster than the write buffer).
     """
 
     def __init__(self, uri: str, token: str | None = None, timeout: float = 10.0) -> None:
@@ -223,7 +232,9 @@ class MilvusStore:
                     elif dtype == DataType.VARCHAR:
                         id_type = "str"
                     else:
-                        raise StoreError(f"collection '{real}' in {self.uri} has an unsupported primary key type {dtype.name}")
+                        raise StoreError(
+                            f"collection '{real}' in {self.uri} has an unsupported primary key type {dtype.name}"
+                        )
                     pk_params = dict(f.get("params", {}))
                 elif dtype == DataType.FLOAT_VECTOR:
                     vector_names.add(f["name"])
