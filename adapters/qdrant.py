@@ -140,12 +140,16 @@ class QdrantStore:
         api_key: server API key (never logged nor put in error messages).
         timeout: seconds for each server request; an unreachable server fails within it.
 
+    Collection schemas are cached per name for the life of the store (aliases are resolved on
+    every call), so a collection that another client drops and re-creates needs a new store.
+
     Raises:
         StoreError: the server cannot be reached, or the local directory is used by another client.
     """
 
     def __init__(self, uri: str, api_key: str | None = None, timeout: float = 10.0) -> None:
         self._api_key = api_key
+        self._schemas: dict[str, _Schema] = {}  # real name -> schema, dropped with the collection
         self.uri = _public_uri(str(uri))
         self.is_server = urlsplit(str(uri)).scheme in ("http", "https")
         try:
@@ -210,9 +214,17 @@ class QdrantStore:
     def _schema(self, name: str) -> _Schema:
         """Resolve an alias and read the collection's schema; `CollectionNotFoundError` if absent."""
         real = self._resolve(name)
-        if real not in self._collections():
-            raise CollectionNotFoundError(f"collection '{name}' not found in {self.uri}")
-        info = self._call("describe", real, self._client.get_collection, real)
+        cached = self._schemas.get(real)
+        if cached is not None:
+            return cached
+        try:
+            info = self._client.get_collection(real)
+        except Exception as exc:  # noqa: BLE001 - 404 on a server, ValueError in local mode
+            if real not in self._collections():
+                raise CollectionNotFoundError(f"collection '{name}' not found in {self.uri}") from exc
+            raise StoreError(
+                f"Qdrant describe failed for collection '{name}' at {self.uri}: {self._clean(exc)}"
+            ) from exc
         params = info.config.params
         vectors = params.vectors
         if vectors is None:
@@ -236,7 +248,10 @@ class QdrantStore:
         if id_type not in ("int", "str"):
             recs, _ = self._call("scroll", real, self._client.scroll, real, limit=1, with_payload=False)
             id_type = ("int" if isinstance(recs[0].id, int) else "str") if recs else None
-        return _Schema(real, dense, sparse, id_type, as_dot)
+        schema = _Schema(real, dense, sparse, id_type, as_dot)
+        if id_type is not None:  # a schema never changes while the collection lives
+            self._schemas[real] = schema
+        return schema
 
     @staticmethod
     def _dense_of(vector: Any, f: str) -> list[float] | None:
@@ -254,6 +269,7 @@ class QdrantStore:
         return params or {}
 
     def _create(self, name: str, dense: dict[str, tuple[int, Metric]], sparse: bool, id_type: IdType) -> None:
+        self._schemas.pop(name, None)
         meta: dict[str, Any] = {"id_type": id_type}
         as_dot = [] if self.is_server else [f for f, (_, m) in dense.items() if m == "cosine"]
         if as_dot:
@@ -614,6 +630,7 @@ class QdrantStore:
             self._call(
                 "drop_alias", collection_name, self._client.update_collection_aliases, change_aliases_operations=ops
             )
+        self._schemas.pop(collection_name, None)
         self._call("drop", collection_name, self._client.delete_collection, collection_name)
         logger.info("dropped Qdrant collection '%s' at %s", collection_name, self.uri)
 
