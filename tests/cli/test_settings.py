@@ -121,3 +121,29 @@ def test_installed_entry_point(tmp_path):
     miss = run("status", "--store", "qdrant-edge", "--uri", str(tmp_path / "q"), "--collection", "nope", "--json")
     assert miss.returncode == 6 and miss.stdout == "" and miss.stderr.startswith("error: ")
     assert run("--version").stdout.strip().endswith("0.1.0")
+
+
+@pytest.mark.slow
+def test_entry_point_workflow_across_processes(tmp_path):
+    """Each command is its own process: stores must be released between them (Milvus Lite locks its file)."""
+    kind = "milvus"
+    from tests.cli.conftest import TINY, adapter_missing, make_source, uri_for
+
+    exe = Path(sys.executable).with_name("csr-vdb")
+    if not exe.exists() or adapter_missing(kind):
+        pytest.skip("console script or adapter not available")
+    uri = uri_for(kind, tmp_path)
+    make_source(kind, uri, rows=100)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CSR_VDB_")}
+    env.update(CSR_VDB_STORE=kind, CSR_VDB_URI=uri, CSR_VDB_STATE_DIR=str(tmp_path / "st"))
+
+    def run(*args):
+        p = subprocess.run([str(exe), *args, "--json"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                           timeout=300)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    run("train", "--collection", "docs", "--model", "m", *TINY)
+    assert run("migrate", "--to", "sparse", "--collection", "docs", "--model", "m")["rows_done"] == 100
+    assert run("verify", "--collection", "docs", "--sample", "20")["ok"] is True
+    assert run("cutover", "--collection", "docs")["current"] == "docs_csr"
