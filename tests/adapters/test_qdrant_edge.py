@@ -309,3 +309,43 @@ def test_schema_rules(store, data):
     store.drop("c_csr")
     assert store.get_alias("a") is None and not store.has_collection("a")
     assert not os.path.exists(os.path.join(store.uri, "collections", "c_csr"))
+
+
+def test_optimize_builds_indexes_and_keeps_results(root):
+    """With a tiny indexing threshold, `flush` builds HNSW + sparse indexes; recall stays high."""
+    import qdrant_edge as qe
+
+    x, _ = clustered(1500, DIM, 12, seed=5)
+    ids = list(range(len(x)))
+    with QdrantEdgeStore(root) as s:
+        s.create_dense_collection("src", DIM)
+        s.create_sparse_collection("c", "src")
+    shard_dir = os.path.join(root, "collections", "c")
+    config = qe.EdgeConfig(
+        vectors={"vector": qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine)},
+        sparse_vectors={"csr": qe.EdgeSparseVectorParams()},
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
+    )
+    shard = qe.EdgeShard.load(shard_dir, config)
+    shard.close()
+    mem = MemoryStore()
+    with QdrantEdgeStore(root) as s:
+        for st in (s, mem):
+            if st is mem:
+                st.create_dense_collection("src", DIM)
+                st.create_sparse_collection("c", "src")
+            for a in range(0, len(x), 500):
+                st.upsert("c", ids[a : a + 500], codes_for(x[a : a + 500]), dense=x[a : a + 500])
+        q = codes_for(x[:25])
+        before = s.search_sparse("c", q, 10)
+        s.flush("c")
+        assert s._shards["c"].info().indexed_vectors_count > 0  # HNSW was built
+        after = s.search_sparse("c", q, 10)  # the immutable index sums in another order: last bits
+        ref = mem.search_sparse("c", q, 10)
+        for got in (before, after):
+            np.testing.assert_allclose([[h.score for h in a] for a in got], [[h.score for h in b] for b in ref], rtol=1e-5)
+            assert np.mean([[h.id for h in a] == [h.id for h in b] for a, b in zip(got, ref)]) >= 0.9
+        dense = s.search_dense("c", x[:25], 10)
+        exact = mem.search_dense("c", x[:25], 10)
+        recall = np.mean([len({h.id for h in a} & {h.id for h in b}) / 10 for a, b in zip(dense, exact)])
+        assert recall >= 0.9
