@@ -343,7 +343,8 @@ def test_optimize_builds_indexes_and_keeps_results(root):
         after = s.search_sparse("c", q, 10)  # the immutable index sums in another order: last bits
         ref = mem.search_sparse("c", q, 10)
         for got in (before, after):
-            np.testing.assert_allclose([[h.score for h in a] for a in got], [[h.score for h in b] for b in ref], rtol=1e-5)
+            scores = [[h.score for h in a] for a in got]
+            np.testing.assert_allclose(scores, [[h.score for h in b] for b in ref], rtol=1e-5)
             assert np.mean([[h.id for h in a] == [h.id for h in b] for a, b in zip(got, ref)]) >= 0.9
         dense = s.search_dense("c", x[:25], 10)
         exact = mem.search_dense("c", x[:25], 10)
