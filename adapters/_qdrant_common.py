@@ -21,6 +21,7 @@ above it in string order (so a collection of UUID ids pages exactly like sorted 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -64,11 +65,31 @@ def needs_reserved_key(id_: int | str) -> bool:
     return isinstance(id_, str) and not is_canonical_uuid(id_)
 
 
+def _exact_in_qdrant(value: Any) -> bool:
+    """False for values Qdrant cannot keep exactly: NaN/inf (refused) and ints beyond int64
+    (silently turned into floats)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_exact_in_qdrant(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_exact_in_qdrant(v) for v in value)
+    return True
+
+
 def check_payload_keys(payloads: Sequence[dict[str, Any]], ids: Sequence[int | str]) -> None:
-    """Refuse payloads that use the reserved id key (it would be overwritten and hidden)."""
+    """Refuse payloads that use the reserved id key (it would be overwritten and hidden) or hold
+    values Qdrant would not store exactly (NaN/inf, integers outside int64)."""
     bad = [i for i, p in zip(ids, payloads) if RESERVED_ID_KEY in p]
     if bad:
         raise DataError(f"payload key '{RESERVED_ID_KEY}' is reserved by csr-vdb (ids {bad[:5]})", bad)
+    bad = [i for i, p in zip(ids, payloads) if not _exact_in_qdrant(p)]
+    if bad:
+        raise DataError(f"payloads with NaN/inf or integers outside int64 at ids {bad[:5]}", bad)
 
 
 def stored_payload(id_: int | str, payload: dict[str, Any]) -> dict[str, Any]:

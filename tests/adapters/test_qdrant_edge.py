@@ -203,6 +203,10 @@ def test_str_id_mapping_round_trip(store, data):
         store.insert_dense("s", ["x"], data[:1], [{RESERVED_ID_KEY: "y"}])
     with pytest.raises(DataError):
         store.insert_dense("s", [7], data[:1])  # an int id in a str collection
+    for bad in ({"x": float("nan")}, {"x": [1, {"y": float("inf")}]}, {"x": 2**64}):
+        with pytest.raises(DataError, match="int64"):  # Qdrant refuses these or stores a float
+            store.insert_dense("s", ["y"], data[:1], [bad])
+    assert store.fetch("s", ["y"]) == []
 
 
 def test_iter_dense_order_and_cursor_with_str_ids(store, data):
