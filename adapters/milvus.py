@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -421,8 +421,25 @@ class MilvusStore:
             raise DataError(f"cursor {after!r} is not a {s.id_type} id of collection '{s.name}'")
         self._ensure_loaded(s)
         if self._is_lite:
-            with self._errors("flush", s.name):
-                self._client.flush(s.name)
+            yield from self._pages_by_ids(s, f, batch_size, after)
+        else:
+            yield from self._pages_by_cursor(s, f, batch_size, after)
+
+    def _page(self, s: _Schema, f: str, rows: Iterable[dict[str, Any]]) -> DensePage:
+        # pymilvus decodes a result row on every access: walk the rows once
+        ids, vecs, payloads = [], [], []
+        for r in rows:
+            ids.append(r[s.pk])
+            vecs.append(r[f])
+            payloads.append(self._payload(s, r))
+        return DensePage(
+            ids=ids,
+            vectors=np.asarray(vecs, dtype=np.float32).reshape(len(ids), s.dense[f][0]),
+            payloads=payloads,
+        )
+
+    def _pages_by_cursor(self, s: _Schema, f: str, batch_size: int, after: Id | None) -> Iterator[DensePage]:
+        """Servers: ``pk > cursor`` queries returned in primary-key order, one page per query."""
         limit = min(batch_size, _MAX_WINDOW)
         fields = [*self._payload_fields(s), f]
         while True:
@@ -436,25 +453,38 @@ class MilvusStore:
                 )
             if not rows:
                 return
-            # pymilvus decodes a result row on every access: walk the rows once
-            ids, vecs, payloads = [], [], []
-            for r in rows:
-                ids.append(r[s.pk])
-                vecs.append(r[f])
-                payloads.append(self._payload(s, r))
+            page = self._page(s, f, rows)
+            ids = page.ids
             if any(b <= a for a, b in zip(ids, ids[1:])) or (after is not None and ids[0] <= after):
                 raise StoreError(
                     f"Milvus at {self.uri} returned collection '{s.name}' out of primary-key order; "
                     "cannot page it safely"
                 )
-            yield DensePage(
-                ids=ids,
-                vectors=np.asarray(vecs, dtype=np.float32).reshape(len(ids), s.dense[f][0]),
-                payloads=payloads,
-            )
+            yield page
             # a short page is no proof of the end (a server may stop a page at a segment
             # boundary to keep primary-key order), so only an empty page ends the scan
-            after = ids[-1]
+            after = page.cursor
+
+    def _pages_by_ids(self, s: _Schema, f: str, batch_size: int, after: Id | None) -> Iterator[DensePage]:
+        """Milvus Lite: every ordered query filters and sorts all remaining rows in Python, so
+        paging by cursor costs O(n^2 / batch_size). Read the primary keys once (ids only, not
+        vectors), sort them, and get the rows page by page by key: linear, and still streaming."""
+        with self._errors("flush", s.name):
+            self._client.flush(s.name)  # sealed segments are read far faster than the write buffer
+        expr = f"{s.pk} > {_literal(after)}" if after is not None else ""
+        with self._errors("query", s.name):
+            keys = sorted(r[s.pk] for r in self._client.query(s.name, filter=expr, output_fields=[s.pk],
+                                                               consistency_level=_READ))
+        fields = [*self._payload_fields(s), f]
+        for a in range(0, len(keys), batch_size):
+            chunk = keys[a : a + batch_size]
+            expr = f"{s.pk} in [{', '.join(_literal(i) for i in chunk)}]"
+            with self._errors("query", s.name):
+                rows = {r[s.pk]: r for r in self._client.query(s.name, filter=expr, output_fields=fields,
+                                                                consistency_level=_READ)}
+            found = [rows[i] for i in chunk if i in rows]  # rows deleted meanwhile are left out
+            if found:
+                yield self._page(s, f, found)
 
     def create_sparse_collection(
         self,
