@@ -166,7 +166,8 @@ def _prepare(page: DensePage, plan: MigrationPlan, encode: Encode | None) -> _Ba
                 )
             reasons = {r: reason for reason, rows in problems.items() for r in rows}
             invalid = [(ids[r], reasons[r]) for r in bad]
-            good = [r for r in range(len(ids)) if r not in set(bad)]
+            bad_set = set(bad)
+            good = [r for r in range(len(ids)) if r not in bad_set]
             ids = [ids[r] for r in good]
             payloads = [payloads[r] for r in good]
             vectors = vectors[good] if good else None
@@ -327,6 +328,18 @@ def _run(
 ) -> MigrationResult:
     before = journal.totals()
     meta = journal.meta()
+    if resumed and before.rows_written and not store.has_collection(plan.target):
+        raise MigrationError(
+            f"target collection '{plan.target}' was dropped after {before.rows_written} rows were migrated; "
+            f"delete the state folder {folder} to start over"
+        )
+    stats = {"read": 0, "written": 0, "invalid": 0, "batches": 0, "nnz": 0}
+    invalid_ids: list[Any] = []
+    scanned = before.rows_read
+    if meta.get("completed_at") is not None:
+        log.info("migration %s is already complete", plan.plan_id)
+        return _result(plan, False, resumed, before, total, stats, invalid_ids, journal, t0, False, folder)
+
     run = journal.start_run("resume" if resumed else "fresh")
     created = False
     if not store.has_collection(plan.target):
@@ -336,14 +349,6 @@ def _run(
         created = True
     else:
         check_target_schema(store, plan.target, plan.source_schema, plan.keep_dense, plan.uri)
-
-    stats = {"read": 0, "written": 0, "invalid": 0, "batches": 0, "nnz": 0}
-    invalid_ids: list[Any] = []
-    scanned = before.rows_read
-    if meta.get("completed_at") is not None:
-        log.info("migration %s is already complete", plan.plan_id)
-        journal.end_run(run, "complete", "already complete")
-        return _result(plan, False, resumed, before, total, stats, invalid_ids, journal, t0, created, folder)
 
     pages: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
     batches: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
@@ -375,19 +380,19 @@ def _run(
                 journal.record_batch(
                     run=run, cursor=b.cursor, written_ids=b.ids, rows_read=b.rows_read, invalid=b.invalid
                 )
-            except BaseException as exc:
+                stats["read"] += b.rows_read
+                stats["written"] += len(b.ids)
+                stats["invalid"] += len(b.invalid)
+                stats["batches"] += 1
+                if b.codes is not None:
+                    stats["nnz"] += int(b.codes.nnz().sum())
+                invalid_ids.extend(i for i, _ in b.invalid[: max(0, 100 - len(invalid_ids))])
+                scanned += b.rows_read
+                if progress is not None:
+                    progress(scanned, total)
+            except BaseException as exc:  # incl. KeyboardInterrupt from a progress callback
                 write_error.append(exc)
                 return
-            stats["read"] += b.rows_read
-            stats["written"] += len(b.ids)
-            stats["invalid"] += len(b.invalid)
-            stats["batches"] += 1
-            if b.codes is not None:
-                stats["nnz"] += int(b.codes.nnz().sum())
-            invalid_ids.extend(i for i, _ in b.invalid[: max(0, 100 - len(invalid_ids))])
-            scanned += b.rows_read
-            if progress is not None:
-                progress(scanned, total)
 
     reader = threading.Thread(
         target=_reader, args=(store, plan, before.cursor, pages, stop_read), name="csr-vdb-reader", daemon=True
@@ -404,8 +409,8 @@ def _run(
             if isinstance(page, BaseException):
                 raise page
             batch = _prepare(page, plan, encode)
-            _put(batches, batch, write_error)
-        _put(batches, None, write_error)  # drain: the writer finishes every queued batch
+            _put(batches, batch, write_error, wthread)
+        _put(batches, None, write_error, wthread)  # drain: the writer finishes every queued batch
         wthread.join()
         if write_error:
             raise write_error[0]
@@ -415,9 +420,12 @@ def _run(
         journal.set_meta(completed_at=time.time())
         outcome = "complete"
     except _Stop:
+        stop_read.set()
         wthread.join()
-        outcome, message = "failed", str(write_error[0])
-        raise write_error[0] from None
+        exc = write_error[0]
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        outcome, message = ("interrupted" if interrupted else "failed"), (str(exc) or type(exc).__name__)
+        raise exc from None
     except DataError as exc:
         # Earlier (valid) batches are still written and journaled, so a resume after fixing
         # the data continues right before the offending batch.
@@ -455,10 +463,12 @@ def _get(q: queue.Queue, write_error: list) -> Any:
             continue
 
 
-def _put(q: queue.Queue, item: Any, write_error: list) -> None:
+def _put(q: queue.Queue, item: Any, write_error: list, writer: threading.Thread) -> None:
     while True:
         if write_error:
             raise _Stop()
+        if not writer.is_alive():
+            raise MigrationError("the writer thread ended unexpectedly")
         try:
             q.put(item, timeout=_POLL_S)
             return

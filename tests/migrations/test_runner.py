@@ -96,6 +96,13 @@ def test_journal_exists_needs_resume_and_resume_checks(tmp_path, model_dir):
     again = run_migration(store, plan, enc, state_base=base, resume=True)
     assert again.rows_written == 0 and again.rows_done == 300 and again.resumed
 
+    # the target dropped behind the journal's back: refused, not silently "complete"
+    store.drop("docs_csr")
+    with pytest.raises(MigrationError, match="was dropped after 300 rows"):
+        run_migration(store, plan, enc, state_base=base, resume=True)
+    assert not store.has_collection("docs_csr")
+    run_migration(store, plan, enc, state_base=base / "fresh")
+
     # another model: refused
     (model_dir / "model.safetensors").write_bytes(b"weights-v2")
     plan2 = make_plan(store, "memory", tmp_path, model_dir, batch_size=100)
@@ -243,3 +250,38 @@ def test_shards_cover_the_union(store, store_kind, tmp_path, model_dir):
     rep = verify_migration(store, plans[1], enc, enc, state_base=base, sample=32)
     assert rep.ok, rep.problems
     assert store.count("docs_csr") == 400
+
+
+def test_store_failure_and_interrupt_leave_a_resumable_journal(tmp_path, model_dir):
+    from csr_vdb.adapters.memory import MemoryStore
+    from csr_vdb.errors import StoreError
+
+    class FlakyStore(MemoryStore):
+        fail_at = 3
+        calls = 0
+
+        def upsert(self, *a, **kw):
+            type(self).calls += 1
+            if type(self).calls == self.fail_at:
+                raise StoreError("connection reset by peer")
+            return super().upsert(*a, **kw)
+
+    store = FlakyStore()
+    ids, _, _ = fill_source(store, "docs", 600, DIM)
+    base = tmp_path / "s"
+    plan = make_plan(store, "memory", tmp_path, model_dir, batch_size=100)
+    with pytest.raises(StoreError, match="connection reset"):
+        run_migration(store, plan, ProjectionEncoder(DIM), state_base=base)
+    st = migration_status(store, plan, state_base=base)
+    assert st.state == "failed" and st.rows_done == 200 and "connection reset" in st.last_error
+
+    def ctrl_c(done, total):
+        if done >= 400:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_migration(store, plan, ProjectionEncoder(DIM), state_base=base, resume=True, progress=ctrl_c)
+    st = migration_status(store, plan, state_base=base)
+    assert st.state == "interrupted" and st.rows_done == 400 and st.rows_per_s and st.eta_s is not None
+    res = run_migration(store, plan, ProjectionEncoder(DIM), state_base=base, resume=True)
+    assert res.resumed_after == ids[399] and res.rows_done == 600 and store.count("docs_csr") == 600
