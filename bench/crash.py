@@ -124,7 +124,9 @@ def run(args) -> dict:
             proc = spawn(args)
             t = time.perf_counter()
             start = done
-            goal = done + pick.randint(args.batch_size, max(args.batch_size, n // (2 * args.kills)))
+            # spread the kills over what is left; a goal of +0 kills during start-up or the first batch
+            left = args.kills - kills
+            goal = done + pick.randint(0, max(0, (n - done - args.batch_size) // (left + 1)))
             first = None
             while proc.poll() is None:
                 rows = journaled(args.state)

@@ -191,7 +191,8 @@ def verify_migration(
     tgt_rows = _target_pages(store, plan) if scan_target else None
     src_pending: dict[Any, tuple[Any, Any]] = {}
     tgt_pending: dict[Any, tuple[Any, Any]] = {}
-    consumed_exp = consumed_tgt = 0
+    consumed_exp = consumed_tgt = gone = 0
+    tgt_done = False
 
     def compare(i: Any, want: tuple[Any, Any], got: tuple[Any, Any]) -> None:
         nonlocal n_pay, n_dense, dense_checked
@@ -212,9 +213,10 @@ def verify_migration(
 
         got: list[tuple[Any, Any, Any]] = []
         if tgt_rows is not None:
-            while consumed_tgt < consumed_exp:
+            while consumed_tgt < consumed_exp and not tgt_done:
                 row = next(tgt_rows, None)
                 if row is None:
+                    tgt_done = True
                     break
                 got.append(row)
                 consumed_tgt += 1
@@ -236,9 +238,13 @@ def verify_migration(
                 compare(i, want, got_map.pop(i))
             elif i in tgt_pending:
                 compare(i, want, tgt_pending.pop(i))
+            elif tgt_rows is None or tgt_done:
+                # the target cannot bring this row any more: missing, nothing to keep
+                gone += 1
+                _add(missing, [i])
             else:
-                # dense kept only while the target may still bring the row (bounded by mismatches)
-                src_pending[i] = (page.vectors[n] if tgt_rows is not None else None, page.payloads[n])
+                # kept only while the target may still bring the row (bounded by the mismatches)
+                src_pending[i] = (page.vectors[n], page.payloads[n])
         tgt_pending.update(got_map)
 
         # Reservoir sample over the expected rows, drawn for a whole page at once.
@@ -264,7 +270,7 @@ def verify_migration(
                 tgt_pending[gid] = (gvec, gpay)
         n_extra = len(tgt_pending)
         _add(extra, list(tgt_pending))
-    n_missing = len(src_pending)
+    n_missing = gone + len(src_pending)
     _add(missing, list(src_pending))
     if tgt_rows is None:
         # Without a scannable target, extras show up only as surplus rows.
