@@ -160,8 +160,14 @@ class MilvusStore:
             version = str(self._client.get_server_version())
         except Exception as exc:  # pymilvus raises MilvusException, grpc errors or ValueError here
             secrets = [token, _password(uri)]
+            reason = self._reason(exc, *secrets)
+            if self._lite_path is not None:
+                # Milvus Lite locks its file: the usual cause is another process holding it
+                raise StoreError(
+                    f"cannot open Milvus Lite file {self.uri} (is another process using it?): {reason}"
+                ) from None
             # `from None`: the client's own exception may quote the token or the URI's password
-            raise StoreError(f"cannot connect to Milvus at {self.uri}: {self._reason(exc, *secrets)}") from None
+            raise StoreError(f"cannot connect to Milvus at {self.uri}: {reason}") from None
         # Milvus Lite (embedded or `milvus-lite server`) serves paged queries far faster from
         # sealed segments than from its write buffer, so readers flush first there.
         self._is_lite = version.startswith("milvus_lite") or self._lite_path is not None

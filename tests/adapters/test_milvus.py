@@ -247,3 +247,20 @@ def test_server_cursor_paging_equals_lite_id_paging(db, id_type):
             assert [i for p in lite for i in p.ids] == ids[start:]
             assert all(len(p) <= bs for p in lite + server)
         store._is_lite = True
+
+
+def test_a_lite_file_open_in_another_process_is_a_clear_store_error(db):
+    with MilvusStore(db) as store:
+        store.create_dense_collection("d", 8)
+        code = (
+            "from csr_vdb.adapters.milvus import MilvusStore\n"
+            "from csr_vdb.errors import StoreError\n"
+            "try:\n"
+            f"    MilvusStore({db!r})\n"
+            "    print('opened')\n"
+            "except StoreError as exc:\n"
+            "    print(exc)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "another process" in out.stdout and db in out.stdout
