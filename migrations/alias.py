@@ -14,7 +14,7 @@ from csr_vdb.adapters.base import VectorStore
 from csr_vdb.errors import MigrationError
 from csr_vdb.fileutil import atomic_write_json
 from csr_vdb.migrations.journal import Journal
-from csr_vdb.migrations.plan import CUTOVER_FILE, JOURNAL_FILE, MigrationPlan, state_dir
+from csr_vdb.migrations.plan import CUTOVER_FILE, JOURNAL_FILE, VERIFY_FILE, MigrationPlan, state_dir
 from csr_vdb.migrations.runner import is_locked
 from csr_vdb.migrations.verify import load_verify, shard_journals_state
 
@@ -65,6 +65,19 @@ class StatusReport(BaseModel):
     state_dir: str = Field(description="Folder of the plan's state files.")
 
 
+def _last_verify(plan: MigrationPlan, state_base) -> dict[str, Any] | None:
+    """The newest verify.json of any shard of the plan's split (verify covers the union)."""
+    reports = []
+    for i in range(plan.shard_count):
+        p = plan if i == plan.shard_index else plan.for_shard(i)
+        folder = state_dir(state_base, p)
+        rep = load_verify(folder)
+        if rep is not None:
+            # file times order reports made within the same second (checked_at has seconds)
+            reports.append(((folder / VERIFY_FILE).stat().st_mtime_ns, rep))
+    return max(reports, key=lambda r: r[0])[1] if reports else None
+
+
 def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
 
@@ -106,14 +119,14 @@ def cutover(
     """
     alias = alias or plan.alias
     folder = state_dir(state_base, plan)
-    report = load_verify(folder)
+    report = _last_verify(plan, state_base)
     if not force:
         if report is None:
             raise MigrationError(
                 f"cutover refused: '{plan.target}' was never verified (run verify first, or --force)"
             )
-        if report.get("plan_id") != plan.plan_id:
-            raise MigrationError("cutover refused: the last verify was of another plan (run verify again)")
+        if report.get("source") != plan.source or report.get("target") != plan.target:
+            raise MigrationError("cutover refused: the last verify was of another migration (run verify again)")
         if not report.get("ok"):
             first = (report.get("problems") or ["see verify.json"])[0]
             raise MigrationError(f"cutover refused: the last verify failed ({first}); fix it or --force")
@@ -217,11 +230,11 @@ def migration_status(
     rate = read / secs if secs > 0 else None
     left = max(total - t.rows_read, 0)
     eta = left / rate if (rate and not complete and left) else None
-    report = load_verify(folder)
+    report = _last_verify(plan, state_base)
     current = False
     if report is not None:
         fp, _, _, _ = shard_journals_state(plan, state_base)
-        current = report.get("journal_state") == fp and report.get("plan_id") == plan.plan_id
+        current = report.get("journal_state") == fp
     return StatusReport(
         **base,
         state=state,

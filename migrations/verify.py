@@ -98,7 +98,9 @@ def shard_journals_state(plan: MigrationPlan, state_base: str | os.PathLike[str]
                 incomplete.append(f"{p.shard} (another model)")
             elif meta.get("completed_at") is None:
                 incomplete.append(f"{p.shard} (not complete)")
-    fp = hashlib.sha256("|".join([plan.plan_id, *prints]).encode()).hexdigest()[:16]
+    # the same for every shard's plan of one split, so any shard may verify and another cut over
+    split_id = plan.for_shard(0).plan_id if plan.shard_index else plan.plan_id
+    fp = hashlib.sha256("|".join([split_id, *prints]).encode()).hexdigest()[:16]
     return fp, incomplete, skipped, info
 
 

@@ -17,6 +17,7 @@ from csr_vdb.errors import (
 )
 from csr_vdb.migrations import (
     MigrationPlan,
+    cutover,
     find_plan,
     migration_status,
     run_migration,
@@ -56,6 +57,13 @@ def test_full_run_copies_ids_payloads_and_codes(store, store_kind, tmp_path, mod
     folder = state_dir(tmp_path / "state", plan)
     assert sorted(p.name for p in folder.iterdir()) == ["journal.sqlite", "plan.json", "run.lock"]
     assert find_plan(tmp_path / "state", store_kind, store_uri(store_kind, tmp_path), "docs") == plan
+    with pytest.raises(MigrationError, match="no migration of 'docs' -> 'other'"):
+        find_plan(tmp_path / "state", store_kind, store_uri(store_kind, tmp_path), "docs", target="other")
+    # a hand-edited plan.json whose fields no longer match its plan_id is refused
+    saved = json.loads((folder / "plan.json").read_text())
+    (folder / "plan.json").write_text(json.dumps({**saved, "target": "elsewhere"}))
+    with pytest.raises(MigrationError, match="invalid migration plan"):
+        MigrationPlan.load(folder / "plan.json")
 
 
 def test_plan_checks_up_front(store, store_kind, tmp_path, model_dir):
@@ -250,6 +258,9 @@ def test_shards_cover_the_union(store, store_kind, tmp_path, model_dir):
     rep = verify_migration(store, plans[1], enc, enc, state_base=base, sample=32)
     assert rep.ok, rep.problems
     assert store.count("docs_csr") == 400
+    # verified through shard 1, cut over through shard 2: one split, one verify
+    assert migration_status(store, plans[2], state_base=base).verify_current
+    assert cutover(store, plans[2], state_base=base).current == "docs_csr"
 
 
 def test_store_failure_and_interrupt_leave_a_resumable_journal(tmp_path, model_dir):
