@@ -61,7 +61,9 @@ def sddmm(indices: torch.Tensor, a: torch.Tensor, rows: torch.Tensor) -> torch.T
             (n, rows.shape[0]),
             check_invariants=False,
         )
-    return torch.sparse.sampled_addmm(pattern, a.contiguous(), rows.T, beta=0.0).values().view(n, w)
+    # CPU reads the transposed view in place; other backends get a contiguous copy to be safe
+    mat2 = rows.T if rows.device.type == "cpu" else rows.T.contiguous()
+    return torch.sparse.sampled_addmm(pattern, a.contiguous(), mat2, beta=0.0).values().view(n, w)
 
 
 class _SparseDecode(torch.autograd.Function):
