@@ -2,8 +2,9 @@
 
 Each case runs in its own subprocess so that ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is the
 peak resident set of that case alone (the parent stays small: it neither loads torch nor touches the
-data, since Linux carries the parent's peak into a child's ``ru_maxrss``); ``VmHWM`` is reported too. Data are synthetic clustered unit vectors (speed does not
-depend on the data set; no licensed data is read).
+data, since Linux carries the parent's peak into a child's ``ru_maxrss``); ``VmHWM`` is reported too.
+Data are synthetic clustered unit vectors (speed does not depend on the data set; no licensed data
+is read).
 
 Usage:
     python bench/train_speed.py --out bench/results/train_speed.json            # 200k rows in memory
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     results = []
     if not args.skip_memory:
-        results.append(spawn(dict(base, name=f"memory {args.rows}", source="memory", rows=args.rows, epochs=args.epochs)))
+        spec = dict(base, name=f"memory {args.rows}", source="memory", rows=args.rows, epochs=args.epochs)
+        results.append(spawn(spec))
     if args.rows2m:
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             path = Path(tmp) / "emb_f16.npy"
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         per_epoch = "/".join(f"{e['rows_per_s']:.0f}" for e in r["epochs"])
         load = f"{r['load_avg_start']:.1f}-{r['load_avg_end']:.1f}"
         fvu = f"{r['final_fvu']:.3f}" if r["final_fvu"] is not None else "-"
-        print(f"{r['case']:<24}{per_epoch:>26}{r['rows_per_cpu_s_x_threads']:>18.0f}{r['peak_rss_mb']:>13.0f}{load:>12}{fvu:>7}")
+        cpu_rate, rss = r["rows_per_cpu_s_x_threads"], r["peak_rss_mb"]
+        print(f"{r['case']:<24}{per_epoch:>26}{cpu_rate:>18.0f}{rss:>13.0f}{load:>12}{fvu:>7}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"results": results}, indent=2) + "\n")

@@ -19,7 +19,9 @@ class CSRConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input_dim: int = Field(gt=0, description="Dimension d of the dense embeddings the encoder reads.")
-    hidden_dim: int = Field(gt=0, description="Number h of latents (dimension of the sparse codes); the paper's sweet spot is 4d.")
+    hidden_dim: int = Field(
+        gt=0, description="Number h of latents (dimension of the sparse codes); the paper's sweet spot is 4d."
+    )
     k: int = Field(gt=0, description="Active latents kept per document code (TopK).")
     k_query: int | None = Field(
         default=None, gt=0, description="Active latents kept per query code; None uses k (asymmetric k when set)."
@@ -103,7 +105,9 @@ class TrainConfig(BaseModel):
         description="Extra recent rows (a FIFO of past batches) searched for each row's nearest-neighbour positive.",
     )
     noise_std: float = Field(
-        default=0.05, gt=0, description="'noise' positives: Gaussian noise std per unit-norm row (plus 10% input dropout)."
+        default=0.05,
+        gt=0,
+        description="'noise' positives: Gaussian noise std per unit-norm row (plus 10% input dropout).",
     )
     pairs_batch_size: int | None = Field(
         default=None, ge=2, description="'pairs': pairs per step (None = batch_size, capped at the number of pairs)."

@@ -84,7 +84,10 @@ class _SparseDecode(torch.autograd.Function):
 
 
 def sparse_decode(indices: torch.Tensor, values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``sum_s values[:, s] * weight[indices[:, s]]``: ``[n, w] x [h, d] -> [n, d]`` (differentiable in values, weight)."""
+    """``sum_s values[:, s] * weight[indices[:, s]]``: ``[n, w] x [h, d] -> [n, d]``.
+
+    Differentiable in ``values`` and ``weight`` (sparse backward, see the module docstring).
+    """
     return _SparseDecode.apply(indices, values, weight)
 
 

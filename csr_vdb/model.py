@@ -222,7 +222,9 @@ class CSREncoder(nn.Module):
             torch.cat(idx_parts).numpy(), torch.cat(val_parts).numpy(), self.config.hidden_dim
         )
 
-    def encode_queries(self, x: np.ndarray | torch.Tensor, k: int | None = None, batch_size: int = 8192) -> SparseVectors:
+    def encode_queries(
+        self, x: np.ndarray | torch.Tensor, k: int | None = None, batch_size: int = 8192
+    ) -> SparseVectors:
         """`encode` with ``kind="query"``: uses ``config.k_query`` (asymmetric k) unless ``k`` is given."""
         return self.encode(x, k=k, kind="query", batch_size=batch_size)
 

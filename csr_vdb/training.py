@@ -14,7 +14,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from csr_vdb.config import CSRConfig, TrainConfig
 from csr_vdb.errors import ConfigError, DataError, describe_rows
@@ -33,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 Batch = np.ndarray | torch.Tensor | tuple[np.ndarray, np.ndarray]
 ProgressCallback = Callable[[int, int | None, dict[str, float]], None]
+
+TERM_NAMES = ("loss", "reconstruction_loss_k", "reconstruction_loss_4k", "auxiliary_loss", "contrastive_loss")
+"""Loss curves kept in the training report (``loss`` is the weighted total)."""
 
 FINGERPRINT_ROWS = 1024
 """Rows (in source order) hashed into the data fingerprint."""
@@ -553,7 +555,9 @@ def _train(
         q = torch.from_numpy(np.asarray(pairs_np[0], dtype=np.float32))
         d = torch.from_numpy(np.asarray(pairs_np[1], dtype=np.float32))
         if q.ndim != 2 or q.shape != d.shape or q.shape[1] != config.input_dim or q.shape[0] < 2:
-            raise DataError(f"pairs must be two [m >= 2, {config.input_dim}] arrays, got {tuple(q.shape)} and {tuple(d.shape)}")
+            raise DataError(
+                f"pairs must be two [m >= 2, {config.input_dim}] arrays, got {tuple(q.shape)} and {tuple(d.shape)}"
+            )
         for name, arr in (("pair queries", q.numpy()), ("pair docs", d.numpy())):
             _check_rows(arr, 0, name)
         q, d = model.preprocess(q.to(device)), model.preprocess(d.to(device))
@@ -603,7 +607,8 @@ def _train(
 
     def evaluate(epoch: int) -> float | None:
         nonlocal bad_evals, stopped_early
-        metrics = _validate(model, train, contrast, val_batches(), k_schedule(step, total_steps, config.k, train.k_start, train.anneal_fraction), kq_now(), val_pairs_t)
+        k_now = k_schedule(step, total_steps, config.k, train.k_start, train.anneal_fraction)
+        metrics = _validate(model, train, contrast, val_batches(), k_now, kq_now(), val_pairs_t)
         if metrics is None:
             return None
         metrics.update(step=step, epoch=epoch)
@@ -641,7 +646,9 @@ def _train(
             )
 
     def kq_now() -> int:
-        return k_schedule(step, total_steps, kq_target, train.k_start, train.anneal_fraction) if train.k_start else kq_target
+        if not train.k_start:
+            return kq_target
+        return k_schedule(step, total_steps, kq_target, train.k_start, train.anneal_fraction)
 
     for epoch in range(train.epochs):
         t_epoch = time.perf_counter()
@@ -689,12 +696,12 @@ def _train(
             step += 1
             steps_epoch += 1
             rows_epoch += xb.shape[0]
-            window += torch.stack([total.detach(), recon_k.detach(), recon_4k.detach(), aux.detach(), cl.detach()]).double()
+            window += torch.stack([t.detach() for t in (total, recon_k, recon_4k, aux, cl)]).double()
             window_n += 1
             if step % train.log_every == 0 or step == total_steps:
                 vals_w = (window / window_n).tolist()
                 dead = float(model.dead_mask().float().mean())
-                for name, v in zip(("loss", "reconstruction_loss_k", "reconstruction_loss_4k", "auxiliary_loss", "contrastive_loss"), vals_w):
+                for name, v in zip(TERM_NAMES, vals_w):
                     curves[name].append(v)
                 curves["step"].append(step)
                 curves["k"].append(k_t)
@@ -702,7 +709,8 @@ def _train(
                 window.zero_()
                 window_n = 0
                 if progress is not None:
-                    progress(step, total_steps, {"loss": vals_w[0], "fvu": vals_w[1], "k": k_t, "dead_fraction": dead, "epoch": epoch})
+                    metrics = {"loss": vals_w[0], "fvu": vals_w[1], "k": k_t, "dead_fraction": dead, "epoch": epoch}
+                    progress(step, total_steps, metrics)
             if train.eval_every and step % train.eval_every == 0:
                 evaluate(epoch)
                 model.train()
@@ -741,6 +749,7 @@ def _train(
     fp = data_fingerprint(head_rows, n_rows, config.input_dim)
     model.config = config.model_copy(update={"data_fingerprint": fp})
     final = evals[-1] if evals else None
+    last_train_fvu = curves["reconstruction_loss_k"][-1] if curves["reconstruction_loss_k"] else None
     best_eval = next((e for e in evals if e["step"] == best["step"]), None) if evals else None
     report: dict[str, Any] = {
         "method": "CSR (arXiv 2503.01776) + CSRv2 k-annealing",
@@ -759,7 +768,7 @@ def _train(
         "best_step": best["step"] if best["state"] is not None else None,
         "best_val_loss": best["val_loss"] if best["state"] is not None else None,
         "restored_best": bool(train.restore_best and best["state"] is not None and best["step"] != step),
-        "final_fvu": (best_eval or final or {}).get("val_fvu", curves["reconstruction_loss_k"][-1] if curves["reconstruction_loss_k"] else None),
+        "final_fvu": (best_eval or final or {}).get("val_fvu", last_train_fvu),
         "final_dead_fraction": float(model.dead_mask().float().mean()),
         "epochs": epochs_info,
         "curves": curves,
@@ -805,7 +814,8 @@ def _validate(
             return None
         rk, r4, cl = sums / rows
         if contrast.mode == "pairs" and val_pairs is not None:
-            cl = float(contrast(val_pairs[0], None, None, None, k, kq, val_pairs, update_pool=False))  # type: ignore[arg-type]
+            q0 = val_pairs[0]
+            cl = float(contrast(q0, q0, q0, None, k, kq, val_pairs, update_pool=False))  # pairs mode reads only pairs
         loss = rk + r4 / 8 + train.gamma * cl
         return {"val_loss": float(loss), "val_fvu": float(rk), "val_fvu_4k": float(r4), "val_contrastive": float(cl)}
     finally:

@@ -72,7 +72,8 @@ def test_decoder_unit_norm_after_training_and_report(tmp_path):
     rep = res.report
     for key in ("curves", "validation", "epochs", "final_fvu", "final_dead_fraction", "data_fingerprint", "steps"):
         assert key in rep
-    for term in ("reconstruction_loss_k", "reconstruction_loss_4k", "auxiliary_loss", "contrastive_loss", "dead_fraction"):
+    terms = ("reconstruction_loss_k", "reconstruction_loss_4k", "auxiliary_loss", "contrastive_loss", "dead_fraction")
+    for term in terms:
         assert len(rep["curves"][term]) == len(rep["curves"]["step"]) > 0
     assert all(e["rows_per_s"] > 0 for e in rep["epochs"])
     assert rep["val_rows"] > 0 and rep["validation"]
@@ -108,7 +109,8 @@ def test_dead_latents_are_revived():
 
     try:
         CSREncoder.__init__ = init_with_dead
-        res = train_encoder(x, cfg, fast(epochs=10, lr=3e-3, gamma=0.0, positives="none", beta_aux=1.0, val_fraction=0.0))
+        train = fast(epochs=10, lr=3e-3, gamma=0.0, positives="none", beta_aux=1.0, val_fraction=0.0)
+        res = train_encoder(x, cfg, train)
     finally:
         CSREncoder.__init__ = orig_init
     curves = res.report["curves"]
