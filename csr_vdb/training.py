@@ -78,15 +78,15 @@ class ArraySource:
     """An in-memory ``[n, dim]`` array (optionally with ``[n]`` labels), reshuffled every epoch.
 
     Args:
-        x: ``[n, dim]`` float16/32/64 numpy array (kept as given; batches are cast to float32).
+        x: ``[n, dim]`` float16/32/64 numpy array or tensor (kept as given; batches are cast to float32).
         labels: ``[n]`` integer labels for ``positives="labels"``.
 
     Raises:
         DataError: empty input, not 2-D, NaN/inf or all-zero rows (named), labels of another length.
     """
 
-    def __init__(self, x: np.ndarray, labels: np.ndarray | None = None) -> None:
-        arr = np.asarray(x)
+    def __init__(self, x: np.ndarray | torch.Tensor, labels: np.ndarray | None = None) -> None:
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
             raise DataError(f"training vectors must be a non-empty 2-D array, got shape {arr.shape}")
         for start in range(0, arr.shape[0], 65536):
@@ -443,11 +443,11 @@ def _pin_malloc_mmap_threshold(threshold: int = 1 << 20) -> None:
 
 # ------------------------------------------------------------------------------ trainer
 def train_encoder(
-    source: EmbeddingSource | np.ndarray,
+    source: EmbeddingSource | np.ndarray | torch.Tensor,
     config: CSRConfig,
     train: TrainConfig | None = None,
     progress: ProgressCallback | None = None,
-    val_source: EmbeddingSource | np.ndarray | None = None,
+    val_source: EmbeddingSource | np.ndarray | torch.Tensor | None = None,
     *,
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainResult:
@@ -460,7 +460,7 @@ def train_encoder(
     ``patience`` evaluations without improvement and returns the best weights.
 
     Args:
-        source: an `EmbeddingSource` (or a plain ``[n, input_dim]`` array).
+        source: an `EmbeddingSource` (or a plain ``[n, input_dim]`` array / tensor).
         config: the encoder's shape; ``data_fingerprint`` is filled in.
         train: training settings (defaults when None).
         progress: called as ``progress(step, total_steps or None, metrics)`` every ``log_every``
@@ -477,9 +477,9 @@ def train_encoder(
         DataError: bad rows in the source, an empty source.
     """
     train = train or TrainConfig()
-    if isinstance(source, np.ndarray):
+    if isinstance(source, (np.ndarray, torch.Tensor)):
         source = ArraySource(source)
-    if isinstance(val_source, np.ndarray):
+    if isinstance(val_source, (np.ndarray, torch.Tensor)):
         val_source = ArraySource(val_source)
     if source.dim != config.input_dim:
         raise ConfigError(f"source has dimension {source.dim}, config.input_dim is {config.input_dim}")

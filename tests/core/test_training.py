@@ -194,6 +194,11 @@ def test_max_steps_and_val_source():
     v, _ = clustered(100, 8, seed=9)
     rep = train_encoder(x, CSRConfig(**TINY), fast(max_steps=5), val_source=v).report
     assert rep["steps"] == 5 and rep["val_rows"] is None and rep["validation"]
+    # tensors are accepted as sources too
+    rep = train_encoder(
+        torch.from_numpy(x), CSRConfig(**TINY), fast(max_steps=2), val_source=torch.from_numpy(v)
+    ).report
+    assert rep["steps"] == 2 and rep["n_rows"] == 600
 
 
 def test_bad_training_rows_are_named():
