@@ -1,11 +1,15 @@
 """Subprocess body for the crash tests: (re)plan and run one migration, resuming when a journal exists.
 
-Usage: python -m tests.migrations.crash_worker KIND URI STATE_BASE MODEL_DIR BATCH_SIZE
+Usage: python -m tests.migrations.crash_worker KIND URI STATE_BASE MODEL_DIR BATCH_SIZE [DELAY_S]
+
+DELAY_S paces each batch's encoding, so that on a fast idle machine the run is still under way
+when the test's kill lands.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 
 def main(argv: list[str]) -> int:
@@ -14,6 +18,7 @@ def main(argv: list[str]) -> int:
     from tests.migrations.conftest import ProjectionEncoder
 
     kind, uri, base, model_dir, batch = argv[:5]
+    delay = float(argv[5]) if len(argv) > 5 else 0.0
     store = open_store(kind, uri)
     try:
         info = store.describe("docs")
@@ -21,7 +26,13 @@ def main(argv: list[str]) -> int:
             store, store_kind=kind, uri=uri, source="docs", model_dir=model_dir, batch_size=int(batch)
         )
         resume = (state_dir(base, plan) / JOURNAL_FILE).exists()
-        res = run_migration(store, plan, ProjectionEncoder(info.dimension), state_base=base, resume=resume)
+        encoder = ProjectionEncoder(info.dimension)
+
+        def encode(x):
+            time.sleep(delay)
+            return encoder(x)
+
+        res = run_migration(store, plan, encode, state_base=base, resume=resume)
         print(f"done written={res.rows_written} total={res.rows_done}", flush=True)
     finally:
         store.close()

@@ -20,11 +20,13 @@ REPO = Path(__file__).resolve().parents[2]
 ROWS, DIM, KILLS = 20_000, 16, 5
 # Milvus Lite pays ~0.4 s per insert call, so it gets bigger batches to keep the test short.
 BATCH = {"milvus": 1000, "qdrant-edge": 250}
+# Pace each batch a little so that a fast idle machine cannot finish the run before the kill lands.
+DELAY_S = {"milvus": 0.0, "qdrant-edge": 0.03}
 
 
-def _worker(kind: str, uri: str, base: Path, model_dir: Path) -> subprocess.Popen:
+def _worker(kind: str, uri: str, base: Path, model_dir: Path, delay: float = 0.0) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    args = [kind, uri, str(base), str(model_dir), str(BATCH[kind])]
+    args = [kind, uri, str(base), str(model_dir), str(BATCH[kind]), str(delay)]
     return subprocess.Popen(
         [sys.executable, "-m", "tests.migrations.crash_worker", *args],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -57,10 +59,12 @@ def test_sigkill_and_resume_loses_nothing(kind, tmp_path, model_dir):
     rng = random.Random(1234)
     kills, done, progress = 0, 0, []
     while kills < KILLS:
-        proc = _worker(kind, uri, base, model_dir)
+        proc = _worker(kind, uri, base, model_dir, DELAY_S[kind])
         # Kill at a random point once the run is under way: after a random number of rows has
-        # been journaled (read-only peek at the journal) plus a random delay.
-        goal = done + rng.randint(BATCH[kind], ROWS // (2 * KILLS))
+        # been journaled (read-only peek at the journal) plus a random delay. The goal is capped
+        # so that at least ROWS / (KILLS + 1) rows are left to write when the kill lands.
+        cap = ROWS * (kills + 1) // (KILLS + 1)
+        goal = min(done + rng.randint(BATCH[kind], ROWS // (2 * KILLS)), cap)
         deadline = time.monotonic() + 120
         while _journaled(base)[0] < goal and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
