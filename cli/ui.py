@@ -188,6 +188,8 @@ def kv(pairs: dict[str, Any]) -> str:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
+        if v.is_integer() and abs(v) >= 2:  # byte counts and the like; recall 1.0 keeps decimals
+            return f"{v:,.0f}"
         return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
     if v is None:
         return "-"
