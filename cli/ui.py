@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from csr_vdb.cli.settings import STORE_CHOICES, CLISettings, resolve_settings
-from csr_vdb.errors import CSRVDBError
+from csr_vdb.errors import CSRVDBError, StoreError
 
 logger = logging.getLogger("csr_vdb.cli")
 
@@ -86,10 +86,16 @@ class App:
         return self.settings.state_dir
 
     def open_store(self) -> Any:
-        """Open the configured store; it is closed when the command ends."""
+        """Open the configured store; it is closed when the command ends.
+
+        Every command reads an existing database, so an embedded path that does not exist is a
+        typo, not a request to create an empty database there (which the engines would do).
+        """
         from csr_vdb.adapters import open_store
 
         s = self.settings
+        if s.uri and "://" not in s.uri and not Path(s.uri).exists():
+            raise StoreError(f"no {s.store} database at {s.uri} (check --uri)")
         store = open_store(
             s.store, s.uri, token=s.token.get_secret_value() if s.token else None, timeout=s.timeout
         )

@@ -136,3 +136,17 @@ def test_exit_1_unexpected_exception_is_one_line(cli, monkeypatch):
     monkeypatch.setattr(ops, "export_collection", boom)
     res = cli.run("export", "--collection", "docs", "--out", "x.npy", code=1)
     assert _one_error_line(res) == "error: unexpected RuntimeError: boom second line (run with --debug for the traceback)"
+
+
+def test_missing_embedded_database_is_a_store_error_and_creates_nothing(tmp_path):
+    """A typo in --uri must not create an empty database at the wrong place."""
+    from click.testing import CliRunner
+
+    from csr_vdb.cli.main import main
+
+    for store, name in (("milvus", "typo.db"), ("qdrant-edge", "typo_dir")):
+        uri = tmp_path / name
+        result = CliRunner().invoke(main, ["status", "--store", store, "--uri", str(uri), "--collection", "docs"])
+        assert result.exit_code == 5, result.output
+        assert "no " in result.output and str(uri) in result.output
+        assert not uri.exists()

@@ -118,6 +118,7 @@ def test_installed_entry_point(tmp_path):
     for cmd in ("export", "train", "migrate", "verify", "cutover", "rollback", "status", "search", "eval", "demo"):
         h = run(cmd, "--help")
         assert h.returncode == 0 and "Example:" in h.stdout, cmd
+    (tmp_path / "q").mkdir()  # an existing (empty) Qdrant Edge store: the collection is what is missing
     miss = run("status", "--store", "qdrant-edge", "--uri", str(tmp_path / "q"), "--collection", "nope", "--json")
     assert miss.returncode == 6 and miss.stdout == "" and miss.stderr.startswith("error: ")
     assert run("--version").stdout.strip().endswith("0.1.0")
