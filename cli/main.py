@@ -71,6 +71,9 @@ def export(app: App, collection: str, out: str, field: str | None, dtype: str, b
 @click.option("--from-npy", default=None, type=click.Path(dir_okay=False), help="Train on a [rows, dim] .npy file instead.")
 @click.option("--k", type=click.IntRange(min=1), default=None, help="Active latents per code [recipe: 32].")
 @click.option("--k-query", type=click.IntRange(min=1), default=None, help="Active latents per query code [= k].")
+@click.option("--query-projection", type=click.Choice(["encoder", "decoder"]), default=None,
+              help="Query codes: TopK like documents, or the decoder projection (question -> passage "
+                   "retrieval) [encoder].")
 @click.option("--hidden", type=click.IntRange(min=1), default=None, help="Latents h [recipe, about 4 x dim].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [recipe].")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Rows per step [recipe].")
@@ -79,8 +82,9 @@ def export(app: App, collection: str, out: str, field: str | None, dtype: str, b
 @click.option("--keep-export", is_flag=True, help="Keep the temporary export under --state-dir.")
 @common_options
 def train(app: App, collection: str | None, model_dir: str, field: str | None, from_npy: str | None,
-          k: int | None, k_query: int | None, hidden: int | None, epochs: int | None, batch_size: int | None,
-          lr: float | None, seed: int | None, keep_export: bool) -> None:
+          k: int | None, k_query: int | None, query_projection: str | None, hidden: int | None,
+          epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None,
+          keep_export: bool) -> None:
     """Train a CSR encoder on a collection's own vectors (or a .npy file) and save it.
 
     The collection is streamed to a memory-mapped file under --state-dir and trained from
@@ -98,8 +102,8 @@ def train(app: App, collection: str | None, model_dir: str, field: str | None, f
         res = train_model(
             model_dir, store=store, collection=collection, from_npy=from_npy, vector_field=field,
             work_dir=app.state_dir, keep_export=keep_export, export_progress=ebar, train_progress=tbar,
-            hidden=hidden, k=k, k_query=k_query, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            device=app.device,
+            hidden=hidden, k=k, k_query=k_query, query_projection=query_projection, epochs=epochs,
+            batch_size=batch_size, lr=lr, seed=seed, device=app.device,
         )
     app.emit(res, lambda: kv({"model": res.model_dir, "rows": res.rows, "input_dim": res.input_dim,
                               "hidden_dim": res.hidden_dim, "k": res.k, "epochs": res.epochs,

@@ -164,6 +164,7 @@ def build_configs(
     hidden: int | None = None,
     k: int | None = None,
     k_query: int | None = None,
+    query_projection: str | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -201,7 +202,8 @@ def build_configs(
         model_kw["input_dim"] = input_dim
         # a cosine collection is compared on unit vectors; ip / l2 keep the raw scale
         model_kw["normalize"] = "l2" if metric == "cosine" else "none"
-        for key, val in (("hidden_dim", hidden), ("k", k), ("k_query", k_query), ("source_collection", source_collection)):
+        for key, val in (("hidden_dim", hidden), ("k", k), ("k_query", k_query),
+                         ("query_projection", query_projection), ("source_collection", source_collection)):
             if val is not None:
                 model_kw[key] = val
         if model_kw.get("k", 0) > model_kw.get("hidden_dim", 0) and hidden is None:

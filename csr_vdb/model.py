@@ -172,6 +172,7 @@ class CSREncoder(nn.Module):
         k: int | None = None,
         kind: Literal["doc", "query"] = "doc",
         batch_size: int = 8192,
+        projection: Literal["encoder", "decoder"] | None = None,
     ) -> SparseVectors:
         """Sparse codes of dense embeddings.
 
@@ -182,8 +183,14 @@ class CSREncoder(nn.Module):
         Args:
             x: ``[n, input_dim]`` (or ``[input_dim]``) float16/32/64 numpy array or torch tensor.
             k: active latents; default ``config.k`` for documents, ``config.query_k`` for queries.
-            kind: "doc" or "query" (selects the default k).
+            kind: "doc" or "query" (selects the default k and, for queries, the projection).
             batch_size: rows per forward pass.
+            projection: queries only; ``None`` = ``config.query_projection``. ``"encoder"``: the TopK
+                code (as documents). ``"decoder"``: the ``k`` largest positive entries of ``W_dec x``
+                (``x`` preprocessed), so that ``<query, doc code>`` is the positive-query part of
+                ``<x, decode(doc code) - b_pre>``: documents are ranked by how well their
+                reconstruction matches the query, which suits asymmetric retrieval (questions
+                against passages); default ``k`` then ``config.query_k_for("decoder")``.
 
         Returns:
             `SparseVectors` ``[n, k]`` over ``hidden_dim``; slots sorted by value, padding (value 0,
@@ -195,8 +202,14 @@ class CSREncoder(nn.Module):
         """
         if kind not in ("doc", "query"):
             raise DataError(f"kind must be 'doc' or 'query', got {kind!r}")
+        if projection is None:
+            projection = self.config.query_projection if kind == "query" else "encoder"
+        if projection not in ("encoder", "decoder"):
+            raise DataError(f"projection must be 'encoder' or 'decoder', got {projection!r}")
+        if projection == "decoder" and kind != "query":
+            raise DataError("the decoder projection is for queries only (kind='query')")
         if k is None:
-            k = self.config.k if kind == "doc" else self.config.query_k
+            k = self.config.k if kind == "doc" else self.config.query_k_for(projection)
         if not 1 <= int(k) <= self.config.hidden_dim:
             raise DataError(f"k must be in 1..{self.config.hidden_dim}, got {k}")
         k = int(k)
@@ -207,7 +220,8 @@ class CSREncoder(nn.Module):
         try:
             for start in range(0, t.shape[0], max(1, int(batch_size))):
                 xb = self.preprocess(t[start : start + batch_size])
-                vals, idx = self.pre_activations(xb).topk(k, dim=1)
+                scores = xb @ self.W_dec.T if projection == "decoder" else self.pre_activations(xb)
+                vals, idx = scores.topk(k, dim=1)
                 # never an all-zero code: keep the largest pre-activation as a tiny positive value
                 vals[:, 0] = torch.where(vals[:, 0] > 0, vals[:, 0], torch.full_like(vals[:, 0], MIN_ACTIVATION))
                 vals = F.relu(vals)
@@ -223,10 +237,14 @@ class CSREncoder(nn.Module):
         )
 
     def encode_queries(
-        self, x: np.ndarray | torch.Tensor, k: int | None = None, batch_size: int = 8192
+        self,
+        x: np.ndarray | torch.Tensor,
+        k: int | None = None,
+        batch_size: int = 8192,
+        projection: Literal["encoder", "decoder"] | None = None,
     ) -> SparseVectors:
-        """`encode` with ``kind="query"``: uses ``config.k_query`` (asymmetric k) unless ``k`` is given."""
-        return self.encode(x, k=k, kind="query", batch_size=batch_size)
+        """`encode` with ``kind="query"``: ``config.query_projection`` and its query k unless given."""
+        return self.encode(x, k=k, kind="query", batch_size=batch_size, projection=projection)
 
     @torch.no_grad()
     def decode(self, sparse: SparseVectors, batch_size: int = 8192) -> np.ndarray:
@@ -356,4 +374,7 @@ class CSREncoder(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"input_dim={c.input_dim}, hidden_dim={c.hidden_dim}, k={c.k}, k_query={c.query_k}"
+        return (
+            f"input_dim={c.input_dim}, hidden_dim={c.hidden_dim}, k={c.k}, "
+            f"k_query={c.query_k_for(c.query_projection)}, query_projection={c.query_projection}"
+        )

@@ -83,6 +83,51 @@ def test_asymmetric_query_k():
         enc.encode(x, k=33)
 
 
+def test_decoder_projection_queries_rank_by_reconstruction():
+    x, _ = clustered(60, 8)
+    enc = tiny(k=3, query_projection="decoder")
+    with torch.no_grad():
+        enc.W_dec.add_(0.3 * torch.randn_like(enc.W_dec))  # untied, so the two projections differ
+        enc.b_pre.copy_(torch.from_numpy(x.mean(0)))
+    # default query width: 8 k (capped at hidden_dim); documents keep k
+    q = enc.encode_queries(x)
+    assert q.width == 24 and enc.encode(x).width == 3
+    assert (q.values >= 0).all() and q.nnz().min() >= 1
+    q.validate()
+    # with every latent kept, <query, doc code> == <x, reconstruction - b_pre> wherever W_dec x >= 0
+    full = enc.encode_queries(x, k=32).to_dense()
+    xp = enc.preprocess(torch.from_numpy(x))
+    proj = (xp @ enc.W_dec.T).detach().numpy()
+    assert np.allclose(full, np.maximum(proj, 0), atol=1e-5)
+    docs = enc.encode(x)
+    recon = enc.decode(docs) - enc.b_pre.detach().numpy()
+    pos = proj >= 0
+    d = docs.to_dense()
+    assert np.allclose(full @ d.T, (proj * pos) @ d.T, atol=1e-5)
+    if pos.all():  # pragma: no cover - depends on the draw
+        assert np.allclose(full @ d.T, xp.numpy() @ recon.T, atol=1e-4)
+    # the encoder projection is still available per call, and k_query overrides the width
+    as_docs = enc.encode_queries(x, projection="encoder")
+    assert as_docs.width == 3 and np.array_equal(as_docs.to_dense(), enc.encode(x).to_dense())
+    assert tiny(k=3, k_query=5, query_projection="decoder").encode_queries(x).width == 5
+    with pytest.raises(DataError, match="queries only"):
+        enc.encode(x, projection="decoder")
+    with pytest.raises(DataError, match="projection"):
+        enc.encode_queries(x, projection="sideways")
+
+
+def test_decoder_projection_survives_save_load(tmp_path):
+    x, _ = clustered(20, 8)
+    enc = tiny(k=2, query_projection="decoder")
+    enc.save(tmp_path / "m")
+    back = CSREncoder.load(tmp_path / "m", device="cpu")
+    assert back.config.query_projection == "decoder"
+    assert np.array_equal(back.encode_queries(x).values, enc.encode_queries(x).values)
+    # a config written before the field existed loads as the encoder projection
+    cfg = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())["csr_config"]
+    assert CSRConfig(**{k: v for k, v in cfg.items() if k != "query_projection"}).query_projection == "encoder"
+
+
 def test_normalize_codes_gives_unit_rows():
     x, _ = clustered(30, 8)
     codes = tiny(k=4, normalize_codes=True).encode(x)

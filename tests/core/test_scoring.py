@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from csr_vdb import native, scoring
 from csr_vdb.errors import ConfigError, DataError
 from csr_vdb.scoring import Reranker, SparseIndex, resolve_device
 from csr_vdb.sparse import SparseVectors
@@ -42,9 +43,11 @@ def reference_topk(queries: SparseVectors, docs: SparseVectors, top_k: int) -> t
 
 # ---------------------------------------------------------------------------------- SparseIndex
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("method", ["loop", "vectorised"])
+@pytest.mark.parametrize("method", ["native", "loop", "vectorised"])
 @pytest.mark.parametrize("top_k", [1, 10, 137])
 def test_search_identical_to_float64_reference(device, method, top_k):
+    if method == "native" and device != "cpu":
+        pytest.skip("the native kernel is CPU only")
     docs = random_codes(1500, 48, 6, seed=1)
     queries = random_codes(37, 48, 5, seed=2)
     index = SparseIndex(docs, device=device, method=method, query_block=5)
@@ -56,7 +59,7 @@ def test_search_identical_to_float64_reference(device, method, top_k):
     np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
 
 
-@pytest.mark.parametrize("method", ["loop", "vectorised"])
+@pytest.mark.parametrize("method", ["native", "loop", "vectorised"])
 @pytest.mark.parametrize("shard_rows", [1, 97, 500])
 def test_shards_merge_to_the_same_exact_top_k(method, shard_rows):
     # Few distinct scores: many ties span shard borders and must still come out by row.
@@ -106,7 +109,7 @@ def test_zero_score_rows_complete_the_top_k_in_row_order():
     assert scores[0].tolist() == [2.0, 1.0, 0.0, 0.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("method", ["loop", "vectorised"])
+@pytest.mark.parametrize("method", ["native", "loop", "vectorised"])
 def test_negative_scores_rank_below_untouched_rows(method):
     docs = random_codes(600, 16, 4, seed=5, negative=True)
     queries = random_codes(12, 16, 3, seed=6, negative=True)
@@ -115,6 +118,58 @@ def test_negative_scores_rank_below_untouched_rows(method):
     np.testing.assert_array_equal(rows, ref_r)
     np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
     assert (scores[:, -1] < 0).any()
+
+
+@pytest.mark.parametrize("tile", [1, 7, 64, 5000])
+def test_native_kernel_tiles_give_the_exact_top_k(monkeypatch, tile):
+    # Tiles smaller than the shard: posting cursors carry over tile borders, ties span them.
+    monkeypatch.setattr(scoring, "_NATIVE_TILE_ROWS", tile)
+    docs = random_codes(700, 20, 3, seed=50)
+    queries = random_codes(9, 20, 4, seed=51, negative=True)
+    index = SparseIndex(docs, method="native", threads=2)
+    for top_k in (1, 13, 700, 705):
+        ref_s, ref_r = reference_topk(queries, docs, top_k)
+        scores, rows = index.search(queries, top_k)
+        np.testing.assert_array_equal(rows, ref_r)
+        np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
+
+
+def test_native_and_torch_paths_return_identical_float_scores():
+    # Non-dyadic values: float32 sums depend on their order, which both paths share.
+    docs = random_codes(3000, 64, 8, seed=60, dyadic=False)
+    queries = random_codes(25, 64, 8, seed=61, dyadic=False)
+    s1, r1 = SparseIndex(docs, method="native").search(queries, 50)
+    s2, r2 = SparseIndex(docs, method="loop").search(queries, 50)
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(r1, r2)
+
+
+def test_native_kernel_can_be_turned_off_or_fail_to_build(monkeypatch, tmp_path):
+    docs = random_codes(50, 16, 3, seed=1)
+    monkeypatch.setenv("CSR_VDB_NATIVE", "0")
+    assert SparseIndex(docs).method == "loop"
+    with pytest.raises(ConfigError, match="native kernel is unavailable"):
+        SparseIndex(docs, method="native")
+    monkeypatch.delenv("CSR_VDB_NATIVE")
+    # a compiler that fails: the auto method falls back to pure torch, results unchanged
+    monkeypatch.setattr(native, "_cache", {})
+    monkeypatch.setenv("CSR_VDB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    index = SparseIndex(docs)
+    assert index.method == "loop"
+    queries = random_codes(4, 16, 3, seed=2)
+    np.testing.assert_array_equal(index.search(queries, 5)[1], reference_topk(queries, docs, 5)[1])
+    assert not list(tmp_path.rglob("*.so*"))  # no half-written library left behind
+    # a working compiler builds into the cache folder
+    monkeypatch.setattr(native, "_cache", {})
+    monkeypatch.delenv("CC")
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    assert SparseIndex(docs).method == "native"
+    assert len(list((tmp_path / "native").glob("csr_topk_*.so"))) == 1
+    if torch.cuda.is_available():  # pragma: no cover - GPU machines
+        with pytest.raises(ConfigError, match="CPU only"):
+            SparseIndex(docs, device="cuda", method="native")
 
 
 def test_float_values_match_reference_up_to_summation_order():
