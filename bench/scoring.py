@@ -3,7 +3,8 @@
 Speed mode (default) times, in ONE run on the same machine and the same N/Q:
   * dense fp32 matmul + top-k at dimension d (and bf16 on CUDA),
   * stock ``torch.sparse.mm`` (codes as CSR [N, h] times the dense queries) + top-k,
-  * `csr_vdb.scoring.SparseIndex` (inverted lists).
+  * `csr_vdb.scoring.SparseIndex` (inverted lists): on CPU its native kernel when a C compiler is
+    present, and then also its pure-torch path (``sparse_index_torch_ms``, the fallback).
 Synthetic codes imitate real CSR codes: latent usage is Zipf-like (``p_i ~ 1/rank**zipf`` over a
 random permutation of the latents, so a few latents fire often and many rarely), every row has k
 distinct latents, values are positive (log-normal) and queries come from the same distribution.
@@ -145,8 +146,17 @@ def run_speed(args: argparse.Namespace) -> dict:
     res["sparse_index_build_s"] = round(time.perf_counter() - t, 3)
     res["sparse_index_mb"] = round(index.nbytes / 2**20, 1)
     si_scores, _ = _timed(res, "sparse_index", lambda: index.search(queries, top_k), args.repeats, dev)
+    res["sparse_index_method"] = index.method
     # Same top-k scores as the stock path (up to float32 summation order).
     res["max_score_diff_vs_torch_sparse"] = float(np.abs(si_scores - ts_scores).max())
+    if index.method == "native":
+        # The pure-torch CPU path (the fallback without a C compiler), same run, same answers.
+        loop = SparseIndex(docs, device=dev, threads=args.threads, method="loop")
+        loop.search(queries[:1], top_k)
+        lp_scores, _ = _timed(res, "sparse_index_torch", lambda: loop.search(queries, top_k), args.repeats, dev)
+        res["torch_path_identical"] = bool(np.array_equal(lp_scores, si_scores))
+        res["speedup_torch_path_vs_torch_sparse"] = round(res["torch_sparse_ms"] / res["sparse_index_torch_ms"], 2)
+        del loop
 
     res["speedup_vs_dense"] = round(res["dense_ms"] / res["sparse_index_ms"], 2)
     res["speedup_vs_torch_sparse"] = round(res["torch_sparse_ms"] / res["sparse_index_ms"], 2)
@@ -164,7 +174,9 @@ def print_speed(res: dict) -> None:
           f"top_k={res['top_k']} zipf={res['zipf']} (work x{res['work_inflation']})  median of {res['repeats']}")
     print(f"{'method':<28}{'median ms':>12}{'min ms':>12}{'SparseIndex faster by (median)':>32}")
     rows = [("dense fp32 matmul+topk", "dense_ms"), ("dense bf16 matmul+topk", "dense_bf16_ms"),
-            ("torch.sparse.mm+topk", "torch_sparse_ms"), ("SparseIndex", "sparse_index_ms")]
+            ("torch.sparse.mm+topk", "torch_sparse_ms"),
+            (f"SparseIndex ({res.get('sparse_index_method', '')})", "sparse_index_ms"),
+            ("SparseIndex (pure torch)", "sparse_index_torch_ms")]
     for name, key in rows:
         if key in res:
             ratio = res[key] / res["sparse_index_ms"]

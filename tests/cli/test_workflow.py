@@ -107,7 +107,8 @@ def test_full_workflow(cli_factory, kind):
 @pytest.mark.parametrize("kind", EMBEDDED)
 def test_resume_and_lean_target(cli_factory, kind):
     cli, (x, ids, _) = cli_factory(kind, rows=120)
-    cli.run("train", "--from-npy", _save(cli.cwd, x), "--model", "m", *TINY)
+    # this model makes its query codes with the decoder projection (non-negative, so Milvus takes them)
+    cli.run("train", "--from-npy", _save(cli.cwd, x), "--model", "m", *TINY, "--query-projection", "decoder")
     args = ("migrate", "--to", "sparse", "--collection", "docs", "--model", "m", "--target", "lean", "--drop-dense")
     cli.run(*args)
     again = cli.json(*args, "--resume")
@@ -125,6 +126,21 @@ def test_resume_and_lean_target(cli_factory, kind):
     for s, r in zip(res["results"]["sparse"], res["results"]["rerank"]):
         assert [h["score"] for h in r] == sorted((h["score"] for h in r), reverse=True)
         assert r[0]["score"] == pytest.approx(s[0]["score"], rel=1e-4)
+    # the database scored the decoder-projection query codes: its best score is their exact best
+    from csr_vdb.model import CSREncoder
+
+    enc = CSREncoder.load(cli.cwd / "m", device="cpu")
+    assert enc.config.query_projection == "decoder"
+    exact = enc.encode_queries(x[:2]).to_dense() @ enc.encode(x).to_dense().T
+    assert enc.encode_queries(x[:2]).width > enc.config.k
+    for qi, s in enumerate(res["results"]["sparse"]):
+        assert s[0]["score"] == pytest.approx(float(exact[qi].max()), rel=1e-4)
+    # --query-projection overrides the model's setting per search
+    enc_q = cli.json("search", "--collection", "lean", "--vectors", "q.npy", "--mode", "sparse", "--model", "m",
+                     "--query-projection", "encoder")
+    exact_enc = enc.encode_queries(x[:2], projection="encoder").to_dense() @ enc.encode(x).to_dense().T
+    for qi, s in enumerate(enc_q["results"]["sparse"]):
+        assert s[0]["score"] == pytest.approx(float(exact_enc[qi].max()), rel=1e-4)
 
 
 def _save(root: Path, x: np.ndarray) -> str:

@@ -104,6 +104,24 @@ def test_sparse_only_scores_are_code_dot_products(world, encoder):
             assert h.score == pytest.approx(float(qc[qi] @ dc[by_id[h.id]]), rel=1e-4, abs=1e-5)
 
 
+def test_decoder_projection_queries_search_every_store(world, encoder):
+    store, x, ids, _, codes = world
+    q = x[60:66]
+    r = Retriever(store, "full", encoder, device="cpu", query_projection="decoder")
+    hits = r.search(q, top_k=4, rerank=False)
+    qc = encoder.encode_queries(q, projection="decoder")
+    assert qc.width == 48 and (qc.values >= 0).all()  # 8 k latents, non-negative (Milvus requires it)
+    s = qc.to_dense().astype(np.float64) @ codes.to_dense().T.astype(np.float64)
+    for qi, hs in enumerate(hits):
+        np.testing.assert_allclose([h.score for h in hs], np.sort(s[qi])[::-1][:4], rtol=1e-4, atol=1e-5)
+    # re-ranking all rows is still the exact dense order
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    rer = r.search(q, top_k=5, candidates=N, rerank=True)
+    assert [[h.id for h in hs] for hs in rer] == _exact_dense(x, qn, ids, 5)
+    with pytest.raises(ConfigError, match="query_projection"):
+        Retriever(store, "full", encoder, query_projection="sideways")
+
+
 def test_lean_collection_reranks_by_exact_sparse_dot(world, encoder):
     store, x, ids, _, codes = world
     r = Retriever(store, "lean", encoder, device="cpu")
