@@ -12,7 +12,7 @@ with `csr_vdb.recipes.default_configs`; test queries and labels are used only fo
 Codes are scored by plain dot products (what the databases compute); the recipe decides whether
 codes are L2-normalised at encode time. ``csr`` makes query codes like document codes (TopK);
 ``csr_decoder`` scores the same model and document codes with decoder-projection queries
-(`CSREncoder.encode(..., projection="decoder")`, 8k non-negative entries). PCA is fitted on the database side. ``pca``/``trunc``
+(`CSREncoder.encode(..., projection="decoder")`, 16k non-negative entries). PCA is fitted on the database side. ``pca``/``trunc``
 use k dense dims (equal active dims), ``pca_bytes``/``trunc_bytes`` use 2k dims (equal bytes: a
 k-sparse code costs 8 bytes per non-zero). ``dead_frac`` is the share of latents that fire for no
 database row, for the model whose k is closest to 32; ``train_s`` sums the training of all models.
@@ -110,7 +110,7 @@ def run_dataset(
         enc = train_encoder(ArraySource(train_x), model_cfg, train_cfg).encoder
         train_s += time.perf_counter() - start
         out["csr"][k] = score(enc.encode, enc.encode_queries, "dot")
-        # same model and document codes, queries by the decoder projection (8k non-zeros)
+        # same model and document codes, queries by the decoder projection (16k non-zeros)
         out["csr_decoder"][k] = score(enc.encode, lambda a, enc=enc: enc.encode_queries(a, projection="decoder"), "dot")
         if k == dead_k:
             out["dead_frac"] = dead_fraction(enc.encode(db))

@@ -67,4 +67,4 @@ def test_scifact_mode_on_a_tiny_beir_folder(tmp_path):
     assert res["ndcg10_sparse_top300_rerank_decoder"] == res["ndcg10_dense"]
     assert 0 <= res["ndcg10_sparse"] <= 1 and "rerank_top20_vs_dense" in res
     assert 0 <= res["ndcg10_sparse_decoder"] <= 1 and "rerank_top20_vs_dense_decoder" in res
-    assert res["query_k_encoder"] == 4 and res["query_k_decoder"] == 32
+    assert res["query_k_encoder"] == 4 and res["query_k_decoder"] == 64

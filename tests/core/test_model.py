@@ -85,17 +85,18 @@ def test_asymmetric_query_k():
 
 def test_decoder_projection_queries_rank_by_reconstruction():
     x, _ = clustered(60, 8)
-    enc = tiny(k=3, query_projection="decoder")
+    enc = tiny(k=3, hidden_dim=64, query_projection="decoder")
     with torch.no_grad():
         enc.W_dec.add_(0.3 * torch.randn_like(enc.W_dec))  # untied, so the two projections differ
         enc.b_pre.copy_(torch.from_numpy(x.mean(0)))
-    # default query width: 8 k (capped at hidden_dim); documents keep k
+    # default query width: 16 k (capped at hidden_dim); documents keep k
     q = enc.encode_queries(x)
-    assert q.width == 24 and enc.encode(x).width == 3
+    assert q.width == 48 and enc.encode(x).width == 3
+    assert tiny(k=3, query_projection="decoder").encode_queries(x).width == 32  # capped
     assert (q.values >= 0).all() and q.nnz().min() >= 1
     q.validate()
     # with every latent kept, <query, doc code> == <x, reconstruction - b_pre> wherever W_dec x >= 0
-    full = enc.encode_queries(x, k=32).to_dense()
+    full = enc.encode_queries(x, k=64).to_dense()
     xp = enc.preprocess(torch.from_numpy(x))
     proj = (xp @ enc.W_dec.T).detach().numpy()
     assert np.allclose(full, np.maximum(proj, 0), atol=1e-5)

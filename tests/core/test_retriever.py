@@ -110,7 +110,7 @@ def test_decoder_projection_queries_search_every_store(world, encoder):
     r = Retriever(store, "full", encoder, device="cpu", query_projection="decoder")
     hits = r.search(q, top_k=4, rerank=False)
     qc = encoder.encode_queries(q, projection="decoder")
-    assert qc.width == 48 and (qc.values >= 0).all()  # 8 k latents, non-negative (Milvus requires it)
+    assert qc.width == 64 and (qc.values >= 0).all()  # 16 k capped at h, non-negative (Milvus requires it)
     s = qc.to_dense().astype(np.float64) @ codes.to_dense().T.astype(np.float64)
     for qi, hs in enumerate(hits):
         np.testing.assert_allclose([h.score for h in hs], np.sort(s[qi])[::-1][:4], rtol=1e-4, atol=1e-5)
