@@ -101,6 +101,10 @@ class TrainConfig(BaseModel):
     epochs: int = Field(default=10, gt=0, description="Passes over the training rows.")
     batch_size: int = Field(default=1024, ge=2, description="Rows per optimisation step.")
     lr: float = Field(default=4e-4, gt=0, description="Adam learning rate.")
+    lr_decay: Literal["none", "cosine"] = Field(
+        default="none",
+        description="Learning-rate schedule over the planned steps: constant, or cosine decay from lr to 0.",
+    )
     eps: float = Field(default=6.25e-10, gt=0, description="Adam epsilon (paper: 6.25e-10).")
     weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay (0 in the paper).")
     beta_aux: float = Field(default=1 / 32, ge=0, description="Weight of the auxiliary (dead-latent) loss.")

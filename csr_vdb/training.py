@@ -589,7 +589,7 @@ def _train(
         k: []
         for k in (
             "step", "loss", "reconstruction_loss_k", "reconstruction_loss_4k",
-            "auxiliary_loss", "contrastive_loss", "k", "dead_fraction",
+            "auxiliary_loss", "contrastive_loss", "k", "dead_fraction", "lr",
         )
     }
     evals: list[dict[str, Any]] = []
@@ -687,6 +687,10 @@ def _train(
             cl = contrast(x, idx, vals, labels, k_t, kq_t, pair_batch)
             # total = L(k) + L(4k)/8 + beta * L_aux + gamma * L_contrastive
             total = recon_k + recon_4k / 8 + train.beta_aux * aux + train.gamma * cl
+            if train.lr_decay == "cosine" and total_steps:
+                frac = min(step, total_steps) / total_steps
+                for group in opt.param_groups:
+                    group["lr"] = train.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
             opt.zero_grad(set_to_none=True)
             total.backward()
             _remove_parallel_decoder_grad_(model)
@@ -706,6 +710,7 @@ def _train(
                 curves["step"].append(step)
                 curves["k"].append(k_t)
                 curves["dead_fraction"].append(dead)
+                curves["lr"].append(opt.param_groups[0]["lr"])
                 window.zero_()
                 window_n = 0
                 if progress is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 
 import numpy as np
@@ -56,6 +58,21 @@ def test_loss_decreases_and_csr_beats_pca_at_equal_active_dims():
     p_tr, p_te = (x[tr] - mean) @ vt[:2].T, (x[te] - mean) @ vt[:2].T
     pca = one_nn_accuracy(p_tr, y[tr], p_te, y[te])
     assert csr > pca + 0.05, (csr, pca)
+
+
+def test_cosine_lr_decay_follows_the_planned_steps():
+    x, _ = clustered(400, 8)
+    kw = dict(epochs=3, log_every=1, patience=None, val_fraction=0.0)
+    const = train_encoder(x, CSRConfig(**TINY), fast(**kw)).report["curves"]
+    assert set(const["lr"]) == {fast().lr}
+    rep = train_encoder(x, CSRConfig(**TINY), fast(**kw, lr_decay="cosine")).report
+    lr, steps = rep["curves"]["lr"], rep["curves"]["step"]
+    total = 3 * math.ceil(400 / 128)
+    assert rep["steps"] == total == steps[-1]
+    assert lr == sorted(lr, reverse=True) and lr[0] == fast().lr and lr[-1] < 0.05 * fast().lr
+    # step s (1-based) runs at lr * (1 + cos(pi * (s - 1) / total)) / 2
+    for s, v in zip(steps, lr):
+        assert v == pytest.approx(fast().lr * 0.5 * (1 + math.cos(math.pi * (s - 1) / total)), rel=1e-6)
 
 
 def test_decoder_unit_norm_after_training_and_report(tmp_path):
