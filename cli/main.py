@@ -340,9 +340,11 @@ def search(app: App, query: tuple[str, ...], collection: str, model_dir: str | N
 @click.option("--candidates", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--field", default=None, help="Dense vector field of the source.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--query-projection", type=click.Choice(["encoder", "decoder"]), default=None,
+              help="Query codes: TopK like the documents, or the decoder projection [the model's setting].")
 @common_options
 def eval_(app: App, collection: str, target: str | None, model_dir: str | None, sample: int, top_k: int,
-          candidates: int, field: str | None, seed: int) -> None:
+          candidates: int, field: str | None, seed: int, query_projection: str | None) -> None:
     """Dense vs sparse on the collection itself: neighbour recall@k with and without re-rank,
     bytes per vector and latency, with sampled rows as queries.
 
@@ -361,7 +363,7 @@ def eval_(app: App, collection: str, target: str | None, model_dir: str | None, 
     with app.progress("eval", "step") as bar:
         rep = evaluate_collection(store, collection, target, encoder, sample=sample, top_k=top_k,
                                   candidates=candidates, seed=seed, vector_field=field, device=app.device,
-                                  progress=bar)
+                                  progress=bar, query_projection=query_projection)
     app.emit(rep, lambda: eval_table(rep))
 
 

@@ -115,6 +115,7 @@ def evaluate_collection(
     device: str | None = None,
     single_queries: int = 20,
     progress: Callable[[int, int], None] | None = None,
+    query_projection: str | None = None,
 ) -> CollectionEvalReport:
     """Compare sparse search on ``target`` with dense search on ``source``, on sampled rows.
 
@@ -131,6 +132,8 @@ def evaluate_collection(
         device: re-ranker device.
         single_queries: queries timed one at a time for the latency figures.
         progress: optional callback ``(done_steps, total_steps)``.
+        query_projection: "encoder" / "decoder" query codes (`CSREncoder.encode`); None = the
+            encoder's own setting.
 
     Returns:
         A `CollectionEvalReport`.
@@ -146,7 +149,7 @@ def evaluate_collection(
     ids, x = sample_rows(store, source, sample, seed=seed, vector_field=vector_field)
     if progress:
         progress(1, steps)
-    retriever = Retriever(store, target, encoder, device=device)
+    retriever = Retriever(store, target, encoder, device=device, query_projection=query_projection)
     dense, t_dense = _timed(
         lambda: store.search_dense(source, x, limit=top_k + 1, vector_field=vector_field)
     )

@@ -93,6 +93,11 @@ def test_full_workflow(cli_factory, kind):
     assert ev["queries"] == 40 and 0.0 <= ev["recall_sparse"] <= ev["recall_rerank"] <= 1.0
     assert ev["dense_bytes_per_vector"] == DIM * 4 and ev["sparse_bytes_per_vector"] <= 4 * 8
     assert set(ev["latency_ms"]) == {"dense", "sparse", "rerank"}
+    # the same collection searched with decoder-projection queries: another sparse ranking, same rules
+    ev_dec = cli.json("eval", "--collection", "docs", "--sample", "40", "--candidates", "50",
+                      "--query-projection", "decoder")
+    assert ev_dec["queries"] == 40 and 0.0 <= ev_dec["recall_sparse"] <= ev_dec["recall_rerank"] <= 1.0
+    assert ev_dec["recall_sparse"] != ev["recall_sparse"] or ev_dec["recall_rerank"] != ev["recall_rerank"]
 
     rb = cli.json("rollback", "--collection", "docs")
     assert rb["current"] == "docs" and rb["previous"] == "docs_csr"
