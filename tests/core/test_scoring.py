@@ -12,6 +12,10 @@ from csr_vdb.scoring import Reranker, SparseIndex, resolve_device
 from csr_vdb.sparse import SparseVectors
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+# The native CPU kernel needs a C compiler; without one SparseIndex runs (and these tests check) pure torch.
+NATIVE = pytest.param(
+    "native", marks=pytest.mark.skipif(native.load() is None, reason="no C compiler: native kernel unavailable")
+)
 
 
 def random_codes(n: int, dim: int, k: int, seed: int, dyadic: bool = True, negative: bool = False) -> SparseVectors:
@@ -43,7 +47,7 @@ def reference_topk(queries: SparseVectors, docs: SparseVectors, top_k: int) -> t
 
 # ---------------------------------------------------------------------------------- SparseIndex
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("method", ["native", "loop", "vectorised"])
+@pytest.mark.parametrize("method", [NATIVE, "loop", "vectorised"])
 @pytest.mark.parametrize("top_k", [1, 10, 137])
 def test_search_identical_to_float64_reference(device, method, top_k):
     if method == "native" and device != "cpu":
@@ -59,7 +63,7 @@ def test_search_identical_to_float64_reference(device, method, top_k):
     np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
 
 
-@pytest.mark.parametrize("method", ["native", "loop", "vectorised"])
+@pytest.mark.parametrize("method", [NATIVE, "loop", "vectorised"])
 @pytest.mark.parametrize("shard_rows", [1, 97, 500])
 def test_shards_merge_to_the_same_exact_top_k(method, shard_rows):
     # Few distinct scores: many ties span shard borders and must still come out by row.
@@ -109,7 +113,7 @@ def test_zero_score_rows_complete_the_top_k_in_row_order():
     assert scores[0].tolist() == [2.0, 1.0, 0.0, 0.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("method", ["native", "loop", "vectorised"])
+@pytest.mark.parametrize("method", [NATIVE, "loop", "vectorised"])
 def test_negative_scores_rank_below_untouched_rows(method):
     docs = random_codes(600, 16, 4, seed=5, negative=True)
     queries = random_codes(12, 16, 3, seed=6, negative=True)
@@ -120,6 +124,7 @@ def test_negative_scores_rank_below_untouched_rows(method):
     assert (scores[:, -1] < 0).any()
 
 
+@pytest.mark.skipif(native.load() is None, reason="no C compiler: native kernel unavailable")
 @pytest.mark.parametrize("tile", [1, 7, 64, 5000])
 def test_native_kernel_tiles_give_the_exact_top_k(monkeypatch, tile):
     # Tiles smaller than the shard: posting cursors carry over tile borders, ties span them.
@@ -134,6 +139,7 @@ def test_native_kernel_tiles_give_the_exact_top_k(monkeypatch, tile):
         np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
 
 
+@pytest.mark.skipif(native.load() is None, reason="no C compiler: native kernel unavailable")
 def test_native_and_torch_paths_return_identical_float_scores():
     # Non-dyadic values: float32 sums depend on their order, which both paths share.
     docs = random_codes(3000, 64, 8, seed=60, dyadic=False)
