@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from csr_vdb.config import DECODER_QUERY_K_FACTOR
 from csr_vdb.errors import ConfigError, DataError
 from csr_vdb.retriever import Retriever
 
@@ -241,8 +240,7 @@ def quality_vs_k(
     for k in ks:
         codes = encoder.encode(x, k=k).to_scipy()
         # queries are made the way the encoder makes them (its projection), at this k's query width
-        proj = getattr(encoder.config, "query_projection", "encoder")
-        kq = k if proj == "encoder" else min(DECODER_QUERY_K_FACTOR * k, encoder.config.hidden_dim)
+        kq = encoder.config.query_k_for(encoder.config.query_projection, k)
         qcodes = encoder.encode(x[qi], k=kq, kind="query").to_scipy()
         sp = np.asarray((qcodes @ codes.T).todense())
         top = _exact_top(sp, top_k, qi)

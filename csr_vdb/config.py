@@ -78,11 +78,17 @@ class CSRConfig(BaseModel):
         """The k of TopK query codes (``k_query`` or ``k``); used by training's query-side codes."""
         return self.k_query if self.k_query is not None else self.k
 
-    def query_k_for(self, projection: str) -> int:
-        """Default non-zeros of a query code made with ``projection`` ("encoder" or "decoder")."""
-        if self.k_query is not None:
-            return self.k_query
-        return self.k if projection == "encoder" else min(DECODER_QUERY_K_FACTOR * self.k, self.hidden_dim)
+    def query_k_for(self, projection: str, k: int | None = None) -> int:
+        """Default non-zeros of a query code made with ``projection`` ("encoder" or "decoder").
+
+        With ``k`` (a document k other than the model's, e.g. in a k sweep) the width follows that
+        k and ``k_query`` is not used.
+        """
+        if k is None:
+            if self.k_query is not None:
+                return self.k_query
+            k = self.k
+        return k if projection == "encoder" else min(DECODER_QUERY_K_FACTOR * k, self.hidden_dim)
 
 
 class TrainConfig(BaseModel):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from scipy import sparse as sp
 
+from csr_vdb import native
 from csr_vdb.errors import ConfigError, DataError, describe_rows
 from csr_vdb.sparse import SparseVectors
 
@@ -148,8 +149,6 @@ class SparseIndex:
             raise ConfigError(f"method must be 'auto', 'native', 'loop' or 'vectorised', got {method!r}")
         self._native = None
         if method in ("auto", "native") and self.device.type == "cpu":
-            from csr_vdb import native
-
             self._native = native.load()
             if self._native is None and method == "native":
                 raise ConfigError("the native kernel is unavailable (no C compiler, or CSR_VDB_NATIVE=0)")
@@ -268,9 +267,7 @@ class SparseIndex:
         nq = len(queries)
         scores = np.empty((nq, top_k), np.float32)
         rows = np.empty((nq, top_k), np.int64)
-        if self.method == "native" and shard.docs.dtype == torch.int32:
-            from csr_vdb import native
-
+        if shard.native:
             q_idx, q_val = queries.indices, queries.values
             parts = np.array_split(np.arange(nq), min(self.threads, nq))
 
@@ -341,14 +338,15 @@ class _Shard:
         self.ptr_list = ptr.tolist()
         self.ptr = torch.from_numpy(ptr).to(self.device)
         self.docs, self.vals = docs, vals
-        # Per-latent views for the CPU loop (also the native kernel's fallback for int64 rows):
-        # saves two slicing calls per (query, latent).
-        views = method == "loop" or (method == "native" and docs.dtype != torch.int32)
+        # The native kernel reads int32 rows; a shard of 2**31 rows or more runs the torch loop.
+        self.native = method == "native" and docs.dtype == torch.int32
+        if self.native:  # numpy views of the same CPU memory, for ctypes
+            self.ptr_np, self.docs_np, self.vals_np = ptr, docs.numpy(), vals.numpy()
+        # Per-latent views for the CPU loop: saves two slicing calls per (query, latent).
+        views = method in ("loop", "native") and not self.native
         sizes = np.diff(ptr).tolist()
         self.doc_lists = torch.split(docs, sizes) if views else ()
         self.val_lists = torch.split(vals, sizes) if views else ()
-        if method == "native":  # numpy views of the same CPU memory, for ctypes
-            self.ptr_np, self.docs_np, self.vals_np = ptr, docs.numpy(), vals.numpy()
 
     @classmethod
     def build(cls, csr, start: int, device: torch.device, method: str) -> _Shard:
@@ -368,7 +366,7 @@ class _Shard:
         n = csr.shape[0]
         docs = torch.from_numpy(rows.astype(np.int32 if n < 2**31 else np.int64, copy=False)).to(device)
         vals = torch.from_numpy(csc.data.astype(np.float32, copy=False)).to(device)
-        return cls(start, n, np.ascontiguousarray(ptr), docs, vals, method)
+        return cls(start, n, ptr, docs, vals, method)
 
     def new_buffer(self, b: int) -> torch.Tensor:
         """``[b, n]`` zeros padded to whole selection blocks with -inf (padding never wins)."""

@@ -111,6 +111,9 @@ def test_decoder_projection_queries_rank_by_reconstruction():
     as_docs = enc.encode_queries(x, projection="encoder")
     assert as_docs.width == 3 and np.array_equal(as_docs.to_dense(), enc.encode(x).to_dense())
     assert tiny(k=3, k_query=5, query_projection="decoder").encode_queries(x).width == 5
+    # a k given explicitly (a k sweep) sets the width and overrides k_query
+    cfg = tiny(k=3, k_query=5, hidden_dim=64).config
+    assert (cfg.query_k_for("encoder", 4), cfg.query_k_for("decoder", 2), cfg.query_k_for("decoder", 9)) == (4, 32, 64)
     with pytest.raises(DataError, match="queries only"):
         enc.encode(x, projection="decoder")
     with pytest.raises(DataError, match="projection"):
