@@ -121,3 +121,163 @@ int csr_topk(int64_t n_rows, const int64_t *ptr, const int32_t *docs, const floa
     free(tile); free(cur); free(end); free(hs); free(hr);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------
+ * Row-wise top-K of a dense float32 matrix, for TopK training (csr_row_topk).
+ *
+ * For each row of x [n, h], writes the positions of its K largest entries to out [n, K]: slots
+ * 0..k-1 hold the k largest in descending order (ties: smaller position first), slots k..K-1 the
+ * next K-k in no particular order. Selection is a radix select on order-preserving 32-bit
+ * keys (a byte per level), O(h) per row with no data-dependent sort, which is several times
+ * faster than a general top-k for K of a few hundred out of a few thousand. NaN keys order above
+ * +inf (inputs are validated to be finite before they reach this).
+ */
+static inline uint32_t fkey(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* Key of the K-th largest of keys[0..m) (1 <= K <= m) and how many entries equal to it are
+ * taken (the rest of the K are strictly larger). Radix select, one byte per level from the top;
+ * it stops as soon as the candidates left are exactly the ones still needed. cand: scratch of m. */
+static uint32_t kth_key(const uint32_t *keys, int64_t m, int64_t K, int32_t *cand, int64_t *take_eq) {
+    /* a long first level counts into four interleaved histograms: skewed data sends most keys to
+     * a few bins, and one counter bumped back to back stalls on its own store; short levels use
+     * one (clearing 4 KB per level would cost more than it saves) */
+    int32_t hist[4][256];
+    int64_t nc = m, need = K;
+    uint32_t prefix = 0;
+    for (int sh = 24; sh >= 0; sh -= 8) {
+        int wide = sh == 24 && nc >= 1024;
+        memset(hist, 0, wide ? sizeof hist : sizeof hist[0]);
+        int64_t c = 0;
+        if (sh == 24) {
+            if (wide)
+                for (; c + 4 <= nc; c += 4) {
+                    hist[0][keys[c] >> 24]++; hist[1][keys[c + 1] >> 24]++;
+                    hist[2][keys[c + 2] >> 24]++; hist[3][keys[c + 3] >> 24]++;
+                }
+            for (; c < nc; c++) hist[0][keys[c] >> 24]++;
+        } else {
+            for (; c < nc; c++) hist[0][(keys[cand[c]] >> sh) & 0xFFu]++;
+        }
+        int64_t above = 0;
+        int b = 255;
+        for (; b > 0; b--) {
+            int64_t cnt = hist[0][b];
+            if (wide) cnt += (int64_t)hist[1][b] + hist[2][b] + hist[3][b];
+            if (above + cnt >= need) break;
+            above += cnt;
+        }
+        need -= above;
+        prefix |= (uint32_t)b << sh;
+        /* branch-free compaction of the keys whose digit is b */
+        int64_t w = 0;
+        if (sh == 24) {
+            for (int64_t i = 0; i < nc; i++) { cand[w] = (int32_t)i; w += (keys[i] >> 24) == (uint32_t)b; }
+        } else {
+            for (int64_t i = 0; i < nc; i++) {
+                int32_t v = cand[i];
+                cand[w] = v;
+                w += ((keys[v] >> sh) & 0xFFu) == (uint32_t)b;
+            }
+        }
+        nc = w;
+        if (nc == need) {
+            /* every candidate is taken: the threshold is their smallest key, all its copies taken */
+            uint32_t t = keys[cand[0]];
+            for (int64_t i = 1; i < nc; i++) t = keys[cand[i]] < t ? keys[cand[i]] : t;
+            int64_t eq = 0;
+            for (int64_t i = 0; i < nc; i++) eq += keys[cand[i]] == t;
+            *take_eq = eq;
+            return t;
+        }
+    }
+    *take_eq = need;
+    return prefix;
+}
+
+/* positions of the K largest keys: the larger ones in ascending position order, then the ones
+ * tied with the K-th in ascending position order */
+static void select_top(const uint32_t *keys, int64_t m, int64_t K, int32_t *cand, int32_t *out) {
+    if (K >= m) {
+        for (int64_t i = 0; i < m; i++) out[i] = (int32_t)i;
+        return;
+    }
+    int64_t eq;
+    uint32_t t = kth_key(keys, m, K, cand, &eq);
+    int64_t w = 0;
+    for (int64_t i = 0; i < m; i++) { out[w] = (int32_t)i; w += keys[i] > t; }
+    for (int64_t i = 0; i < m && eq > 0; i++)
+        if (keys[i] == t) { out[w++] = (int32_t)i; eq--; }
+}
+
+/* select_top for K much smaller than m: a strided sample of the keys gives a threshold a little
+ * below the K-th largest, one branch-free pass collects the keys at or above it (about 1.5 K of
+ * them), and select_top runs on those only. Falls back to select_top on everything when the
+ * guess leaves fewer than K. Same result as select_top. scratch: 3 * m int32. */
+static void select_top_sampled(const uint32_t *keys, int64_t m, int64_t K, int32_t *scratch, int32_t *out) {
+    const int64_t stride = 4;
+    if (m < 16 * stride || K * 6 > m) {
+        select_top(keys, m, K, scratch, out);
+        return;
+    }
+    int32_t *cand = scratch, *work = scratch + m;
+    uint32_t *ckeys = (uint32_t *)(scratch + 2 * m);
+    int64_t ns = m / stride;
+    for (int64_t i = 0; i < ns; i++) ckeys[i] = keys[i * stride];
+    /* expected sample entries above the true threshold, plus a margin of ~2.5 standard deviations */
+    double e = (double)K * (double)ns / (double)m, root = e > 1.0 ? e : 1.0;
+    for (int it = 0; it < 20; it++) root = 0.5 * (root + e / root); /* sqrt(e), no libm */
+    int64_t r = (int64_t)(e + 2.5 * root + 4.0);
+    if (r > ns) r = ns;
+    int64_t eq;
+    uint32_t guess = kth_key(ckeys, ns, r, work, &eq);
+    int64_t w = 0;
+    for (int64_t i = 0; i < m; i++) { cand[w] = (int32_t)i; w += keys[i] >= guess; }
+    if (w < K) {
+        select_top(keys, m, K, work, out);
+        return;
+    }
+    for (int64_t c = 0; c < w; c++) ckeys[c] = keys[cand[c]];
+    select_top(ckeys, w, K, work, out);
+    for (int64_t s = 0; s < K; s++) out[s] = cand[out[s]];
+}
+
+int csr_row_topk(int64_t n, int64_t h, const float *x, int64_t K, int64_t k, int64_t *out) {
+    if (K < 1 || K > h || k < 1 || k > K) return 2;
+    uint32_t *keys = malloc(sizeof(uint32_t) * (size_t)h);
+    int32_t *cand = malloc(sizeof(int32_t) * 3 * (size_t)h);
+    int32_t *sel = malloc(sizeof(int32_t) * (size_t)K);
+    uint32_t *skeys = malloc(sizeof(uint32_t) * (size_t)K);
+    int32_t *head = malloc(sizeof(int32_t) * (size_t)K);
+    char *in_head = malloc((size_t)K);
+    if (!keys || !cand || !sel || !skeys || !head || !in_head) {
+        free(keys); free(cand); free(sel); free(skeys); free(head); free(in_head);
+        return 1;
+    }
+    for (int64_t r = 0; r < n; r++) {
+        const float *row = x + r * h;
+        int64_t *o = out + r * K;
+        for (int64_t j = 0; j < h; j++) keys[j] = fkey(row[j]);
+        select_top_sampled(keys, h, K, cand, sel);
+        for (int64_t s = 0; s < K; s++) skeys[s] = keys[sel[s]];
+        /* the k largest of the K, then sorted descending (ties: smaller position first; equal keys
+         * sit in sel in ascending position, so comparing slot numbers compares positions) */
+        select_top(skeys, K, k, cand, head);
+        memset(in_head, 0, (size_t)K);
+        for (int64_t a = 1; a < k; a++) {
+            int32_t v = head[a];
+            int64_t b = a - 1;
+            while (b >= 0 && skeys[head[b]] < skeys[v]) { head[b + 1] = head[b]; b--; }
+            head[b + 1] = v;
+        }
+        for (int64_t a = 0; a < k; a++) { o[a] = sel[head[a]]; in_head[head[a]] = 1; }
+        int64_t w = k;
+        for (int64_t s = 0; s < K; s++)
+            if (!in_head[s]) o[w++] = sel[s];
+    }
+    free(keys); free(cand); free(sel); free(skeys); free(head); free(in_head);
+    return 0;
+}

@@ -19,6 +19,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from csr_vdb import native
+
 
 def spmm_t(indices: torch.Tensor, values: torch.Tensor, hidden_dim: int, dense: torch.Tensor) -> torch.Tensor:
     """``Z^T @ dense`` for codes ``Z`` ``[n, hidden_dim]`` and ``dense`` ``[n, m]`` -> ``[hidden_dim, m]``.
@@ -28,7 +30,9 @@ def spmm_t(indices: torch.Tensor, values: torch.Tensor, hidden_dim: int, dense: 
     """
     n, w = indices.shape
     flat = indices.reshape(-1)
-    order = torch.argsort(flat)
+    # narrow keys sort 2-3x faster (int16: 0.4 ms vs 1.3 ms for 98k entries on CPU)
+    key_dtype = torch.int16 if hidden_dim <= torch.iinfo(torch.int16).max else torch.int32
+    order = torch.argsort(flat.to(key_dtype))
     counts = torch.bincount(flat, minlength=hidden_dim)
     offsets = torch.zeros(hidden_dim, dtype=torch.long, device=flat.device)
     offsets[1:] = counts.cumsum(0)[:-1]
@@ -131,6 +135,29 @@ def selected_linear(
     return _SelectedLinear.apply(x, weight, bias, indices, pre)
 
 
+def topk_indices(scores: torch.Tensor, K: int, k: int | None = None) -> torch.Tensor:
+    """Positions of each row's ``K`` largest scores, the ``k`` largest first and in descending order.
+
+    On CPU (float32) this uses the native radix select (`csr_vdb.native.row_topk`): 2x faster than
+    ``torch.topk`` at ``[1024, 1536]``, K=128 on one thread. Elsewhere, or without a C compiler, it is
+    ``torch.topk`` (fully sorted). Both select the same set up to the order of tied values.
+
+    Args:
+        scores: ``[n, h]`` (no NaN).
+        K: entries per row (``<= h``).
+        k: leading slots that must be the ``k`` largest, in descending order (default ``K``).
+
+    Returns:
+        ``[n, K]`` int64; slots ``k..K-1`` hold the next ``K-k`` in no particular order.
+    """
+    k = K if k is None else k
+    if scores.device.type == "cpu" and scores.dtype == torch.float32 and scores.shape[0] > 0:
+        lib = native.load()
+        if lib is not None:
+            return native.row_topk(lib, scores, K, k)
+    return scores.topk(K, dim=1).indices
+
+
 def _dense_t(indices: torch.Tensor, values: torch.Tensor, hidden_dim: int) -> torch.Tensor:
     """Codes as a dense ``Z^T`` ``[hidden_dim, n]`` (duplicate indices add up)."""
     n, w = indices.shape
@@ -143,35 +170,50 @@ class _SparseSimilarity(torch.autograd.Function):
     """``Z1 @ Z2.T`` for two batches of sparse codes."""
 
     @staticmethod
-    def forward(ctx, idx1, v1, idx2, v2, hidden_dim):  # type: ignore[override]
+    def forward(ctx, idx1, v1, idx2, v2, hidden_dim, scale):  # type: ignore[override]
         same = idx1 is idx2 and v1 is v2
         z2t = _dense_t(idx2, v2, hidden_dim)
         ctx.save_for_backward(idx1, v1, idx2, z2t)
         ctx.same = same
         ctx.hidden_dim = hidden_dim
-        # row i of the result sums the rows of Z2^T at row i's latents: n1 * w1 * n2 work
-        return F.embedding_bag(idx1, z2t, per_sample_weights=v1, mode="sum")
+        ctx.scale = scale
+        # row i of the result sums the rows of Z2^T at row i's latents: n1 * w1 * n2 work; the
+        # scale rides on the [n1, w1] weights instead of a pass over the [n1, n2] result
+        w1 = v1 if scale == 1.0 else v1 * scale
+        return F.embedding_bag(idx1, z2t, per_sample_weights=w1, mode="sum")
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         idx1, v1, idx2, z2t = ctx.saved_tensors
         grad = grad.contiguous()
+        scale = ctx.scale
         g1 = g2 = None
         if ctx.same:
             # Z Z^T: both factors are the same tensor, so one sampled product of (G + G^T) covers both
-            return None, sddmm(idx1, grad + grad.T, z2t), None, None, None
+            g = sddmm(idx1, grad + grad.T, z2t)
+            return None, g if scale == 1.0 else g * scale, None, None, None, None
         if ctx.needs_input_grad[1]:
             # d/dv1[i,s] = sum_j G[i,j] Z2[j, idx1[i,s]] = <G[i], Z2^T[idx1[i,s]]>
             g1 = sddmm(idx1, grad, z2t)
+            g1 = g1 if scale == 1.0 else g1 * scale
         if ctx.needs_input_grad[3]:
             # d/dv2[j,s] = sum_i G[i,j] Z1[i, idx2[j,s]] = <G^T[j], Z1^T[idx2[j,s]]>
-            z1t = z2t if ctx.same else _dense_t(idx1, v1, ctx.hidden_dim)
+            z1t = _dense_t(idx1, v1 if scale == 1.0 else v1 * scale, ctx.hidden_dim)
             g2 = sddmm(idx2, grad.T, z1t)
-        return None, g1, None, g2, None
+        return None, g1, None, g2, None, None
 
 
 def sparse_similarity(
-    idx1: torch.Tensor, v1: torch.Tensor, idx2: torch.Tensor, v2: torch.Tensor, hidden_dim: int
+    idx1: torch.Tensor,
+    v1: torch.Tensor,
+    idx2: torch.Tensor,
+    v2: torch.Tensor,
+    hidden_dim: int,
+    scale: float = 1.0,
 ) -> torch.Tensor:
-    """Dot products of two batches of sparse codes: ``[n1, w1], [n2, w2] -> [n1, n2]`` (differentiable in values)."""
-    return _SparseSimilarity.apply(idx1, v1, idx2, v2, hidden_dim)
+    """``scale`` x dot products of two batches of sparse codes: ``[n1, w1], [n2, w2] -> [n1, n2]``.
+
+    Differentiable in the values. Pass the same ``(indices, values)`` objects twice for ``Z Z^T``:
+    the backward then takes one sampled product instead of two.
+    """
+    return _SparseSimilarity.apply(idx1, v1, idx2, v2, hidden_dim, float(scale))

@@ -6,12 +6,13 @@ Each term is a function here; `csr_loss` combines them for one batch. Terms are 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from csr_vdb.kernels import selected_linear, sparse_similarity
+from csr_vdb.kernels import selected_linear, sparse_similarity, topk_indices
 from csr_vdb.model import CSREncoder
 
 
@@ -79,16 +80,19 @@ def code_similarity(
     v2: torch.Tensor,
     hidden_dim: int,
     cosine: bool,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """Pairwise similarity of two batches of sparse codes ``[n1, w1], [n2, w2] -> [n1, n2]``: dot or cosine.
 
     Computed sparsely (n1 * w1 * n2 work, `csr_vdb.kernels.sparse_similarity`), never as a dense
-    ``[n, hidden_dim]`` product.
+    ``[n, hidden_dim]`` product; ``scale`` multiplies the result (e.g. ``1 / temperature``).
     """
+    same = idx1 is idx2 and v1 is v2
     if cosine:
         v1 = F.normalize(v1, dim=1, eps=1e-8)
-        v2 = F.normalize(v2, dim=1, eps=1e-8)
-    return sparse_similarity(idx1, v1, idx2, v2, hidden_dim)
+        # one batch against itself stays one tensor, so the kernel takes its cheaper Z Z^T branch
+        v2 = v1 if same else F.normalize(v2, dim=1, eps=1e-8)
+    return sparse_similarity(idx1, v1, idx2, v2, hidden_dim, scale)
 
 
 def info_nce(logits: torch.Tensor, targets: torch.Tensor, self_mask: bool = False) -> torch.Tensor:
@@ -103,6 +107,16 @@ def info_nce(logits: torch.Tensor, targets: torch.Tensor, self_mask: bool = Fals
         eye = torch.eye(logits.shape[0], logits.shape[1], dtype=torch.bool, device=logits.device)
         logits = logits.masked_fill(eye, float("-inf"))
     return F.cross_entropy(logits, targets)
+
+
+def mask_self_(logits: torch.Tensor) -> torch.Tensor:
+    """Set ``logits[i, i]`` to -inf in place (anchors that are also candidates) and return ``logits``.
+
+    Same effect as `info_nce`'s ``self_mask`` without a mask and a copy of the ``[n, m]`` matrix;
+    for a freshly computed similarity matrix that nothing else holds.
+    """
+    logits.diagonal().fill_(float("-inf"))
+    return logits
 
 
 def supcon_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -139,9 +153,23 @@ def nearest_neighbors(x: torch.Tensor, pool: torch.Tensor | None = None) -> torc
         ``[n]`` int64 column in ``cat([x, pool])`` (never the row itself).
     """
     cand = x if pool is None or pool.shape[0] == 0 else torch.cat([x, pool])
-    sims = x @ cand.T
+    if x.device.type == "cpu" and x.dtype == torch.float32 and _fast_bf16_cpu():
+        # bfloat16 products: 2.5x faster on CPUs with bf16 instructions (AVX512-BF16/AMX); the
+        # positive only has to be a near neighbour, and a near tie may go either way
+        sims = (x.bfloat16() @ cand.bfloat16().T).float()  # argmax over float32 is 2.5x faster
+    else:
+        sims = x @ cand.T
     sims.fill_diagonal_(float("-inf"))
     return sims.argmax(dim=1)
+
+
+@functools.cache
+def _fast_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (oneDNN's check)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @dataclass
@@ -190,7 +218,7 @@ def reconstruction_terms(
     bias = model.encoder_bias()
     with torch.no_grad():
         pre = torch.addmm(bias, x, model.W_enc.T)
-        idx4 = pre.topk(k4, dim=1).indices
+        idx4 = topk_indices(pre, k4, k)
     vals4 = F.relu(selected_linear(x, model.W_enc, bias, idx4, pre))
     idx_k, vals_k = idx4[:, :k], vals4[:, :k]
     x_hat_k = model.decode_sparse(idx_k, vals_k)

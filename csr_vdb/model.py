@@ -17,7 +17,7 @@ from torch import nn
 from csr_vdb.config import CSRConfig
 from csr_vdb.errors import DataError, ModelError
 from csr_vdb.fileutil import atomic_write_bytes, atomic_write_json, sha256_file
-from csr_vdb.kernels import selected_linear, sparse_decode
+from csr_vdb.kernels import selected_linear, sparse_decode, topk_indices
 from csr_vdb.sparse import SparseVectors
 from csr_vdb.validation import check_dense
 
@@ -127,7 +127,7 @@ class CSREncoder(nn.Module):
         bias = self.encoder_bias()
         with torch.no_grad():
             pre = torch.addmm(bias, x, self.W_enc.T)
-            idx = pre.topk(k, dim=1).indices
+            idx = topk_indices(pre, k)
         return idx, F.relu(selected_linear(x, self.W_enc, bias, idx, pre))
 
     def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor, bias: bool = True) -> torch.Tensor:

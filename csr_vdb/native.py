@@ -1,9 +1,11 @@
-"""Optional native CPU kernel of `csr_vdb.scoring.SparseIndex`, compiled on first use.
+"""Optional native CPU kernels, compiled on first use: `csr_vdb.scoring.SparseIndex`'s exact sparse
+top-k (`topk`) and the row-wise top-K selection of TopK training (`row_topk`).
 
 ``_topk.c`` (plain C99, next to this file) is compiled with the system C compiler (``$CC`` or
 ``cc``) into a cache folder and loaded with ctypes. Nothing is downloaded and no Python or torch
 headers are needed. When there is no compiler, the build fails, or ``CSR_VDB_NATIVE=0`` is set,
-`load` returns None and `SparseIndex` uses its pure-torch path (same results).
+`load` returns None and callers use their pure-torch path (`SparseIndex`: same results; training:
+``torch.topk``, same selection up to the order of tied values).
 
 Cache folder: ``$CSR_VDB_CACHE_DIR/native`` or ``~/.cache/csr-vdb/native``; the library name
 carries a hash of the source, the compiler and the flags, and is written atomically (a temporary
@@ -20,9 +22,11 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,9 @@ def load() -> ctypes.CDLL | None:
                 lib.csr_topk.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                          ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                          ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+                lib.csr_row_topk.restype = ctypes.c_int
+                lib.csr_row_topk.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                             ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
             except (OSError, subprocess.SubprocessError, AttributeError) as exc:
                 detail = getattr(exc, "stderr", b"") or b""
                 logger.info("native kernel unavailable (%s %s): using the pure-torch CPU path",
@@ -130,3 +137,50 @@ def topk(
     if rc != 0:
         raise MemoryError("native top-k kernel could not allocate its buffers")
     return scores, rows
+
+
+#: Rows below which `row_topk` runs on one thread (a thread hand-off costs more than it saves).
+_MIN_ROWS_PER_THREAD = 128
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool._max_workers < workers:  # noqa: SLF001 - sized once, grown rarely
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="csr-vdb-topk")
+        return _pool
+
+
+def row_topk(lib: ctypes.CDLL, x: torch.Tensor, K: int, k: int, threads: int | None = None) -> torch.Tensor:
+    """Positions of each row's ``K`` largest entries, the ``k`` largest first (see ``_topk.c``).
+
+    Args:
+        lib: from `load`.
+        x: ``[n, h]`` float32 CPU tensor (finite values).
+        K: entries kept per row, ``k <= K <= h``.
+        k: leading slots holding the ``k`` largest in descending order (ties: smaller position
+            first); slots ``k..K-1`` hold the next ones in no particular order.
+        threads: worker threads (default ``torch.get_num_threads()``); rows are split evenly.
+
+    Returns:
+        ``[n, K]`` int64 tensor.
+    """
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2:
+        raise ValueError("row_topk needs a 2-D float32 CPU tensor")
+    x = x.contiguous()
+    n, h = x.shape
+    if not 1 <= k <= K <= h:
+        raise ValueError(f"row_topk needs 1 <= k <= K <= h, got k={k}, K={K}, h={h}")
+    out = torch.empty(n, K, dtype=torch.int64)
+    workers = max(1, min(threads or torch.get_num_threads(), n // _MIN_ROWS_PER_THREAD))
+    bounds = [n * i // workers for i in range(workers + 1)]
+
+    def part(i: int) -> int:
+        a, b = bounds[i], bounds[i + 1]
+        return lib.csr_row_topk(b - a, h, x.data_ptr() + a * h * 4, K, k, out.data_ptr() + a * K * 8)
+
+    codes = [part(0)] if workers == 1 else list(_executor(workers).map(part, range(workers)))
+    if any(codes):
+        raise MemoryError("native row top-k could not allocate its buffers")
+    return out

@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from csr_vdb.config import CSRConfig
-from csr_vdb.kernels import sddmm, selected_linear, sparse_decode, sparse_similarity, spmm_t
+from csr_vdb import native
+from csr_vdb.kernels import sddmm, selected_linear, sparse_decode, sparse_similarity, spmm_t, topk_indices
 from csr_vdb.losses import (
     auxiliary_loss,
     code_similarity,
     dense_codes,
     info_nce,
+    mask_self_,
     nearest_neighbors,
     normalized_mse,
     reconstruction_terms,
@@ -186,3 +188,93 @@ def test_nearest_neighbors_never_self_and_uses_pool():
     pool = x[:3] * 1.0001  # near-copies of rows 0..2
     nn = nearest_neighbors(x, pool)
     assert nn[0] == 10 and nn[1] == 11 and nn[2] == 12
+
+
+def test_code_similarity_of_a_batch_with_itself_has_the_dense_cosine_gradient():
+    # the cosine path hands the kernel one tensor for both sides (its Z Z^T branch); values and
+    # gradients must equal plain dense autograd on normalised codes
+    torch.manual_seed(1)
+    idx = _unique_idx(7, 20, 4)
+    v = (torch.rand(7, 4) + 0.1).requires_grad_()
+    G = torch.randn(7, 7)
+    got = code_similarity(idx, v, idx, v, 20, cosine=True)
+    (got * G).sum().backward()
+    g_got = v.grad.clone()
+    v.grad = None
+    z = F.normalize(dense_codes(idx, v, 20), dim=1)
+    ref = z @ z.T
+    (ref * G).sum().backward()
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert torch.allclose(g_got, v.grad, atol=1e-5)
+
+
+_needs_native = pytest.mark.skipif(native.load() is None, reason="no C compiler: native kernel unavailable")
+
+
+@_needs_native
+@pytest.mark.parametrize(("n", "h", "K", "k"), [(50, 1536, 128, 32), (9, 40, 40, 3), (5, 7, 1, 1), (300, 257, 64, 64)])
+def test_native_row_topk_selects_what_torch_topk_selects(n, h, K, k):
+    torch.manual_seed(n + h)
+    x = torch.randn(n, h) * torch.rand(n, 1) * 10 - 1  # negative and positive, row scales differ
+    got = topk_indices(x, K, k)
+    ref = x.topk(K, dim=1)
+    assert got.shape == (n, K) and got.dtype == torch.int64
+    assert torch.equal(got[:, :k], ref.indices[:, :k])  # the k largest, in descending order
+    assert torch.equal(got.sort(1).values, ref.indices.sort(1).values)  # the same K entries
+
+
+@_needs_native
+def test_native_row_topk_breaks_ties_by_smaller_position_and_handles_special_values():
+    x = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0, 0.0, -1.0, 3.0], [0.0] * 8, [-0.0, 0.0, -2.0, -1.0, -0.0, 5.0, 1.0, 1.0]])
+    got = native.row_topk(native.load(), x, 5, 2)
+    assert got[0, :2].tolist() == [1, 2]
+    assert sorted(got[0].tolist()) == [1, 2, 3, 4, 7]
+    assert got[1, :2].tolist() == [0, 1] and sorted(got[1].tolist()) == [0, 1, 2, 3, 4]
+    assert got[2, :2].tolist() == [5, 6]
+    assert set(got[2].tolist()) >= {5, 6, 7} and set(got[2].tolist()) <= {0, 1, 4, 5, 6, 7}
+    inf = torch.tensor([[float("-inf"), 1.0, float("inf"), 0.5]])
+    assert native.row_topk(native.load(), inf, 3, 1).tolist()[0][0] == 2
+    with pytest.raises(ValueError, match="k <= K <= h"):
+        native.row_topk(native.load(), x, 9, 2)
+    with pytest.raises(ValueError, match="float32"):
+        native.row_topk(native.load(), x.double(), 2, 1)
+
+
+def test_topk_indices_falls_back_to_torch_topk(monkeypatch):
+    monkeypatch.setenv("CSR_VDB_NATIVE", "0")
+    x = torch.randn(6, 30)
+    assert torch.equal(topk_indices(x, 8, 2), x.topk(8, dim=1).indices)
+    assert torch.equal(topk_indices(x.double(), 4), x.double().topk(4, dim=1).indices)
+
+
+@pytest.mark.parametrize("same", [False, True])
+def test_sparse_similarity_scale_matches_scaling_the_dense_product(same):
+    torch.manual_seed(2)
+    h = 24
+    idx1, idx2 = _unique_idx(9, h, 4, seed=3), _unique_idx(6, h, 3, seed=4)
+    v1 = torch.rand(9, 4, requires_grad=True)
+    v2 = v1 if same else torch.rand(6, 3, requires_grad=True)
+    idx2 = idx1 if same else idx2
+    G = torch.randn(9, v2.shape[0])
+    (sparse_similarity(idx1, v1, idx2, v2, h, scale=2.5) * G).sum().backward()
+    got = [v1.grad.clone()] + ([] if same else [v2.grad.clone()])
+    v1.grad = None
+    if not same:
+        v2.grad = None
+    ref = 2.5 * dense_codes(idx1, v1, h) @ dense_codes(idx2, v2, h).T
+    (ref * G).sum().backward()
+    want = [v1.grad] + ([] if same else [v2.grad])
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(got, want))
+
+
+def test_mask_self_in_place_equals_the_self_mask_of_info_nce():
+    torch.manual_seed(3)
+    idx = _unique_idx(8, 16, 3)
+    v = torch.rand(8, 3, requires_grad=True)
+    targets = torch.tensor([1, 0, 3, 2, 5, 4, 7, 6])
+    info_nce(mask_self_(code_similarity(idx, v, idx, v, 16, cosine=True, scale=10.0)), targets).backward()
+    got = v.grad.clone()
+    v.grad = None
+    ref = info_nce(code_similarity(idx, v, idx, v, 16, cosine=True) / 0.1, targets, self_mask=True)
+    ref.backward()
+    assert torch.allclose(got, v.grad, atol=1e-5)
