@@ -12,7 +12,9 @@ with `csr_vdb.recipes.default_configs`; test queries and labels are used only fo
 Codes are scored by plain dot products (what the databases compute); the recipe decides whether
 codes are L2-normalised at encode time. ``csr`` makes query codes like document codes (TopK);
 ``csr_decoder`` scores the same model and document codes with decoder-projection queries
-(`CSREncoder.encode(..., projection="decoder")`, 16k non-negative entries). PCA is fitted on the database side. ``pca``/``trunc``
+(`CSREncoder.encode(..., projection="decoder")`, 16k non-negative entries); ``csr_pursuit``
+scores the same model with decoder-projection queries against matching-pursuit document codes
+(``doc_codes="pursuit"``, `csr_vdb.pursuit`; still k non-zeros per document). PCA is fitted on the database side. ``pca``/``trunc``
 use k dense dims (equal active dims), ``pca_bytes``/``trunc_bytes`` use 2k dims (equal bytes: a
 k-sparse code costs 8 bytes per non-zero). ``dead_frac`` is the share of latents that fire for no
 database row, for the model whose k is closest to 32; ``train_s`` sums the training of all models.
@@ -40,6 +42,7 @@ from csr_vdb.evaluation import (
     percent_of,
     truncate,
 )
+from csr_vdb.model import CSREncoder
 from csr_vdb.recipes import default_configs
 from csr_vdb.training import ArraySource, train_encoder
 
@@ -89,6 +92,7 @@ def run_dataset(
     out: dict = {"metric": metric, "dense": score()}
     out["csr"], out["pca"], out["trunc"], out["pca_bytes"], out["trunc_bytes"] = {}, {}, {}, {}, {}
     out["csr_decoder"] = {}
+    out["csr_pursuit"] = {}
     train_s = 0.0
     dead_k = min(ks, key=lambda k: abs(k - 32))
     out["dead_frac"] = None
@@ -112,6 +116,11 @@ def run_dataset(
         out["csr"][k] = score(enc.encode, enc.encode_queries, "dot")
         # same model and document codes, queries by the decoder projection (16k non-zeros)
         out["csr_decoder"][k] = score(enc.encode, lambda a, enc=enc: enc.encode_queries(a, projection="decoder"), "dot")
+        # same weights, documents by matching pursuit (k non-zeros), decoder-projection queries
+        purs = CSREncoder(enc.config.model_copy(update={"doc_codes": "pursuit"}), device=enc.device)
+        purs.load_state_dict(enc.state_dict())
+        purs.eval()
+        out["csr_pursuit"][k] = score(purs.encode, lambda a, p=purs: p.encode_queries(a, projection="decoder"), "dot")
         if k == dead_k:
             out["dead_frac"] = dead_fraction(enc.encode(db))
         for key, m in (("pca", k), ("pca_bytes", bytes_matched_dims(k))):
@@ -138,14 +147,15 @@ def render(results: dict) -> str:
         ks = list(res["csr"])
         dead = "n/a" if res["dead_frac"] is None else f"{res['dead_frac']:.1%}"
         lines.append(f"{name} ({res['metric']}): dense {res['dense']:.4f}, train {res['train_s']:.0f} s, dead latents {dead}")
-        lines.append("  method        " + "".join(f"{'k=' + str(k):>18}" for k in ks))
-        for key, label in (("csr", "CSR k"), ("csr_decoder", "CSR, dec. q"), ("pca", "PCA k dims"), ("trunc", "trunc k dims"),
+        lines.append("  method          " + "".join(f"{'k=' + str(k):>18}" for k in ks))
+        for key, label in (("csr", "CSR k"), ("csr_decoder", "CSR, dec. q"), ("csr_pursuit", "pursuit, dec. q"),
+                           ("pca", "PCA k dims"), ("trunc", "trunc k dims"),
                            ("pca_bytes", "PCA 2k dims"), ("trunc_bytes", "trunc 2k dims")):
             cells = []
             for k in ks:
                 v = res[key].get(k)
                 cells.append(f"{'-':>18}" if v is None else f"{v:>9.4f} ({percent_of(v, res['dense']):5.1f}%)")
-            lines.append(f"  {label:<14}" + "".join(cells))
+            lines.append(f"  {label:<16}" + "".join(cells))
     return "\n".join(lines)
 
 

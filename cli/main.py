@@ -74,6 +74,9 @@ def export(app: App, collection: str, out: str, field: str | None, dtype: str, b
 @click.option("--query-projection", type=click.Choice(["encoder", "decoder"]), default=None,
               help="Query codes: TopK like documents, or the decoder projection (question -> passage "
                    "retrieval) [encoder].")
+@click.option("--doc-codes", type=click.Choice(["topk", "pursuit"]), default=None,
+              help="Document codes: the encoder's TopK, or matching pursuit over the decoder (better "
+                   "reconstruction; pairs with --query-projection decoder; ~10x slower to encode) [topk].")
 @click.option("--hidden", type=click.IntRange(min=1), default=None, help="Latents h [recipe, about 4 x dim].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [recipe].")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Rows per step [recipe].")
@@ -82,8 +85,8 @@ def export(app: App, collection: str, out: str, field: str | None, dtype: str, b
 @click.option("--keep-export", is_flag=True, help="Keep the temporary export under --state-dir.")
 @common_options
 def train(app: App, collection: str | None, model_dir: str, field: str | None, from_npy: str | None,
-          k: int | None, k_query: int | None, query_projection: str | None, hidden: int | None,
-          epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None,
+          k: int | None, k_query: int | None, query_projection: str | None, doc_codes: str | None,
+          hidden: int | None, epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None,
           keep_export: bool) -> None:
     """Train a CSR encoder on a collection's own vectors (or a .npy file) and save it.
 
@@ -102,7 +105,8 @@ def train(app: App, collection: str | None, model_dir: str, field: str | None, f
         res = train_model(
             model_dir, store=store, collection=collection, from_npy=from_npy, vector_field=field,
             work_dir=app.state_dir, keep_export=keep_export, export_progress=ebar, train_progress=tbar,
-            hidden=hidden, k=k, k_query=k_query, query_projection=query_projection, epochs=epochs,
+            hidden=hidden, k=k, k_query=k_query, query_projection=query_projection, doc_codes=doc_codes,
+            epochs=epochs,
             batch_size=batch_size, lr=lr, seed=seed, device=app.device,
         )
     app.emit(res, lambda: kv({"model": res.model_dir, "rows": res.rows, "input_dim": res.input_dim,

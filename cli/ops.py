@@ -165,6 +165,7 @@ def build_configs(
     k: int | None = None,
     k_query: int | None = None,
     query_projection: str | None = None,
+    doc_codes: str | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -203,7 +204,8 @@ def build_configs(
         # a cosine collection is compared on unit vectors; ip / l2 keep the raw scale
         model_kw["normalize"] = "l2" if metric == "cosine" else "none"
         for key, val in (("hidden_dim", hidden), ("k", k), ("k_query", k_query),
-                         ("query_projection", query_projection), ("source_collection", source_collection)):
+                         ("query_projection", query_projection), ("doc_codes", doc_codes),
+                         ("source_collection", source_collection)):
             if val is not None:
                 model_kw[key] = val
         if model_kw.get("k", 0) > model_kw.get("hidden_dim", 0) and hidden is None:

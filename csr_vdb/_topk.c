@@ -281,3 +281,87 @@ int csr_row_topk(int64_t n, int64_t h, const float *x, int64_t K, int64_t k, int
     free(keys); free(cand); free(sel); free(skeys); free(head); free(in_head);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------
+ * Non-negative orthogonal matching pursuit over a dictionary's Gram matrix (csr_pursuit), the
+ * native path of csr_vdb/pursuit.py (same steps, same order).
+ *
+ * Row r: c0[r, i] = <atom cand[r, i], target_r> for its C candidate atoms; gram [h, h] = W W^T.
+ * Each of k steps picks the candidate with the largest residual correlation
+ * c0[i] - sum_s gram[cand_i, chosen_s] z_s, then refits all chosen coefficients by coordinate
+ * descent on the non-negative least-squares problem (step_sweeps sweeps; final_sweeps at the end).
+ * Writes out_idx [n, k] (atom ids) and out_val [n, k] (>= 0).
+ */
+static void cd_sweeps(float *z, float *g, const float *cs, const float *gss, int64_t k, int64_t t, int sweeps) {
+    for (int sw = 0; sw < sweeps; sw++)
+        for (int64_t a = 0; a < t; a++) {
+            float diag = gss[a * k + a] > 1e-12f ? gss[a * k + a] : 1e-12f;
+            float nz = z[a] + (cs[a] - g[a]) / diag;
+            nz = nz > 0.0f ? nz : 0.0f;
+            float delta = nz - z[a];
+            if (delta != 0.0f)
+                for (int64_t b = 0; b < t; b++) g[b] += gss[b * k + a] * delta;
+            z[a] = nz;
+        }
+}
+
+int csr_pursuit(int64_t n, int64_t C, const float *c0, const int64_t *cand, int64_t h, const float *gram,
+                int64_t k, int step_sweeps, int final_sweeps, int64_t *out_idx, float *out_val) {
+    if (k < 1 || C < k) return 2;
+    /* gsc[t * C + i] = gram[chosen_t, cand_i]: one contiguous row per chosen atom, so the residual
+     * correlations are k axpy passes over C floats (vectorisable), not C dot products */
+    float *gsc = malloc(sizeof(float) * (size_t)(C * k));
+    float *score = malloc(sizeof(float) * (size_t)C);
+    float *gss = malloc(sizeof(float) * (size_t)(k * k));
+    float *z = malloc(sizeof(float) * (size_t)k), *g = malloc(sizeof(float) * (size_t)k);
+    float *cs = malloc(sizeof(float) * (size_t)k);
+    int64_t *pos = malloc(sizeof(int64_t) * (size_t)k);
+    char *taken = malloc((size_t)C);
+    if (!gsc || !score || !gss || !z || !g || !cs || !pos || !taken) {
+        free(gsc); free(score); free(gss); free(z); free(g); free(cs); free(pos); free(taken);
+        return 1;
+    }
+    for (int64_t r = 0; r < n; r++) {
+        const float *c = c0 + r * C;
+        const int64_t *cd = cand + r * C;
+        memset(taken, 0, (size_t)C);
+        for (int64_t t = 0; t < k; t++) {
+            memcpy(score, c, sizeof(float) * (size_t)C);
+            for (int64_t b = 0; b < t; b++) {
+                const float *row = gsc + b * C;
+                float zb = z[b];
+                if (zb != 0.0f)
+                    for (int64_t i = 0; i < C; i++) score[i] -= row[i] * zb;
+            }
+            float best = 0.0f;
+            int64_t p = -1;
+            for (int64_t i = 0; i < C; i++)
+                if (!taken[i] && (p < 0 || score[i] > best)) { best = score[i]; p = i; }
+            taken[p] = 1;
+            pos[t] = p;
+            const float *grow = gram + cd[p] * h;
+            float *nrow = gsc + t * C;
+            for (int64_t i = 0; i < C; i++) nrow[i] = grow[cd[i]];
+            for (int64_t a = 0; a <= t; a++) {
+                float v = nrow[pos[a]];
+                gss[a * k + t] = v;
+                gss[t * k + a] = v;
+            }
+            cs[t] = c[p];
+            z[t] = best > 0.0f ? best : 0.0f;
+            for (int64_t a = 0; a <= t; a++) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b <= t; b++) acc += gss[a * k + b] * z[b];
+                g[a] = acc;
+            }
+            cd_sweeps(z, g, cs, gss, k, t + 1, step_sweeps);
+        }
+        cd_sweeps(z, g, cs, gss, k, k, final_sweeps);
+        for (int64_t t = 0; t < k; t++) {
+            out_idx[r * k + t] = cd[pos[t]];
+            out_val[r * k + t] = z[t];
+        }
+    }
+    free(gsc); free(score); free(gss); free(z); free(g); free(cs); free(pos); free(taken);
+    return 0;
+}

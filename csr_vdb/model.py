@@ -18,6 +18,7 @@ from csr_vdb.config import CSRConfig
 from csr_vdb.errors import DataError, ModelError
 from csr_vdb.fileutil import atomic_write_bytes, atomic_write_json, sha256_file
 from csr_vdb.kernels import selected_linear, sparse_decode, topk_indices
+from csr_vdb.pursuit import pursuit_codes
 from csr_vdb.sparse import SparseVectors
 from csr_vdb.validation import check_dense
 
@@ -192,9 +193,13 @@ class CSREncoder(nn.Module):
                 reconstruction matches the query, which suits asymmetric retrieval (questions
                 against passages); default ``k`` then ``config.query_k_for("decoder")``.
 
+        Documents follow ``config.doc_codes``: the TopK code, or (``"pursuit"``) the k atoms and
+        non-negative coefficients that matching pursuit fits to the embedding (`csr_vdb.pursuit`).
+
         Returns:
             `SparseVectors` ``[n, k]`` over ``hidden_dim``; slots sorted by value, padding (value 0,
-            index 0) after the live entries. With ``normalize_codes`` each row has unit L2 norm.
+            index 0) after the live entries. With ``normalize_codes`` each row has unit L2 norm
+            (pursuit doc codes: each row's reconstruction ``decode(code) - b_pre`` has unit norm).
 
         Raises:
             DataError: wrong dimension, NaN/inf or all-zero rows (named by row position), empty input,
@@ -218,15 +223,30 @@ class CSREncoder(nn.Module):
         self.eval()
         idx_parts, val_parts = [], []
         try:
+            pursuit = kind == "doc" and self.config.doc_codes == "pursuit"
+            gram = self.W_dec @ self.W_dec.T if pursuit else None
             for start in range(0, t.shape[0], max(1, int(batch_size))):
                 xb = self.preprocess(t[start : start + batch_size])
-                scores = xb @ self.W_dec.T if projection == "decoder" else self.pre_activations(xb)
-                vals, idx = scores.topk(k, dim=1)
+                if pursuit:
+                    idx, vals = pursuit_codes(
+                        xb - self.b_pre, self.W_dec, gram, k, self.config.pursuit_candidates
+                    )
+                    vals, order = vals.sort(dim=1, descending=True)
+                    idx = idx.gather(1, order)
+                else:
+                    scores = xb @ self.W_dec.T if projection == "decoder" else self.pre_activations(xb)
+                    vals, idx = scores.topk(k, dim=1)
                 # never an all-zero code: keep the largest pre-activation as a tiny positive value
                 vals[:, 0] = torch.where(vals[:, 0] > 0, vals[:, 0], torch.full_like(vals[:, 0], MIN_ACTIVATION))
                 vals = F.relu(vals)
                 if self.config.normalize_codes:
-                    vals = vals / vals.norm(dim=1, keepdim=True)
+                    if pursuit:
+                        # unit-norm reconstruction (without b_pre): <decoder query, code> is then the
+                        # cosine of the query's positive part with the document's reconstruction
+                        norm = sparse_decode(idx, vals, self.W_dec).norm(dim=1, keepdim=True)
+                        vals = vals / torch.where(norm > 0, norm, vals.norm(dim=1, keepdim=True))
+                    else:
+                        vals = vals / vals.norm(dim=1, keepdim=True)
                 idx = torch.where(vals > 0, idx, torch.zeros_like(idx))
                 idx_parts.append(idx.cpu())
                 val_parts.append(vals.cpu())

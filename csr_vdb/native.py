@@ -1,11 +1,13 @@
 """Optional native CPU kernels, compiled on first use: `csr_vdb.scoring.SparseIndex`'s exact sparse
-top-k (`topk`) and the row-wise top-K selection of TopK training (`row_topk`).
+top-k (`topk`), the row-wise top-K selection of TopK training (`row_topk`) and the matching
+pursuit of ``doc_codes="pursuit"`` (`pursuit`).
 
 ``_topk.c`` (plain C99, next to this file) is compiled with the system C compiler (``$CC`` or
 ``cc``) into a cache folder and loaded with ctypes. Nothing is downloaded and no Python or torch
 headers are needed. When there is no compiler, the build fails, or ``CSR_VDB_NATIVE=0`` is set,
 `load` returns None and callers use their pure-torch path (`SparseIndex`: same results; training:
-``torch.topk``, same selection up to the order of tied values).
+``torch.topk``, same selection up to the order of tied values; pursuit: the same steps in torch,
+equal up to float rounding).
 
 Cache folder: ``$CSR_VDB_CACHE_DIR/native`` or ``~/.cache/csr-vdb/native``; the library name
 carries a hash of the source, the compiler and the flags, and is written atomically (a temporary
@@ -90,6 +92,10 @@ def load() -> ctypes.CDLL | None:
                 lib.csr_row_topk.restype = ctypes.c_int
                 lib.csr_row_topk.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                              ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+                lib.csr_pursuit.restype = ctypes.c_int
+                lib.csr_pursuit.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
+                                            ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
             except (OSError, subprocess.SubprocessError, AttributeError) as exc:
                 detail = getattr(exc, "stderr", b"") or b""
                 logger.info("native kernel unavailable (%s %s): using the pure-torch CPU path",
@@ -152,6 +158,16 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def _split_rows(n: int, threads: int | None) -> list[int]:
+    workers = max(1, min(threads or torch.get_num_threads(), n // _MIN_ROWS_PER_THREAD))
+    return [n * i // workers for i in range(workers + 1)]
+
+
+def _run_parts(fn, bounds: list[int]) -> list[int]:
+    parts = range(len(bounds) - 1)
+    return [fn(0)] if len(bounds) == 2 else list(_executor(len(bounds) - 1).map(fn, parts))
+
+
 def row_topk(lib: ctypes.CDLL, x: torch.Tensor, K: int, k: int, threads: int | None = None) -> torch.Tensor:
     """Positions of each row's ``K`` largest entries, the ``k`` largest first (see ``_topk.c``).
 
@@ -173,14 +189,59 @@ def row_topk(lib: ctypes.CDLL, x: torch.Tensor, K: int, k: int, threads: int | N
     if not 1 <= k <= K <= h:
         raise ValueError(f"row_topk needs 1 <= k <= K <= h, got k={k}, K={K}, h={h}")
     out = torch.empty(n, K, dtype=torch.int64)
-    workers = max(1, min(threads or torch.get_num_threads(), n // _MIN_ROWS_PER_THREAD))
-    bounds = [n * i // workers for i in range(workers + 1)]
+    bounds = _split_rows(n, threads)
 
     def part(i: int) -> int:
         a, b = bounds[i], bounds[i + 1]
         return lib.csr_row_topk(b - a, h, x.data_ptr() + a * h * 4, K, k, out.data_ptr() + a * K * 8)
 
-    codes = [part(0)] if workers == 1 else list(_executor(workers).map(part, range(workers)))
-    if any(codes):
+    if any(_run_parts(part, bounds)):
         raise MemoryError("native row top-k could not allocate its buffers")
     return out
+
+
+def pursuit(
+    lib: ctypes.CDLL,
+    c0: torch.Tensor,
+    cand: torch.Tensor,
+    gram: torch.Tensor,
+    k: int,
+    step_sweeps: int,
+    final_sweeps: int,
+    threads: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-negative matching pursuit of ``csr_vdb.pursuit`` in C (see ``_topk.c``).
+
+    Args:
+        lib: from `load`.
+        c0: ``[n, C]`` float32 correlations of each row's target with its candidate atoms.
+        cand: ``[n, C]`` int64 candidate atom ids.
+        gram: ``[h, h]`` float32 Gram matrix of the atoms.
+        k: atoms per code (``<= C``).
+        step_sweeps / final_sweeps: coordinate-descent sweeps after each step / at the end.
+        threads: worker threads (default ``torch.get_num_threads()``).
+
+    Returns:
+        ``(indices [n, k] int64, values [n, k] float32 >= 0)``.
+    """
+    c0 = c0.to(torch.float32).contiguous()
+    cand = cand.to(torch.int64).contiguous()
+    gram = gram.to(torch.float32).contiguous()
+    n, C = c0.shape
+    h = gram.shape[0]
+    if not 1 <= k <= C or cand.shape != c0.shape or gram.shape != (h, h):
+        raise ValueError(f"pursuit needs 1 <= k <= C and matching shapes, got k={k}, c0 {tuple(c0.shape)}")
+    idx = torch.empty(n, k, dtype=torch.int64)
+    val = torch.empty(n, k, dtype=torch.float32)
+    bounds = _split_rows(n, threads)
+
+    def part(i: int) -> int:
+        a, b = bounds[i], bounds[i + 1]
+        return lib.csr_pursuit(
+            b - a, C, c0.data_ptr() + a * C * 4, cand.data_ptr() + a * C * 8, h, gram.data_ptr(),
+            k, int(step_sweeps), int(final_sweeps), idx.data_ptr() + a * k * 8, val.data_ptr() + a * k * 4,
+        )
+
+    if n and any(_run_parts(part, bounds)):
+        raise MemoryError("native pursuit could not allocate its buffers")
+    return idx, val

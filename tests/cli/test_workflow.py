@@ -93,9 +93,10 @@ def test_full_workflow(cli_factory, kind):
     assert ev["queries"] == 40 and 0.0 <= ev["recall_sparse"] <= ev["recall_rerank"] <= 1.0
     assert ev["dense_bytes_per_vector"] == DIM * 4 and ev["sparse_bytes_per_vector"] <= 4 * 8
     assert set(ev["latency_ms"]) == {"dense", "sparse", "rerank"}
-    # the same collection searched with decoder-projection queries: another sparse ranking, same rules
+    # the recipe's model makes decoder-projection queries; TopK (encoder) queries give another
+    # sparse ranking under the same rules
     ev_dec = cli.json("eval", "--collection", "docs", "--sample", "40", "--candidates", "50",
-                      "--query-projection", "decoder")
+                      "--query-projection", "encoder")
     assert ev_dec["queries"] == 40 and 0.0 <= ev_dec["recall_sparse"] <= ev_dec["recall_rerank"] <= 1.0
     assert ev_dec["recall_sparse"] != ev["recall_sparse"] or ev_dec["recall_rerank"] != ev["recall_rerank"]
 
@@ -113,7 +114,9 @@ def test_full_workflow(cli_factory, kind):
 def test_resume_and_lean_target(cli_factory, kind):
     cli, (x, ids, _) = cli_factory(kind, rows=120)
     # this model makes its query codes with the decoder projection (non-negative, so Milvus takes them)
-    cli.run("train", "--from-npy", _save(cli.cwd, x), "--model", "m", *TINY, "--query-projection", "decoder")
+    # and its document codes by matching pursuit
+    cli.run("train", "--from-npy", _save(cli.cwd, x), "--model", "m", *TINY, "--query-projection", "decoder",
+            "--doc-codes", "pursuit")
     args = ("migrate", "--to", "sparse", "--collection", "docs", "--model", "m", "--target", "lean", "--drop-dense")
     cli.run(*args)
     again = cli.json(*args, "--resume")
@@ -135,7 +138,7 @@ def test_resume_and_lean_target(cli_factory, kind):
     from csr_vdb.model import CSREncoder
 
     enc = CSREncoder.load(cli.cwd / "m", device="cpu")
-    assert enc.config.query_projection == "decoder"
+    assert enc.config.query_projection == "decoder" and enc.config.doc_codes == "pursuit"
     exact = enc.encode_queries(x[:2]).to_dense() @ enc.encode(x).to_dense().T
     assert enc.encode_queries(x[:2]).width > enc.config.k
     for qi, s in enumerate(res["results"]["sparse"]):

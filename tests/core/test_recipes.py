@@ -16,6 +16,7 @@ def test_defaults_follow_the_collection_size():
     model, train = default_configs(384, 5000)
     assert isinstance(model, CSRConfig) and isinstance(train, TrainConfig)
     assert (model.input_dim, model.hidden_dim, model.k) == (384, 1536, 32)
+    assert (model.doc_codes, model.query_projection, model.normalize_codes) == ("pursuit", "decoder", True)
     small_steps = train.epochs * -(-5000 // train.batch_size)
     _, big = default_configs(384, 5_000_000)
     big_steps = big.epochs * -(-5_000_000 // big.batch_size)
@@ -41,5 +42,8 @@ def test_recipe_trains_an_encoder_that_keeps_neighbourhoods():
     codes = enc.encode(x)
     assert codes.dim == 64 and int(codes.nnz().max()) <= 4
     dense = one_nn_accuracy(x[:500], y[:500], x[500:], y[500:])
-    sparse = one_nn_accuracy(codes[:500], y[:500], codes[500:], y[500:], scorer="dot")
+    # the recipe's pairing: pursuit document codes, decoder-projection query codes
+    queries = enc.encode_queries(x[500:])
+    assert int(queries.nnz().max()) > 4
+    sparse = one_nn_accuracy(codes[:500], y[:500], queries, y[500:], scorer="dot")
     assert sparse > 0.8 * dense
