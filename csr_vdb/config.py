@@ -63,7 +63,7 @@ class CSRConfig(BaseModel):
             "correlated atoms, coefficients fitted by non-negative least squares (csr_vdb.pursuit): a better "
             "k-sparse reconstruction (SciFact FVU 0.216 -> 0.136), which is what decoder-projection queries score "
             "against; with normalize_codes the code is scaled so that its reconstruction (without b_pre) has unit "
-            "norm. Slower to encode (~10k docs/s on 2 CPU cores vs ~100k)."
+            "norm. Slower to encode (~17k docs/s on 2 CPU cores vs ~56k for TopK)."
         ),
     )
     pursuit_candidates: int = Field(

@@ -115,7 +115,7 @@ def default_configs(
     document's k atoms greedily and fits them by non-negative least squares (FVU 0.216 -> 0.136), and
     scales the code so that its reconstruction has unit norm; the decoder-projection query then
     scores the cosine between the query and that reconstruction. Costs: documents encode at ~18k/s
-    on 2 CPU cores instead of ~100k/s, and a query code has 16k non-zeros (512 at k=32) for the
+    on 2 CPU cores instead of ~56k/s (TopK), and a query code has 16k non-zeros (512 at k=32) for the
     database's inverted index to walk. For symmetric use where those costs matter, ``doc_codes="topk"``
     with ``query_projection="encoder"`` keeps Banking77's figure and loses SciFact's.
 
