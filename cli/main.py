@@ -73,10 +73,10 @@ def export(app: App, collection: str, out: str, field: str | None, dtype: str, b
 @click.option("--k-query", type=click.IntRange(min=1), default=None, help="Active latents per query code [= k].")
 @click.option("--query-projection", type=click.Choice(["encoder", "decoder"]), default=None,
               help="Query codes: TopK like documents, or the decoder projection (question -> passage "
-                   "retrieval) [encoder].")
+                   "retrieval) [recipe: decoder].")
 @click.option("--doc-codes", type=click.Choice(["topk", "pursuit"]), default=None,
               help="Document codes: the encoder's TopK, or matching pursuit over the decoder (better "
-                   "reconstruction; pairs with --query-projection decoder; ~3x slower to encode) [topk].")
+                   "reconstruction; pairs with --query-projection decoder; ~3x slower to encode) [recipe: pursuit].")
 @click.option("--hidden", type=click.IntRange(min=1), default=None, help="Latents h [recipe, about 4 x dim].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [recipe].")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Rows per step [recipe].")

@@ -145,7 +145,7 @@ def topk(
     return scores, rows
 
 
-#: Rows below which `row_topk` runs on one thread (a thread hand-off costs more than it saves).
+#: Rows per worker thread below which `row_topk` / `pursuit` use fewer threads (a hand-off costs more).
 _MIN_ROWS_PER_THREAD = 128
 _pool: ThreadPoolExecutor | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -415,30 +416,24 @@ def _remove_parallel_decoder_grad_(model: CSREncoder) -> None:
 
 #: Steps between two `_release_free_heap` calls while training.
 RELEASE_HEAP_EVERY = 100
-_libc: Any = None
 
 
+@functools.cache
 def _glibc() -> Any:
     """glibc through ctypes (None where the C library has no ``mallopt``/``malloc_trim``)."""
-    global _libc
-    if _libc is None:
-        _libc = False
-        try:
-            import ctypes
-            import ctypes.util
+    try:
+        import ctypes
+        import ctypes.util
 
-            name = ctypes.util.find_library("c")
-            lib = ctypes.CDLL(name) if name else None
-            if lib is not None and hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim"):
-                _libc = lib
-        except OSError:  # pragma: no cover - non-glibc platforms
-            logger.debug("no glibc malloc tuning", exc_info=True)
-    return _libc or None
+        name = ctypes.util.find_library("c")
+        lib = ctypes.CDLL(name) if name else None
+    except OSError:  # pragma: no cover - non-glibc platforms
+        logger.debug("no glibc malloc tuning", exc_info=True)
+        return None
+    return lib if lib is not None and hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None
 
 
-_HEAP_TUNED = False
-
-
+@functools.cache
 def _tune_heap_for_training() -> None:
     """Keep training temporaries on the heap instead of fresh page-faulted mappings (glibc; once).
 
@@ -448,12 +443,8 @@ def _tune_heap_for_training() -> None:
     mmap threshold to 64 MiB and the trim threshold to 512 MiB (``mallopt``) brings that to ~250 faults;
     `_release_free_heap` every `RELEASE_HEAP_EVERY` steps keeps the resident set flat on long streams.
     Process-wide and not undone after training (glibc cannot restore its adaptive thresholds); a
-    no-op where glibc is not the allocator.
+    no-op where glibc is not the allocator. Cached: it runs once per process.
     """
-    global _HEAP_TUNED
-    if _HEAP_TUNED:
-        return
-    _HEAP_TUNED = True
     libc = _glibc()
     if libc is not None:
         libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD

@@ -109,3 +109,14 @@ def test_pursuit_doc_codes_reconstruct_better_than_topk_and_keep_the_encode_cont
     loaded = CSREncoder.load(purs.save(tmp_path / "m"), device="cpu")
     assert loaded.config.doc_codes == "pursuit"
     assert np.array_equal(loaded.encode(x[:50]).indices, codes.indices[:50])
+
+
+@_needs_native
+def test_native_pursuit_rejects_inconsistent_arguments():
+    lib = native.load()
+    w = _dictionary(20, 4)
+    c0, cand = torch.randn(3, 8), torch.randint(0, 20, (3, 8))
+    with pytest.raises(ValueError, match="1 <= k <= C"):
+        native.pursuit(lib, c0, cand, w @ w.T, k=9, step_sweeps=1, final_sweeps=1)
+    with pytest.raises(ValueError, match="matching shapes"):
+        native.pursuit(lib, c0, cand[:, :5], w @ w.T, k=2, step_sweeps=1, final_sweeps=1)
