@@ -77,6 +77,10 @@ def export(app: App, collection: str, out: str, field: str | None, dtype: str, b
 @click.option("--doc-codes", type=click.Choice(["topk", "pursuit"]), default=None,
               help="Document codes: the encoder's TopK, or matching pursuit over the decoder (better "
                    "reconstruction; pairs with --query-projection decoder; ~3x slower to encode) [recipe: pursuit].")
+@click.option("--bias-latent/--no-bias-latent", default=None,
+              help="Document codes carry the pre-bias as one of their k non-zeros, so that re-ranking "
+                   "with the signed decoder query scores the query's exact cosine with each "
+                   "reconstruction [recipe: on].")
 @click.option("--hidden", type=click.IntRange(min=1), default=None, help="Latents h [recipe, about 4 x dim].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [recipe].")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Rows per step [recipe].")
@@ -86,7 +90,7 @@ def export(app: App, collection: str, out: str, field: str | None, dtype: str, b
 @common_options
 def train(app: App, collection: str | None, model_dir: str, field: str | None, from_npy: str | None,
           k: int | None, k_query: int | None, query_projection: str | None, doc_codes: str | None,
-          hidden: int | None, epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None,
+          bias_latent: bool | None, hidden: int | None, epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None,
           keep_export: bool) -> None:
     """Train a CSR encoder on a collection's own vectors (or a .npy file) and save it.
 
@@ -106,7 +110,7 @@ def train(app: App, collection: str | None, model_dir: str, field: str | None, f
             model_dir, store=store, collection=collection, from_npy=from_npy, vector_field=field,
             work_dir=app.state_dir, keep_export=keep_export, export_progress=ebar, train_progress=tbar,
             hidden=hidden, k=k, k_query=k_query, query_projection=query_projection, doc_codes=doc_codes,
-            epochs=epochs,
+            bias_latent=bias_latent, epochs=epochs,
             batch_size=batch_size, lr=lr, seed=seed, device=app.device,
         )
     app.emit(res, lambda: kv({"model": res.model_dir, "rows": res.rows, "input_dim": res.input_dim,

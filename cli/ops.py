@@ -166,6 +166,7 @@ def build_configs(
     k_query: int | None = None,
     query_projection: str | None = None,
     doc_codes: str | None = None,
+    bias_latent: bool | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -205,6 +206,7 @@ def build_configs(
         model_kw["normalize"] = "l2" if metric == "cosine" else "none"
         for key, val in (("hidden_dim", hidden), ("k", k), ("k_query", k_query),
                          ("query_projection", query_projection), ("doc_codes", doc_codes),
+                         ("bias_latent", bias_latent),
                          ("source_collection", source_collection)):
             if val is not None:
                 model_kw[key] = val

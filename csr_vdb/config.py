@@ -73,6 +73,16 @@ class CSRConfig(BaseModel):
         default=False,
         description="L2-normalise each code's values at encode time, so the dot product of codes is their cosine.",
     )
+    bias_latent: bool = Field(
+        default=False,
+        description=(
+            "Document codes carry the pre-bias b_pre as one more latent (index hidden_dim, always active, counted "
+            "in k: k-1 atoms + the bias latent), so that a code decodes to the whole reconstruction "
+            "x_hat = W_dec^T z + b_pre; with normalize_codes the code is scaled so that x_hat has unit norm, and a "
+            "signed decoder-projection query scores exactly cos(x, x_hat). Codes then have hidden_dim + 1 "
+            "dimensions (`code_dim`); needs k >= 2."
+        ),
+    )
     source_collection: str | None = Field(default=None, description="Collection the encoder was trained on, if known.")
     source_model: str | None = Field(default=None, description="Name of the dense embedding model, if known.")
     data_fingerprint: str | None = Field(
@@ -85,7 +95,14 @@ class CSRConfig(BaseModel):
             raise ValueError(f"k ({self.k}) must not exceed hidden_dim ({self.hidden_dim})")
         if self.k_query is not None and self.k_query > self.hidden_dim:
             raise ValueError(f"k_query ({self.k_query}) must not exceed hidden_dim ({self.hidden_dim})")
+        if self.bias_latent and self.k < 2:
+            raise ValueError(f"bias_latent needs k >= 2 (k-1 atoms + the bias latent), got k={self.k}")
         return self
+
+    @property
+    def code_dim(self) -> int:
+        """Dimension of the sparse codes: ``hidden_dim``, plus one for the bias latent."""
+        return self.hidden_dim + int(self.bias_latent)
 
     @property
     def query_k(self) -> int:

@@ -109,6 +109,54 @@ def exact_search(
     return scores, rows
 
 
+def rescored_search(
+    queries: Vectors,
+    exact_queries: Vectors,
+    database: Vectors,
+    top_k: int,
+    candidates: int = 100,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two-stage top-k: the ``candidates`` best rows by ``queries`` (dot product: what a database's
+    index returns), re-scored by ``exact_queries`` with the exact re-ranker that
+    `csr_vdb.retriever.Retriever` uses (`csr_vdb.scoring.Reranker`, float64).
+
+    With sparse codes ``exact_queries`` may carry entries that ``queries`` cannot (negative query
+    weights, which Milvus rejects), e.g. ``CSREncoder.encode_queries(x, signed=True)``.
+
+    Args:
+        queries: ``[q, d]`` dense or `SparseVectors`: the first-stage (search) queries.
+        exact_queries: the same ``q`` queries as scored in the second stage (same kind and dimension).
+        database: ``[n, d]`` of the same kind and dimension.
+        top_k: hits per query (clipped to ``n``).
+        candidates: first-stage hits per query (at least ``top_k``).
+
+    Returns:
+        ``(scores [q, top_k] float64, rows [q, top_k] int64)``, best first; equal scores keep the
+        first stage's order.
+
+    Raises:
+        DataError: mismatched kinds, dimensions or query counts; empty database.
+    """
+    from csr_vdb.scoring import Reranker
+
+    _check_pair(exact_queries, database)
+    if len(exact_queries) != len(queries):
+        raise DataError(f"{len(queries)} search queries but {len(exact_queries)} exact queries")
+    n = len(database)
+    top_k = max(1, min(int(top_k), n))
+    _, cand = exact_search(queries, database, max(top_k, int(candidates)), metric="dot")
+    lists = cand.tolist()
+    reranker = Reranker(device="cpu")
+    if isinstance(database, SparseVectors):
+        ranked = reranker.rerank_sparse(exact_queries, lists, lambda ids: database[np.asarray(ids)], top_k=top_k)
+    else:
+        db = np.asarray(database, dtype=np.float32)
+        ranked = reranker.rerank_dense(np.asarray(exact_queries), lists, lambda ids: db[np.asarray(ids)], top_k=top_k)
+    rows = np.array([ids for ids, _ in ranked], dtype=np.int64).reshape(len(lists), top_k)
+    scores = np.array([sc for _, sc in ranked], dtype=np.float64).reshape(len(lists), top_k)
+    return scores, rows
+
+
 def _top_rows(block: np.ndarray, top_k: int) -> np.ndarray:
     """Rows of the ``top_k`` best scores of each line of ``block`` ``[q, n]``, best first, ties by row."""
     n = block.shape[1]
@@ -487,6 +535,8 @@ def evaluate_beir(
     k: int = 10,
     scorer: str = "dot",
     depth: int = 100,
+    rescore_queries: Callable[[np.ndarray], Vectors] | None = None,
+    candidates: int = 100,
 ) -> dict[str, float]:
     """NDCG@k and Recall@k / Recall@depth of the corpus searched with the judged queries.
 
@@ -497,13 +547,22 @@ def evaluate_beir(
         k: NDCG and recall cut-off.
         scorer: ``"dot"`` or ``"cosine"``.
         depth: retrieval depth for the deeper recall figure.
+        rescore_queries: two-stage search (`rescored_search`, dot products): the
+            ``max(candidates, depth)`` best documents by ``encode_queries`` re-scored by these codes.
+        candidates: first-stage hits per query with ``rescore_queries``.
 
     Returns:
         ``{"ndcg@k": x, "recall@k": x, "recall@depth": x, "n_queries": n, "n_skipped": n}``.
     """
     fd = encode_docs or (lambda a: a)
     fq = encode_queries or fd
-    _, rows = exact_search(fq(data.queries_x), fd(data.corpus_x), max(k, depth), metric=scorer)
+    if rescore_queries is None:
+        _, rows = exact_search(fq(data.queries_x), fd(data.corpus_x), max(k, depth), metric=scorer)
+    else:
+        _, rows = rescored_search(
+            fq(data.queries_x), rescore_queries(data.queries_x), fd(data.corpus_x), max(k, depth),
+            candidates=max(candidates, depth),
+        )
     run = rankings(rows, data.query_ids, data.corpus_ids)
     ndcg = ndcg_at_k(run, data.qrels, k, data.query_ids)
     return {

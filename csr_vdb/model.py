@@ -174,6 +174,7 @@ class CSREncoder(nn.Module):
         kind: Literal["doc", "query"] = "doc",
         batch_size: int = 8192,
         projection: Literal["encoder", "decoder"] | None = None,
+        signed: bool = False,
     ) -> SparseVectors:
         """Sparse codes of dense embeddings.
 
@@ -183,78 +184,116 @@ class CSREncoder(nn.Module):
 
         Args:
             x: ``[n, input_dim]`` (or ``[input_dim]``) float16/32/64 numpy array or torch tensor.
-            k: active latents; default ``config.k`` for documents, ``config.query_k`` for queries.
+            k: non-zeros; default ``config.k`` for documents, ``config.query_k_for`` for queries.
             kind: "doc" or "query" (selects the default k and, for queries, the projection).
             batch_size: rows per forward pass.
             projection: queries only; ``None`` = ``config.query_projection``. ``"encoder"``: the TopK
                 code (as documents). ``"decoder"``: the ``k`` largest positive entries of ``W_dec x``
-                (``x`` preprocessed), so that ``<query, doc code>`` is the positive-query part of
-                ``<x, decode(doc code) - b_pre>``: documents are ranked by how well their
-                reconstruction matches the query, which suits asymmetric retrieval (questions
-                against passages); default ``k`` then ``config.query_k_for("decoder")``.
+                (``x`` preprocessed; with ``bias_latent`` one more entry ``<x, b_pre>``), so that
+                ``<query, doc code>`` is the positive-query part of ``<x, decode(doc code)>``:
+                documents are ranked by how well their reconstruction matches the query, which suits
+                asymmetric retrieval (questions against passages); default ``k`` then
+                ``config.query_k_for("decoder")``.
+            signed: decoder-projection queries only: keep the ``k`` entries largest in magnitude with
+                their signs, default ``k`` all ``code_dim`` of them, so that ``<query, doc code>`` is
+                exactly ``<x, decode(doc code)>`` (the cosine of ``x`` with the document's
+                reconstruction, for normalised pursuit codes with ``bias_latent``). Databases that
+                only take non-negative query weights (Milvus) cannot search with it: it is the exact
+                re-scorer of their candidates (`csr_vdb.retriever.Retriever`).
 
         Documents follow ``config.doc_codes``: the TopK code, or (``"pursuit"``) the k atoms and
         non-negative coefficients that matching pursuit fits to the embedding (`csr_vdb.pursuit`).
+        With ``config.bias_latent`` a document code has k-1 atoms plus the bias latent (index
+        ``hidden_dim``, value 1 before normalisation).
 
         Returns:
-            `SparseVectors` ``[n, k]`` over ``hidden_dim``; slots sorted by value, padding (value 0,
+            `SparseVectors` ``[n, k]`` over ``code_dim``; slots sorted by value, padding (value 0,
             index 0) after the live entries. With ``normalize_codes`` each row has unit L2 norm
-            (pursuit doc codes: each row's reconstruction ``decode(code) - b_pre`` has unit norm).
+            (pursuit doc codes, and any doc code with ``bias_latent``: each row's reconstruction
+            `decode` has unit norm).
 
         Raises:
             DataError: wrong dimension, NaN/inf or all-zero rows (named by row position), empty input,
-                or ``k`` outside ``1..hidden_dim``.
+                ``k`` outside ``1..code_dim`` (``2..`` for documents with ``bias_latent``), or
+                ``signed`` without the decoder projection.
         """
+        cfg = self.config
         if kind not in ("doc", "query"):
             raise DataError(f"kind must be 'doc' or 'query', got {kind!r}")
         if projection is None:
-            projection = self.config.query_projection if kind == "query" else "encoder"
+            projection = cfg.query_projection if kind == "query" else "encoder"
         if projection not in ("encoder", "decoder"):
             raise DataError(f"projection must be 'encoder' or 'decoder', got {projection!r}")
         if projection == "decoder" and kind != "query":
             raise DataError("the decoder projection is for queries only (kind='query')")
+        if signed and projection != "decoder":
+            raise DataError("signed codes are decoder-projection queries (kind='query', projection='decoder')")
         if k is None:
-            k = self.config.k if kind == "doc" else self.config.query_k_for(projection)
-        if not 1 <= int(k) <= self.config.hidden_dim:
-            raise DataError(f"k must be in 1..{self.config.hidden_dim}, got {k}")
+            k = cfg.k if kind == "doc" else (cfg.code_dim if signed else cfg.query_k_for(projection))
+        bias_slot = kind == "doc" and cfg.bias_latent
+        low = 2 if bias_slot else 1
+        width = cfg.code_dim if projection == "decoder" else cfg.hidden_dim
+        if not low <= int(k) <= (width + int(bias_slot)):
+            raise DataError(f"k must be in {low}..{width + int(bias_slot)}, got {k}")
         k = int(k)
+        atoms_k = k - int(bias_slot)
         t = self._as_tensor(x, "queries" if kind == "query" else "vectors")
         was_training = self.training
         self.eval()
         idx_parts, val_parts = [], []
         try:
-            pursuit = kind == "doc" and self.config.doc_codes == "pursuit"
+            pursuit = kind == "doc" and cfg.doc_codes == "pursuit"
             gram = self.W_dec @ self.W_dec.T if pursuit else None
             for start in range(0, t.shape[0], max(1, int(batch_size))):
                 xb = self.preprocess(t[start : start + batch_size])
                 if pursuit:
-                    idx, vals = pursuit_codes(
-                        xb - self.b_pre, self.W_dec, gram, k, self.config.pursuit_candidates
-                    )
-                    vals, order = vals.sort(dim=1, descending=True)
-                    idx = idx.gather(1, order)
+                    idx, vals = pursuit_codes(xb - self.b_pre, self.W_dec, gram, atoms_k, cfg.pursuit_candidates)
+                elif projection == "decoder":
+                    scores = xb @ self.W_dec.T
+                    if cfg.bias_latent:
+                        scores = torch.cat([scores, (xb @ self.b_pre)[:, None]], dim=1)
+                    if signed:
+                        if k < scores.shape[1]:
+                            idx = topk_indices(scores.abs().contiguous(), k)
+                        else:
+                            idx = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
+                        vals = scores.gather(1, idx)
+                    else:
+                        vals, idx = scores.topk(k, dim=1)
                 else:
-                    scores = xb @ self.W_dec.T if projection == "decoder" else self.pre_activations(xb)
-                    vals, idx = scores.topk(k, dim=1)
-                # never an all-zero code: keep the largest pre-activation as a tiny positive value
-                vals[:, 0] = torch.where(vals[:, 0] > 0, vals[:, 0], torch.full_like(vals[:, 0], MIN_ACTIVATION))
-                vals = F.relu(vals)
-                if self.config.normalize_codes:
-                    if pursuit:
-                        # unit-norm reconstruction (without b_pre): <decoder query, code> is then the
-                        # cosine of the query's positive part with the document's reconstruction
-                        norm = sparse_decode(idx, vals, self.W_dec).norm(dim=1, keepdim=True)
+                    vals, idx = self.pre_activations(xb).topk(atoms_k, dim=1)
+                if not signed:
+                    # never an all-zero code: keep the largest pre-activation as a tiny positive value
+                    vals[:, :1] = torch.where(vals[:, :1] > 0, vals[:, :1], torch.full_like(vals[:, :1], MIN_ACTIVATION))
+                    vals = F.relu(vals)
+                recon_scaled = pursuit or bias_slot
+                if bias_slot:
+                    idx = torch.cat([idx, torch.full_like(idx[:, :1], cfg.hidden_dim)], dim=1)
+                    vals = torch.cat([vals, torch.ones_like(vals[:, :1])], dim=1)
+                if cfg.normalize_codes and not signed:  # a signed query stays <x, .>, the exact score
+                    if recon_scaled:
+                        # unit-norm reconstruction: <decoder query, code> is then the cosine of the
+                        # query with the document's reconstruction (without b_pre unless bias_latent)
+                        norm = self._decode_codes(idx, vals).norm(dim=1, keepdim=True)
                         vals = vals / torch.where(norm > 0, norm, vals.norm(dim=1, keepdim=True))
                     else:
-                        vals = vals / vals.norm(dim=1, keepdim=True)
-                idx = torch.where(vals > 0, idx, torch.zeros_like(idx))
+                        vals = vals / vals.norm(dim=1, keepdim=True).clamp_min(1e-30)
+                if kind == "doc" or not signed:
+                    vals, order = vals.sort(dim=1, descending=True)
+                    idx = idx.gather(1, order)
+                idx = torch.where(vals != 0, idx, torch.zeros_like(idx))
                 idx_parts.append(idx.cpu())
                 val_parts.append(vals.cpu())
         finally:
             self.train(was_training)
-        return SparseVectors(
-            torch.cat(idx_parts).numpy(), torch.cat(val_parts).numpy(), self.config.hidden_dim
-        )
+        return SparseVectors(torch.cat(idx_parts).numpy(), torch.cat(val_parts).numpy(), cfg.code_dim)
+
+    def _decode_codes(self, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        """``sum vals * atom[idx]`` with the bias latent's atom ``b_pre`` (index ``hidden_dim``) when
+        configured, else the decoder atoms only (no ``b_pre``)."""
+        if not self.config.bias_latent:
+            return sparse_decode(idx, vals, self.W_dec)
+        return sparse_decode(idx, vals, torch.cat([self.W_dec, self.b_pre[None, :]]))
 
     def encode_queries(
         self,
@@ -262,22 +301,26 @@ class CSREncoder(nn.Module):
         k: int | None = None,
         batch_size: int = 8192,
         projection: Literal["encoder", "decoder"] | None = None,
+        signed: bool = False,
     ) -> SparseVectors:
         """`encode` with ``kind="query"``: ``config.query_projection`` and its query k unless given."""
-        return self.encode(x, k=k, kind="query", batch_size=batch_size, projection=projection)
+        return self.encode(x, k=k, kind="query", batch_size=batch_size, projection=projection, signed=signed)
 
     @torch.no_grad()
     def decode(self, sparse: SparseVectors, batch_size: int = 8192) -> np.ndarray:
         """Reconstruct embeddings from codes: ``[n, input_dim]`` float32.
 
         The result approximates the *preprocessed* input (unit-norm with ``normalize="l2"``). Codes made
-        with ``normalize_codes`` have lost their scale, so their reconstruction is scaled too.
+        with ``normalize_codes`` have lost their scale, so their reconstruction is scaled too. With
+        ``bias_latent`` the bias latent's value weighs ``b_pre`` (it is not added again).
 
         Raises:
-            DataError: the codes are over another dimension than ``hidden_dim``.
+            DataError: the codes are over another dimension than ``code_dim``.
         """
-        if sparse.dim != self.config.hidden_dim:
-            raise DataError(f"codes have dimension {sparse.dim}, the encoder has hidden_dim {self.config.hidden_dim}")
+        cfg = self.config
+        if sparse.dim != cfg.code_dim:
+            want = f"{cfg.code_dim} (hidden_dim + the bias latent)" if cfg.bias_latent else f"hidden_dim {cfg.hidden_dim}"
+            raise DataError(f"codes have dimension {sparse.dim}, the encoder's codes {want}")
         problems = sparse.invalid_rows(allow_empty=True)
         problems.pop("duplicate index", None)  # duplicates simply add up, as in to_dense
         if problems:
@@ -287,7 +330,8 @@ class CSREncoder(nn.Module):
             idx = torch.from_numpy(sparse.indices[start : start + batch_size]).to(self.device)
             val = torch.from_numpy(sparse.values[start : start + batch_size]).to(self.device)
             idx = torch.where(val != 0, idx, torch.zeros_like(idx))
-            out.append(self.decode_sparse(idx, val).cpu())
+            rec = self._decode_codes(idx, val) if self.config.bias_latent else self.decode_sparse(idx, val)
+            out.append(rec.cpu())
         if not out:
             return np.zeros((0, self.config.input_dim), np.float32)
         return torch.cat(out).numpy()

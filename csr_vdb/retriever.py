@@ -138,7 +138,10 @@ class Retriever:
             top_k: results per query.
             candidates: sparse candidates fetched per query before re-ranking (>= top_k).
             rerank: re-rank the candidates exactly: by the dense metric when the collection kept its
-                dense vectors, else by the exact sparse dot product of the codes.
+                dense vectors, else from their stored codes: with decoder-projection queries by the
+                signed query (``signed=True``: every entry, negative ones included, which the
+                database's search cannot take), i.e. by the query's exact inner product with each
+                candidate's reconstruction; with encoder queries by the exact dot product of the codes.
 
         Returns:
             One list per query of `Hit` (id, score, payload), best first. Without re-ranking the
@@ -165,7 +168,7 @@ class Retriever:
         if self.has_dense:
             ranked = self._rerank_dense(x, cand, top_k)
         else:
-            ranked = self._rerank_sparse(codes, cand, top_k)
+            ranked = self._rerank_sparse(self._scoring_codes(x, codes), cand, top_k)
         return [[_with_score(by_id[i], s) for i, s in zip(ids, scores)] for ids, scores in ranked]
 
     # ------------------------------------------------------------------ re-ranking
@@ -201,6 +204,15 @@ class Retriever:
             qn = (x * x).sum(axis=1)
             ranked = [(ids, [float(s) - float(qn[j]) for s in scores]) for j, (ids, scores) in enumerate(ranked)]
         return [(list(ids), [float(s) for s in scores]) for ids, scores in ranked]
+
+    def _scoring_codes(self, x: np.ndarray, codes: SparseVectors) -> SparseVectors:
+        """The query codes the sparse re-ranker scores with: the signed decoder projection when queries
+        use the decoder (exact ``<x, reconstruction>``), else the search codes themselves."""
+        cfg = getattr(self.encoder, "config", None)
+        projection = self.query_projection or getattr(cfg, "query_projection", None)
+        if projection != "decoder":
+            return codes
+        return self.encoder.encode_queries(x, projection="decoder", signed=True)  # type: ignore[call-arg]
 
     def _rerank_sparse(
         self, codes: SparseVectors, cand: list[list[Any]], top_k: int

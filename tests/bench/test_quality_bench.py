@@ -50,8 +50,8 @@ def test_quality_bench_writes_the_schema(tmp_path, capsys):
     assert set(res) == {"banking77", "tinybeir"}
     assert res["banking77"]["metric"] == "1nn_accuracy" and res["tinybeir"]["metric"] == "ndcg@10"
     for name, r in res.items():
-        assert set(r) == {"metric", "dense", "csr", "csr_decoder", "csr_pursuit", "pca", "trunc", "pca_bytes", "trunc_bytes", "train_s", "dead_frac"}
-        for key in ("csr", "csr_decoder", "csr_pursuit", "pca", "trunc", "pca_bytes", "trunc_bytes"):
+        assert set(r) == {"metric", "dense", "csr", "csr_search", "csr_topk", "pca", "trunc", "pca_bytes", "trunc_bytes", "train_s", "dead_frac"}
+        for key in ("csr", "csr_search", "csr_topk", "pca", "trunc", "pca_bytes", "trunc_bytes"):
             assert set(r[key]) == {"2", "4"}, (name, key)
             assert all(0.0 <= v <= 1.0 for v in r[key].values())
         assert 0.0 < r["dense"] <= 1.0 and r["train_s"] > 0 and 0.0 <= r["dead_frac"] <= 1.0

@@ -103,7 +103,7 @@ def test_exit_8_verification_failed(migrated):
         rec = store.fetch("docs_csr", [13], with_dense=True, with_sparse=True)[0]
         from csr_vdb.sparse import SparseVectors
 
-        sp = SparseVectors.from_qdrant([rec.sparse], 64)
+        sp = SparseVectors.from_qdrant([rec.sparse], 65)  # h=64 + the recipe's bias latent
         store.upsert("docs_csr", [13], sp, [{"label": -1, "text": "tampered"}], dense=rec.dense[None, :])
         store.flush("docs_csr")
     finally:

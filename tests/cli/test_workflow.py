@@ -133,16 +133,23 @@ def test_resume_and_lean_target(cli_factory, kind):
     assert set(res["results"]) == {"sparse", "rerank"}
     for s, r in zip(res["results"]["sparse"], res["results"]["rerank"]):
         assert [h["score"] for h in r] == sorted((h["score"] for h in r), reverse=True)
-        assert r[0]["score"] == pytest.approx(s[0]["score"], rel=1e-4)
     # the database scored the decoder-projection query codes: its best score is their exact best
     from csr_vdb.model import CSREncoder
 
     enc = CSREncoder.load(cli.cwd / "m", device="cpu")
     assert enc.config.query_projection == "decoder" and enc.config.doc_codes == "pursuit"
-    exact = enc.encode_queries(x[:2]).to_dense() @ enc.encode(x).to_dense().T
+    assert enc.config.bias_latent  # the recipe's
+    codes = enc.encode(x).to_dense()
+    exact = enc.encode_queries(x[:2]).to_dense() @ codes.T
     assert enc.encode_queries(x[:2]).width > enc.config.k
     for qi, s in enumerate(res["results"]["sparse"]):
         assert s[0]["score"] == pytest.approx(float(exact[qi].max()), rel=1e-4)
+    # the re-ranker scored the stored codes with the signed query: <x, reconstruction>, exactly
+    signed = enc.encode_queries(x[:2], signed=True).to_dense().astype(np.float64) @ codes.T.astype(np.float64)
+    row = {i: j for j, i in enumerate(ids)}
+    for qi, r in enumerate(res["results"]["rerank"]):
+        assert [h["score"] for h in r] == pytest.approx([signed[qi, row[h["id"]]] for h in r], abs=1e-5)
+        assert r[0]["score"] == pytest.approx(float(signed[qi].max()), abs=1e-5)
     # --query-projection overrides the model's setting per search
     enc_q = cli.json("search", "--collection", "lean", "--vectors", "q.npy", "--mode", "sparse", "--model", "m",
                      "--query-projection", "encoder")

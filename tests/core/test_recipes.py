@@ -6,7 +6,7 @@ import pytest
 
 from csr_vdb.config import CSRConfig, TrainConfig
 from csr_vdb.errors import ConfigError
-from csr_vdb.evaluation import one_nn_accuracy
+from csr_vdb.evaluation import one_nn_accuracy, rescored_search
 from csr_vdb.recipes import default_configs
 from csr_vdb.training import train_encoder
 from tests.helpers import clustered
@@ -17,6 +17,8 @@ def test_defaults_follow_the_collection_size():
     assert isinstance(model, CSRConfig) and isinstance(train, TrainConfig)
     assert (model.input_dim, model.hidden_dim, model.k) == (384, 1536, 32)
     assert (model.doc_codes, model.query_projection, model.normalize_codes) == ("pursuit", "decoder", True)
+    assert model.bias_latent and model.code_dim == 1537
+    assert not default_configs(8, 100, k=1)[0].bias_latent  # k=1 leaves no room for an atom
     small_steps = train.epochs * -(-5000 // train.batch_size)
     _, big = default_configs(384, 5_000_000)
     big_steps = big.epochs * -(-5_000_000 // big.batch_size)
@@ -40,10 +42,14 @@ def test_recipe_trains_an_encoder_that_keeps_neighbourhoods():
     train = train.model_copy(update={"epochs": 4, "threads": 1})
     enc = train_encoder(x[:500], model, train).encoder
     codes = enc.encode(x)
-    assert codes.dim == 64 and int(codes.nnz().max()) <= 4
+    # h=64 latents + the bias latent; 3 atoms + the bias latent per document
+    assert codes.dim == 65 and int(codes.nnz().max()) <= 4 and (codes.indices[:, 0] == 64).any()
     dense = one_nn_accuracy(x[:500], y[:500], x[500:], y[500:])
     # the recipe's pairing: pursuit document codes, decoder-projection query codes
     queries = enc.encode_queries(x[500:])
     assert int(queries.nnz().max()) > 4
     sparse = one_nn_accuracy(codes[:500], y[:500], queries, y[500:], scorer="dot")
     assert sparse > 0.8 * dense
+    # and the search + exact re-score of 20 candidates with the signed query
+    _, rows = rescored_search(queries, enc.encode_queries(x[500:], signed=True), codes[:500], 1, candidates=20)
+    assert float((y[:500][rows[:, 0]] == y[500:]).mean()) > 0.8 * dense

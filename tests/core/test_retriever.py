@@ -135,6 +135,38 @@ def test_lean_collection_reranks_by_exact_sparse_dot(world, encoder):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_lean_collection_with_bias_latent_reranks_by_the_exact_reconstruction_cosine(world):
+    """Pursuit codes with the bias latent: the store searches with the positive query, the re-ranker
+    scores the signed one, which is the query's exact cosine with each document's reconstruction."""
+    store, x, ids, _, _ = world
+    torch.manual_seed(1)
+    enc = CSREncoder(
+        CSRConfig(input_dim=D, hidden_dim=64, k=6, normalize_codes=True, query_projection="decoder",
+                  doc_codes="pursuit", bias_latent=True),
+        device="cpu",
+    )
+    with torch.no_grad():
+        enc.b_pre.copy_(torch.from_numpy(x.mean(axis=0)))
+    codes = enc.encode(x)
+    if not store.has_collection("lean_bias"):
+        store.create_sparse_collection("lean_bias", like="src", keep_dense=False)
+        store.upsert("lean_bias", ids, codes, None)
+        store.flush("lean_bias")
+    r = Retriever(store, "lean_bias", enc, device="cpu")
+    q = x[100:108] + 0.2 * np.random.default_rng(4).normal(size=(8, D)).astype(np.float32)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    exact = qn.astype(np.float64) @ enc.decode(codes).T.astype(np.float64)
+    pos = enc.encode_queries(q).to_dense().astype(np.float64) @ codes.to_dense().T.astype(np.float64)
+    assert not all(np.argmax(exact, axis=1) == np.argmax(pos, axis=1))  # the two orders differ somewhere
+    hits = r.search(q, top_k=5, candidates=N)
+    first = r.search(q, top_k=5, rerank=False)
+    by_id = dict(zip(ids, range(N)))
+    for qi in range(len(q)):
+        assert [by_id[h.id] for h in hits[qi]] == list(np.argsort(-exact[qi], kind="stable")[:5])
+        np.testing.assert_allclose([h.score for h in hits[qi]], np.sort(exact[qi])[::-1][:5], atol=1e-5)
+        np.testing.assert_allclose([h.score for h in first[qi]], np.sort(pos[qi])[::-1][:5], rtol=1e-4, atol=1e-5)
+
+
 def test_text_queries_go_through_the_text_model(world, encoder):
     store, x, ids, _, _ = world
     texts = {"alpha": x[5], "beta": x[9]}
