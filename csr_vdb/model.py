@@ -263,8 +263,9 @@ class CSREncoder(nn.Module):
                 else:
                     vals, idx = self.pre_activations(xb).topk(atoms_k, dim=1)
                 if not signed:
-                    # never an all-zero code: keep the largest pre-activation as a tiny positive value
-                    vals[:, :1] = torch.where(vals[:, :1] > 0, vals[:, :1], torch.full_like(vals[:, :1], MIN_ACTIVATION))
+                    if not bias_slot:  # (with it, the bias latent keeps the code non-empty)
+                        # never an all-zero code: keep the largest pre-activation as a tiny positive value
+                        vals[:, :1] = torch.where(vals[:, :1] > 0, vals[:, :1], torch.full_like(vals[:, :1], MIN_ACTIVATION))
                     vals = F.relu(vals)
                 recon_scaled = pursuit or bias_slot
                 if bias_slot:

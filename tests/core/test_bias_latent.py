@@ -54,6 +54,18 @@ def test_doc_codes_are_k_minus_one_atoms_plus_the_bias(trained, doc_codes):
     np.testing.assert_allclose(np.linalg.norm(enc.decode(codes), axis=1), 1.0, atol=1e-5)
 
 
+def test_a_code_without_positive_activations_is_the_bias_latent_alone(trained):
+    enc, x = trained
+    enc = _variant(enc, doc_codes="topk")
+    with torch.no_grad():
+        enc.b_enc.fill_(-100.0)  # every TopK pre-activation negative
+    codes = enc.encode(x[:20])
+    live = codes.values > 0
+    assert (live.sum(axis=1) == 1).all() and (codes.indices[live] == H).all()
+    b = enc.b_pre.detach().numpy()
+    np.testing.assert_allclose(enc.decode(codes), np.tile(b / np.linalg.norm(b), (20, 1)), atol=1e-6)
+
+
 def test_signed_query_scores_exactly_the_cosine_with_the_reconstruction(trained):
     enc, x = trained
     docs = enc.encode(x[:200])
