@@ -13,7 +13,9 @@ uniform figure; the default ``--zipf`` is reported with that "work inflation" in
 
 Quality mode (``--scifact DIR``) trains a CSR encoder on the SciFact corpus embeddings and reports
 NDCG@10 for dense, sparse-only and sparse top-``--candidates`` + exact dense re-rank, for both query
-projections (TopK query codes, and the decoder projection: keys ending in ``_decoder``).
+projections (TopK query codes, and the decoder projection: keys ending in ``_decoder``); for the
+decoder projection also the candidates re-scored from their codes by the signed query
+(``..._rescore_decoder``: sparse only, what `Retriever` does without dense vectors).
 
 Examples:
     python bench/scoring.py --n 200000 --q 512 --h 8192 --k 32 --d 384 --out speed.json
@@ -224,16 +226,26 @@ def run_scifact(args: argparse.Namespace) -> dict:
         _, sparse_rows = index.search(q_codes, max(counts + [10]))
         res[f"ndcg10_sparse{sfx}"] = ndcg(sparse_rows[:, :10])
         res[f"sparse_vs_dense{sfx}"] = res[f"ndcg10_sparse{sfx}"] / res["ndcg10_dense"]
+        signed = enc.encode_queries(qx, projection="decoder", signed=True) if proj == "decoder" else None
         for c in counts:
             candidates = [r[:c].tolist() for r in sparse_rows]
             reranked = reranker.rerank_dense(qx, candidates, lambda ids: corpus[np.asarray(ids)], top_k=10)
             rows = np.array([ids for ids, _ in reranked], dtype=np.int64)
             res[f"ndcg10_sparse_top{c}_rerank{sfx}"] = ndcg(rows)
             res[f"rerank_top{c}_vs_dense{sfx}"] = res[f"ndcg10_sparse_top{c}_rerank{sfx}"] / res["ndcg10_dense"]
-    # Latent usage of the real codes: calibrates --zipf of the speed benchmark.
-    live = doc_codes.values != 0
-    usage = np.bincount(doc_codes.indices[live], minlength=doc_codes.dim) / live.sum()
-    res["work_inflation"] = float(doc_codes.dim * (usage**2).sum())
+            if signed is not None:
+                # sparse only: the candidates re-scored from their codes by the signed query (Retriever
+                # on a collection without dense vectors)
+                rescored = reranker.rerank_sparse(signed, candidates, lambda ids: doc_codes[np.asarray(ids)], top_k=10)
+                rows = np.array([ids for ids, _ in rescored], dtype=np.int64)
+                res[f"ndcg10_sparse_top{c}_rescore{sfx}"] = ndcg(rows)
+                res[f"rescore_top{c}_vs_dense{sfx}"] = res[f"ndcg10_sparse_top{c}_rescore{sfx}"] / res["ndcg10_dense"]
+    # Latent usage of the real codes: calibrates --zipf of the speed benchmark. The bias latent (in
+    # every code, never in a search query) is left out.
+    h = enc.config.hidden_dim
+    live = (doc_codes.values != 0) & (doc_codes.indices < h)
+    usage = np.bincount(doc_codes.indices[live], minlength=h) / live.sum()
+    res["work_inflation"] = float(h * (usage**2).sum())
     res["dead_latents"] = int((usage == 0).sum())
     return res
 

@@ -6,6 +6,7 @@ import importlib.util
 import json
 
 import numpy as np
+import pytest
 
 from tests.conftest import REPO
 from tests.helpers import clustered
@@ -68,3 +69,17 @@ def test_scifact_mode_on_a_tiny_beir_folder(tmp_path):
     assert 0 <= res["ndcg10_sparse"] <= 1 and "rerank_top20_vs_dense" in res
     assert 0 <= res["ndcg10_sparse_decoder"] <= 1 and "rerank_top20_vs_dense_decoder" in res
     assert res["query_k_encoder"] == 4 and res["query_k_decoder"] == 64
+    # re-scoring every document from its code with the signed query is the exact signed ranking
+    from csr_vdb.evaluation import exact_search, ndcg_at_k, rankings
+    from csr_vdb.model import CSREncoder
+    from csr_vdb.recipes import default_configs
+    from csr_vdb.training import train_encoder
+
+    m, t = default_configs(16, 300, k=4, hidden_dim=64)
+    enc = train_encoder(docs, m, t.model_copy(update={"epochs": 2, "max_steps": 10, "threads": 1})).encoder
+    _, rows = exact_search(enc.encode_queries(queries, signed=True), enc.encode(docs), 10)
+    qrels = {f"q{i}": {f"doc{i}": 1} for i in range(30)}
+    ids = [f"doc{i}" for i in range(300)]
+    want = ndcg_at_k(rankings(rows, [f"q{i}" for i in range(30)], ids), qrels, 10).value
+    assert res["ndcg10_sparse_top300_rescore_decoder"] == pytest.approx(want, abs=1e-9)
+    assert 0 <= res["ndcg10_sparse_top20_rescore_decoder"] <= 1 and "rescore_top20_vs_dense_decoder" in res
