@@ -240,8 +240,8 @@ def run_scifact(args: argparse.Namespace) -> dict:
                 rows = np.array([ids for ids, _ in rescored], dtype=np.int64)
                 res[f"ndcg10_sparse_top{c}_rescore{sfx}"] = ndcg(rows)
                 res[f"rescore_top{c}_vs_dense{sfx}"] = res[f"ndcg10_sparse_top{c}_rescore{sfx}"] / res["ndcg10_dense"]
-    # Latent usage of the real codes: calibrates --zipf of the speed benchmark. The bias latent (in
-    # every code, never in a search query) is left out.
+    # Latent usage of the real codes: calibrates --zipf of the speed benchmark, whose synthetic codes
+    # have no bias latent (in every code), so it is left out here.
     h = enc.config.hidden_dim
     live = (doc_codes.values != 0) & (doc_codes.indices < h)
     usage = np.bincount(doc_codes.indices[live], minlength=h) / live.sum()
