@@ -44,6 +44,7 @@ from csr_vdb.adapters._qdrant_common import (
     restore,
     scroll_start,
     sort_hits,
+    sorted_sparse,
     sparse_rows,
     stored_payload,
     to_point_id,
@@ -589,8 +590,7 @@ class QdrantStore:
             dense_v = self._dense_of(r.vector, f) if with_dense and f is not None else None
             sp = r.vector.get(SPARSE_FIELD) if with_sparse and isinstance(r.vector, dict) else None
             if sp is not None:
-                order = np.argsort(sp.indices, kind="stable")
-                sp = ([int(sp.indices[j]) for j in order], [float(sp.values[j]) for j in order])
+                sp = sorted_sparse(sp.indices, sp.values)
             found[id_] = Record(
                 id=id_,
                 payload=payload,

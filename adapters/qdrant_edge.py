@@ -49,6 +49,7 @@ from csr_vdb.adapters._qdrant_common import (
     restore,
     scroll_start,
     sort_hits,
+    sorted_sparse,
     sparse_rows,
     stored_payload,
     to_point_id,
@@ -542,8 +543,7 @@ class QdrantEdgeStore:
             dense_v = vec.get(f) if with_dense and f is not None else None
             sp = vec.get(SPARSE_FIELD) if with_sparse else None
             if sp is not None:
-                order = np.argsort(sp.indices, kind="stable")
-                sp = ([int(sp.indices[j]) for j in order], [float(sp.values[j]) for j in order])
+                sp = sorted_sparse(sp.indices, sp.values)
             found[id_] = Record(
                 id=id_,
                 payload=payload,
