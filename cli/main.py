@@ -303,8 +303,10 @@ def status(app: App, collection: str, target: str | None, alias: str | None, sha
 @click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
               help="Encoder folder [the one of this collection's migration].")
 @click.option("--vectors", default=None, type=click.Path(dir_okay=False), help="Query vectors [q, dim] .npy instead of text.")
-@click.option("--mode", type=click.Choice(["dense", "sparse", "rerank", "all"]), default="rerank", show_default=True,
-              help="dense search, sparse search, sparse + exact re-rank, or all three side by side.")
+@click.option("--mode", type=click.Choice(["dense", "sparse", "rerank", "rescore", "all"]), default="rerank",
+              show_default=True,
+              help="dense search, sparse search, sparse + exact re-rank (by the dense vectors when kept), "
+                   "sparse + exact re-score from the stored codes only, or all side by side.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--candidates", default=100, show_default=True, type=click.IntRange(min=1),
               help="Sparse candidates re-ranked per query.")
@@ -376,11 +378,13 @@ def eval_(app: App, collection: str, target: str | None, model_dir: str | None, 
 
 
 def eval_table(rep: Any) -> str:
-    """The dense / sparse / sparse+rerank comparison table of a `CollectionEvalReport`."""
+    """The dense / sparse / sparse+rerank / sparse+re-score comparison table of a `CollectionEvalReport`."""
     rows = [
         ["dense", 1.0, rep.dense_bytes_per_vector, rep.latency_ms["dense"]],
         ["sparse", rep.recall_sparse, rep.sparse_bytes_per_vector, rep.latency_ms["sparse"]],
         [f"sparse+rerank@{rep.candidates}", rep.recall_rerank, rep.sparse_bytes_per_vector, rep.latency_ms["rerank"]],
+        [f"sparse+re-score@{rep.candidates} (codes only)", rep.recall_rescore, rep.sparse_bytes_per_vector,
+         rep.latency_ms["rescore"]],
     ]
     head = f"{rep.queries} sampled rows of '{rep.source}' as queries; reference: dense search; target '{rep.target}'"
     return head + "\n" + table(rows, ["mode", f"recall@{rep.top_k}", "bytes/vector", "ms/query"])

@@ -1,4 +1,4 @@
-"""`csr-vdb search`: text or vector queries, dense / sparse / sparse+rerank, rendered side by side."""
+"""`csr-vdb search`: text or vector queries, dense / sparse / sparse+rerank / sparse+re-score, rendered side by side."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from csr_vdb.errors import DataError
 
-MODES = ("dense", "sparse", "rerank")
+MODES = ("dense", "sparse", "rerank", "rescore")
 
 
 def load_query_vectors(path: str | Path) -> np.ndarray:
@@ -76,7 +76,8 @@ def run_search(
             hits = store.search_dense(collection, xd, limit=top_k, with_payload=True)
         else:
             assert retriever is not None
-            hits = retriever.search(x, top_k=top_k, candidates=candidates, rerank=(m == "rerank"))
+            rerank = {"sparse": False, "rerank": True, "rescore": "codes"}[m]
+            hits = retriever.search(x, top_k=top_k, candidates=candidates, rerank=rerank)
         ms[m] = (time.perf_counter() - t0) * 1000.0
         results[m] = _hits(hits)
     return {"collection": collection, "queries": labels, "results": results, "ms": ms}

@@ -35,11 +35,16 @@ class CollectionEvalReport(BaseModel):
     top_k: int = Field(description="Neighbours compared per query.")
     candidates: int = Field(description="Sparse candidates re-ranked per query.")
     recall_sparse: float = Field(description="Mean recall@top_k of sparse search vs dense search.")
-    recall_rerank: float = Field(description="Same after exact re-ranking of the sparse candidates.")
+    recall_rerank: float = Field(description="Same after exact re-ranking of the sparse candidates (dense when kept).")
+    recall_rescore: float = Field(
+        description="Same after exact re-scoring of the candidates from their stored codes (no dense vector used)."
+    )
     dense_bytes_per_vector: float = Field(description="float32 dense vector size.")
     sparse_bytes_per_vector: float = Field(description="Mean non-zeros x 8 bytes (int32 index + float32 value).")
     mean_nnz: float = Field(description="Mean non-zeros per document code.")
-    latency_ms: dict[str, float] = Field(description="Median single-query latency per mode: dense, sparse, rerank.")
+    latency_ms: dict[str, float] = Field(
+        description="Median single-query latency per mode: dense, sparse, rerank, rescore."
+    )
     batch_ms_per_query: dict[str, float] = Field(description="Whole query batch time / queries, per mode.")
 
 
@@ -144,7 +149,7 @@ def evaluate_collection(
     if sample < 1 or top_k < 1 or candidates < top_k:
         raise ConfigError(f"need sample >= 1, top_k >= 1 and candidates >= top_k (got {sample}, {top_k}, {candidates})")
     info = store.describe(source)
-    steps = 5
+    steps = 6
     ids, x = sample_rows(store, source, sample, seed=seed, vector_field=vector_field)
     if progress:
         progress(1, steps)
@@ -161,16 +166,20 @@ def evaluate_collection(
     rer, t_rerank = _timed(lambda: retriever.search(x, top_k=top_k + 1, candidates=candidates, rerank=True))
     if progress:
         progress(4, steps)
+    res, t_rescore = _timed(lambda: retriever.search(x, top_k=top_k + 1, candidates=candidates, rerank="codes"))
+    if progress:
+        progress(5, steps)
     m = min(single_queries, len(x))
-    single: dict[str, list[float]] = {"dense": [], "sparse": [], "rerank": []}
+    single: dict[str, list[float]] = {"dense": [], "sparse": [], "rerank": [], "rescore": []}
     for i in range(m):
         q = x[i : i + 1]
         single["dense"].append(_timed(lambda: store.search_dense(source, q, limit=top_k, vector_field=vector_field))[1])
         single["sparse"].append(_timed(lambda: retriever.search(q, top_k=top_k, rerank=False))[1])
         single["rerank"].append(_timed(lambda: retriever.search(q, top_k=top_k, candidates=candidates))[1])
+        single["rescore"].append(_timed(lambda: retriever.search(q, top_k=top_k, candidates=candidates, rerank="codes"))[1])
     nnz = encoder.encode(x).nnz()
     if progress:
-        progress(5, steps)
+        progress(6, steps)
     n = len(x)
     return CollectionEvalReport(
         source=source,
@@ -180,11 +189,12 @@ def evaluate_collection(
         candidates=candidates,
         recall_sparse=_recall(ref, _drop_self(sparse, ids, top_k), top_k),
         recall_rerank=_recall(ref, _drop_self(rer, ids, top_k), top_k),
+        recall_rescore=_recall(ref, _drop_self(res, ids, top_k), top_k),
         dense_bytes_per_vector=float(info.dimension * 4),
         sparse_bytes_per_vector=float(np.mean(nnz) * BYTES_PER_NONZERO),
         mean_nnz=float(np.mean(nnz)),
         latency_ms={k: float(np.median(v)) for k, v in single.items()},
-        batch_ms_per_query={"dense": t_dense / n, "sparse": t_sparse / n, "rerank": t_rerank / n},
+        batch_ms_per_query={"dense": t_dense / n, "sparse": t_sparse / n, "rerank": t_rerank / n, "rescore": t_rescore / n},
     )
 
 

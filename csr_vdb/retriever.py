@@ -129,7 +129,7 @@ class Retriever:
         queries: np.ndarray | str | Sequence[str],
         top_k: int = 10,
         candidates: int = 100,
-        rerank: bool = True,
+        rerank: bool | str = True,
     ) -> list[list[Any]]:
         """Sparse search in the database, then (optionally) exact re-ranking of the candidates.
 
@@ -137,23 +137,32 @@ class Retriever:
             queries: dense query vectors ``[q, input_dim]`` (or ``[input_dim]``), a text, or texts.
             top_k: results per query.
             candidates: sparse candidates fetched per query before re-ranking (>= top_k).
-            rerank: re-rank the candidates exactly: by the dense metric when the collection kept its
-                dense vectors, else from their stored codes: with decoder-projection queries by the
-                signed query (``signed=True``: every entry, negative ones included, which the
-                database's search cannot take), i.e. by the query's exact inner product with each
-                candidate's reconstruction; with encoder queries by the exact dot product of the codes.
+            rerank: re-rank the candidates exactly. ``"dense"``: by the dense metric (the collection
+                must have kept its dense vectors). ``"codes"``: from their stored codes, with
+                decoder-projection queries by the signed query (``signed=True``: every entry,
+                negative ones included, which the database's search cannot take), i.e. by the
+                query's exact inner product with each candidate's reconstruction; with encoder
+                queries by the exact dot product of the codes. ``True``: "dense" when the collection
+                kept dense vectors, else "codes". ``False``: the database's ranking.
 
         Returns:
             One list per query of `Hit` (id, score, payload), best first. Without re-ranking the
             scores are the database's sparse inner products.
 
         Raises:
-            ConfigError: bad top_k/candidates or a text query without a text model.
+            ConfigError: bad top_k/candidates/rerank, ``rerank="dense"`` on a collection without
+                dense vectors, or a text query without a text model.
             DataError: NaN/inf/all-zero or wrong-dimension query vectors.
             StoreError: the database failed.
         """
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        if rerank not in (True, False, "dense", "codes"):
+            raise ConfigError(f"rerank must be True, False, 'dense' or 'codes', got {rerank!r}")
+        if rerank is True:
+            rerank = "dense" if self.has_dense else "codes"
+        if rerank == "dense" and not self.has_dense:
+            raise ConfigError(f"collection '{self.collection_name}' kept no dense vectors: re-rank by 'codes'")
         x = self.embed(queries)
         if self.query_projection is None:
             codes = self.encoder.encode_queries(x)
@@ -165,7 +174,7 @@ class Retriever:
             return [[_with_score(h, h.score) for h in hs[:top_k]] for hs in hits]
         by_id = {h.id: h for hs in hits for h in hs}
         cand = [[h.id for h in hs] for hs in hits]
-        if self.has_dense:
+        if rerank == "dense":
             ranked = self._rerank_dense(x, cand, top_k)
         else:
             ranked = self._rerank_sparse(self._scoring_codes(x, codes), cand, top_k)

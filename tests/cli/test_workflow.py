@@ -81,7 +81,7 @@ def test_full_workflow(cli_factory, kind):
     # search through the alias with query vectors: all three modes, model found from the plan
     np.save(cli.cwd / "q.npy", x[:3])
     res = cli.json("search", "--collection", "docs_live", "--vectors", "q.npy", "--mode", "all", "--top-k", "3")
-    assert set(res["results"]) == {"dense", "sparse", "rerank"}
+    assert set(res["results"]) == {"dense", "sparse", "rerank", "rescore"}
     for qi in range(3):
         assert res["results"]["dense"][qi][0]["id"] == ids[qi]
         assert res["results"]["rerank"][qi][0]["id"] == ids[qi]  # re-rank restores the exact top hit
@@ -92,7 +92,7 @@ def test_full_workflow(cli_factory, kind):
     ev = cli.json("eval", "--collection", "docs", "--sample", "40", "--candidates", "50")
     assert ev["queries"] == 40 and 0.0 <= ev["recall_sparse"] <= ev["recall_rerank"] <= 1.0
     assert ev["dense_bytes_per_vector"] == DIM * 4 and ev["sparse_bytes_per_vector"] <= 4 * 8
-    assert set(ev["latency_ms"]) == {"dense", "sparse", "rerank"}
+    assert set(ev["latency_ms"]) == {"dense", "sparse", "rerank", "rescore"} and 0.0 <= ev["recall_rescore"] <= 1.0
     # the recipe's model makes decoder-projection queries; TopK (encoder) queries give another
     # sparse ranking under the same rules
     ev_dec = cli.json("eval", "--collection", "docs", "--sample", "40", "--candidates", "50",

@@ -54,11 +54,43 @@ def test_evaluate_collection(setup):
     assert 0.0 <= rep.recall_sparse <= 1.0
     assert rep.dense_bytes_per_vector == D * 4
     assert rep.sparse_bytes_per_vector == pytest.approx(rep.mean_nnz * 8) and rep.mean_nnz <= 3
-    assert set(rep.latency_ms) == set(rep.batch_ms_per_query) == {"dense", "sparse", "rerank"}
+    assert set(rep.latency_ms) == set(rep.batch_ms_per_query) == {"dense", "sparse", "rerank", "rescore"}
+    # TopK queries: re-scoring from the codes is the exact code dot product, what the memory store ranks by
+    assert rep.recall_rescore == pytest.approx(rep.recall_sparse)
     few = evaluate_collection(store, "src", "dst", enc, sample=40, top_k=5, candidates=5, single_queries=1)
     assert few.recall_sparse <= few.recall_rerank + 1e-9
     with pytest.raises(ConfigError):
         evaluate_collection(store, "src", "dst", enc, top_k=10, candidates=5)
+
+
+def test_evaluate_collection_rescores_with_the_signed_query(setup):
+    """A decoder-query encoder with the bias latent: the re-score is the exact cosine of each query
+    with the candidates' reconstructions, which the code-only rankings cannot beat the dense one by."""
+    store, _, x, ids = setup
+    torch.manual_seed(1)
+    enc = CSREncoder(CSRConfig(input_dim=D, hidden_dim=32, k=3, normalize_codes=True, query_projection="decoder",
+                               doc_codes="pursuit", bias_latent=True), device="cpu")
+    with torch.no_grad():
+        enc.b_pre.copy_(torch.from_numpy(x.mean(axis=0)))
+    if not store.has_collection("dst_bias"):
+        store.create_sparse_collection("dst_bias", like="src", keep_dense=False)
+        store.upsert("dst_bias", ids, enc.encode(x), None)
+    rep = evaluate_collection(store, "src", "dst_bias", enc, sample=40, top_k=5, candidates=N, single_queries=1)
+    # no dense vectors kept: the default re-rank is the re-score from codes
+    assert rep.recall_rerank == pytest.approx(rep.recall_rescore)
+    # reference: exact top-5 of <x, reconstruction> over all rows (query row excluded), as the re-scorer ranks
+    q_ids, q = sample_rows(store, "src", 40, seed=0)
+    xn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    s = xn @ enc.decode(enc.encode(x)).T
+    dense = xn @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T
+    rows = {i: j for j, i in enumerate(ids)}
+    hit = []
+    for qi, qid in enumerate(q_ids):
+        s[qi, rows[qid]] = dense[qi, rows[qid]] = -np.inf
+        want = set(np.argsort(-dense[qi], kind="stable")[:5])
+        got = set(np.argsort(-s[qi], kind="stable")[:5])
+        hit.append(len(want & got) / 5)
+    assert rep.recall_rescore == pytest.approx(float(np.mean(hit)), abs=1e-9)
 
 
 def test_quality_vs_k(setup):
