@@ -176,7 +176,9 @@ def evaluate_collection(
         single["dense"].append(_timed(lambda: store.search_dense(source, q, limit=top_k, vector_field=vector_field))[1])
         single["sparse"].append(_timed(lambda: retriever.search(q, top_k=top_k, rerank=False))[1])
         single["rerank"].append(_timed(lambda: retriever.search(q, top_k=top_k, candidates=candidates))[1])
-        single["rescore"].append(_timed(lambda: retriever.search(q, top_k=top_k, candidates=candidates, rerank="codes"))[1])
+        single["rescore"].append(
+            _timed(lambda: retriever.search(q, top_k=top_k, candidates=candidates, rerank="codes"))[1]
+        )
     nnz = encoder.encode(x).nnz()
     if progress:
         progress(6, steps)
@@ -194,7 +196,9 @@ def evaluate_collection(
         sparse_bytes_per_vector=float(np.mean(nnz) * BYTES_PER_NONZERO),
         mean_nnz=float(np.mean(nnz)),
         latency_ms={k: float(np.median(v)) for k, v in single.items()},
-        batch_ms_per_query={"dense": t_dense / n, "sparse": t_sparse / n, "rerank": t_rerank / n, "rescore": t_rescore / n},
+        batch_ms_per_query={
+            "dense": t_dense / n, "sparse": t_sparse / n, "rerank": t_rerank / n, "rescore": t_rescore / n
+        },
     )
 
 
