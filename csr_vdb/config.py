@@ -79,8 +79,9 @@ class CSRConfig(BaseModel):
             "Document codes carry the pre-bias b_pre as one more latent (index hidden_dim, always active, counted "
             "in k: k-1 atoms + the bias latent), so that a code decodes to the whole reconstruction "
             "x_hat = W_dec^T z + b_pre; with normalize_codes the code is scaled so that x_hat has unit norm, and a "
-            "signed decoder-projection query scores exactly cos(x, x_hat) (the re-scorer of database candidates). "
-            "Codes then have hidden_dim + 1 dimensions (`code_dim`); needs k >= 2."
+            "signed decoder-projection query scores exactly cos(x, x_hat) (the re-scorer of database candidates; "
+            "search queries leave the bias latent out, its posting list holds every document). Codes then have "
+            "hidden_dim + 1 dimensions (`code_dim`); needs k >= 2."
         ),
     )
     source_collection: str | None = Field(default=None, description="Collection the encoder was trained on, if known.")

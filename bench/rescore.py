@@ -1,0 +1,187 @@
+"""Per-query latency of the search modes a `Retriever` offers, on an embedded store, side by side.
+
+    python bench/rescore.py --beir ../shared/data/scifact --store qdrant-edge --copies 10 \\
+        --out bench/results/rescore_qdrant_edge.json
+    python bench/rescore.py --beir ../shared/data/scifact --store milvus --copies 4
+
+A CSR encoder is trained with the recipe on the BEIR folder's corpus (or loaded with ``--model``);
+the corpus codes are written ``--copies`` times (distinct ids) into two collections of one store:
+``lean`` (codes only) and ``full`` (codes + dense vectors). Then, one query at a time and the modes
+interleaved per query (so that machine noise hits them alike), the median milliseconds of:
+
+- ``search``: the database's sparse search alone (`Retriever.search(rerank=False)`, top 10);
+- ``rescore``: search 100 candidates, re-score them from their stored codes with the signed query
+  (`rerank="codes"`, on ``lean``);
+- ``rerank_dense``: search 100 candidates, re-rank them by their dense vectors (on ``full``);
+- ``raw_search`` / ``raw_search_bias``: the store's `search_sparse` for 100 hits with the search
+  query as the encoder makes it (without the bias latent), and with the bias latent's entry
+  ``<x, b_pre>`` added where it is positive (its posting list holds every document).
+
+Ratios are against ``search`` (and ``raw_search``) of the same run. Without ``--beir`` the
+data is synthetic (clustered unit vectors), which exercises the code paths but not the real
+distribution of codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from csr_vdb.adapters import open_store  # noqa: E402
+from csr_vdb.evaluation import load_beir_dir  # noqa: E402
+from csr_vdb.model import CSREncoder  # noqa: E402
+from csr_vdb.recipes import default_configs  # noqa: E402
+from csr_vdb.retriever import Retriever  # noqa: E402
+from csr_vdb.sparse import SparseVectors  # noqa: E402
+from csr_vdb.training import train_encoder  # noqa: E402
+
+CANDIDATES = 100
+TOP_K = 10
+
+
+def load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """``(corpus [n, d], queries [q, d])`` float32."""
+    if args.beir:
+        data = load_beir_dir(args.beir, split="test")
+        return data.corpus_x.astype(np.float32), data.queries_x.astype(np.float32)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(64, 384))
+    x = centres[rng.integers(0, 64, args.synthetic_rows)] + 0.8 * rng.normal(size=(args.synthetic_rows, 384))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return x, x[rng.choice(len(x), 300, replace=False)] + 0.05
+
+
+def with_entry(codes: SparseVectors, index: int, values: np.ndarray) -> SparseVectors:
+    """``codes`` with ``(index, values[i])`` added to row i where ``values[i] > 0``."""
+    rows = []
+    for i in range(len(codes)):
+        live = codes.values[i] > 0
+        ind, val = codes.indices[i][live].tolist(), codes.values[i][live].tolist()
+        if values[i] > 0:
+            ind, val = ind + [index], val + [float(values[i])]
+        rows.append((ind, val))
+    return SparseVectors.from_qdrant(rows, codes.dim)
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    corpus, queries = load_data(args)
+    queries = queries[: args.queries]
+    t0 = time.perf_counter()
+    if args.model:
+        enc = CSREncoder.load(args.model, device="cpu")
+    else:
+        model_cfg, train_cfg = default_configs(corpus.shape[1], len(corpus))
+        enc = train_encoder(corpus, model_cfg, train_cfg.model_copy(update={"threads": args.threads})).encoder
+    train_s = time.perf_counter() - t0
+    codes = enc.encode(corpus)
+    n = len(corpus)
+    tmp = tempfile.mkdtemp(prefix="csr_rescore_")
+    uri = args.uri or (os.path.join(tmp, "bench.db") if args.store == "milvus" else os.path.join(tmp, "qdrant"))
+    store = open_store(args.store, uri)
+    try:
+        store.create_dense_collection("src", corpus.shape[1], metric="cosine")
+        store.insert_dense("src", [0], corpus[:1], None)
+        t0 = time.perf_counter()
+        for name, keep in (("lean", False), ("full", True)):
+            store.create_sparse_collection(name, like="src", keep_dense=keep)
+            for c in range(args.copies):
+                ids = list(range(c * n, (c + 1) * n))
+                store.upsert(name, ids, codes, None, dense=corpus if keep else None)
+            store.flush(name)
+        insert_s = time.perf_counter() - t0
+        lean = Retriever(store, "lean", enc, device="cpu")
+        full = Retriever(store, "full", enc, device="cpu")
+        search_q = enc.encode_queries(queries)
+        h = enc.config.hidden_dim
+        bias = np.zeros(len(queries))
+        if enc.config.bias_latent:
+            bias = enc.encode_queries(queries, signed=True).to_dense()[:, h]
+        with_bias = with_entry(search_q, h, bias)
+        modes = {
+            "search": lambda i: lean.search(queries[i : i + 1], top_k=TOP_K, rerank=False),
+            "rescore": lambda i: lean.search(queries[i : i + 1], top_k=TOP_K, candidates=CANDIDATES, rerank="codes"),
+            "rerank_dense": lambda i: full.search(queries[i : i + 1], top_k=TOP_K, candidates=CANDIDATES),
+            "raw_search": lambda i: store.search_sparse("lean", search_q[i : i + 1], limit=CANDIDATES),
+            "raw_search_bias": lambda i: store.search_sparse("lean", with_bias[i : i + 1], limit=CANDIDATES),
+        }
+        for f in modes.values():  # warm-up
+            f(0)
+        times: dict[str, list[float]] = {m: [] for m in modes}
+        for i in range(len(queries)):
+            for m, f in modes.items():
+                t = time.perf_counter()
+                f(i)
+                times[m].append((time.perf_counter() - t) * 1000.0)
+        ms = {m: float(np.median(v)) for m, v in times.items()}
+        n_bias = int((bias > 0).sum())
+        return {
+            "store": args.store,
+            "rows": n * args.copies,
+            "queries": len(queries),
+            "hidden_dim": h,
+            "k": enc.config.k,
+            "bias_latent": enc.config.bias_latent,
+            "query_nnz_mean": float(search_q.nnz().mean()),
+            "queries_with_bias_entry": n_bias,
+            "train_s": round(train_s, 1),
+            "insert_s": round(insert_s, 1),
+            "median_ms": {m: round(v, 3) for m, v in ms.items()},
+            "ratio_vs_search": {m: round(ms[m] / ms["search"], 3) for m in ("rescore", "rerank_dense")},
+            "bias_entry_ratio": round(ms["raw_search_bias"] / ms["raw_search"], 3),
+            "load_avg_1m_end": os.getloadavg()[0],
+        }
+    finally:
+        store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def table(res: dict) -> str:
+    lines = [f"{res['store']}, {res['rows']:,} rows, {res['queries']} queries one at a time (median ms)",
+             "| mode | ms / query | ratio |", "|---|---|---|"]
+    ms = res["median_ms"]
+    for m in ("search", "rescore", "rerank_dense"):
+        ratio = 1.0 if m == "search" else res["ratio_vs_search"][m]
+        lines.append(f"| {m} | {ms[m]:.2f} | {ratio:.2f}x |")
+    lines.append(f"| raw_search | {ms['raw_search']:.2f} | 1.00x |")
+    lines.append(f"| raw_search_bias (bias entry in {res['queries_with_bias_entry']} queries) | "
+                 f"{ms['raw_search_bias']:.2f} | {res['bias_entry_ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--store", default="qdrant-edge", choices=["milvus", "qdrant-edge", "qdrant", "memory"])
+    p.add_argument("--uri", help="store location (default: a temporary file/folder, removed afterwards)")
+    p.add_argument("--beir", help="a BEIR-layout folder (corpus_emb.npy, queries_emb.npy, ...); else synthetic")
+    p.add_argument("--synthetic-rows", type=int, default=5000)
+    p.add_argument("--model", help="an encoder folder (default: train the recipe on the corpus)")
+    p.add_argument("--copies", type=int, default=1, help="write the corpus this many times (distinct ids)")
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", help="write the result as JSON here")
+    args = p.parse_args(argv)
+    if args.copies < 1 or args.queries < 1:
+        print("error: --copies and --queries must be >= 1", file=sys.stderr)
+        return 2
+    res = run(args)
+    print(table(res))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
