@@ -145,9 +145,10 @@ def default_configs(
     the database cannot take: the query's negative entries (Milvus rejects negative weights).
     The signed scores over all documents rank exactly as the two-stage search (same NDCG on every
     seed above). The database's query leaves the bias latent out: its posting list holds every
-    document, and with it the raw search took 1.18x as long on Qdrant Edge (52k rows; Milvus Lite
-    1.00x; `bench/rescore.py`) for search-only figures of 0.6121 / 0.9172 (better on every seed)
-    and the same re-scored ones.
+    document (about 10% more postings for a 512-wide query); with it the raw search took
+    0.89-1.18x as long on Qdrant Edge (52k rows, three runs) and 1.00-1.09x on Milvus Lite (21k
+    rows, two runs; `bench/rescore.py`), for search-only figures of 0.6121 / 0.9172 (better on
+    every seed) and the same re-scored ones.
 
     Args:
         input_dim: dimension d of the dense embeddings.
