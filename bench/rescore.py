@@ -25,7 +25,6 @@ distribution of codes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from csr_vdb.adapters import open_store  # noqa: E402
 from csr_vdb.evaluation import load_beir_dir  # noqa: E402
+from csr_vdb.fileutil import atomic_write_json  # noqa: E402
 from csr_vdb.model import CSREncoder  # noqa: E402
 from csr_vdb.recipes import default_configs  # noqa: E402
 from csr_vdb.retriever import Retriever  # noqa: E402
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(res))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        atomic_write_json(args.out, res)
     return 0
 
 
