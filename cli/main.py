@@ -80,7 +80,7 @@ def export(app: App, collection: str, out: str, field: str | None, dtype: str, b
 @click.option("--bias-latent/--no-bias-latent", default=None,
               help="Document codes carry the pre-bias as one of their k non-zeros, so that re-ranking "
                    "with the signed decoder query scores the query's exact cosine with each "
-                   "reconstruction [recipe: on].")
+                   "reconstruction [recipe: on; off with --query-projection encoder].")
 @click.option("--hidden", type=click.IntRange(min=1), default=None, help="Latents h [recipe, about 4 x dim].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [recipe].")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Rows per step [recipe].")

@@ -210,6 +210,9 @@ def build_configs(
                          ("source_collection", source_collection)):
             if val is not None:
                 model_kw[key] = val
+        if bias_latent is None and query_projection == "encoder":
+            # TopK queries never score the bias latent: keep the codes those queries expect
+            model_kw["bias_latent"] = False
         if model_kw.get("k", 0) > model_kw.get("hidden_dim", 0) and hidden is None:
             model_kw["hidden_dim"] = max(model_kw["k"] * 4, model_kw["hidden_dim"])
         for key, val in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("seed", seed)):

@@ -444,5 +444,6 @@ class CSREncoder(nn.Module):
         c = self.config
         return (
             f"input_dim={c.input_dim}, hidden_dim={c.hidden_dim}, k={c.k}, "
-            f"k_query={c.query_k_for(c.query_projection)}, query_projection={c.query_projection}"
+            f"k_query={c.query_k_for(c.query_projection)}, query_projection={c.query_projection}, "
+            f"doc_codes={c.doc_codes}, bias_latent={c.bias_latent}"
         )

@@ -148,3 +148,14 @@ def test_entry_point_workflow_across_processes(tmp_path):
     assert run("migrate", "--to", "sparse", "--collection", "docs", "--model", "m")["rows_done"] == 100
     assert run("verify", "--collection", "docs", "--sample", "20")["ok"] is True
     assert run("cutover", "--collection", "docs")["current"] == "docs_csr"
+
+
+def test_cli_overrides_of_the_bias_latent():
+    from csr_vdb.cli.ops import build_configs
+
+    assert build_configs(384, 5000)[0].bias_latent
+    # TopK queries never score the bias latent: asking for them turns it off unless asked for
+    assert not build_configs(384, 5000, query_projection="encoder")[0].bias_latent
+    assert build_configs(384, 5000, query_projection="encoder", bias_latent=True)[0].bias_latent
+    assert not build_configs(384, 5000, bias_latent=False)[0].bias_latent
+    assert build_configs(384, 5000, query_projection="decoder")[0].bias_latent

@@ -53,3 +53,4 @@ def test_recipe_trains_an_encoder_that_keeps_neighbourhoods():
     # and the search + exact re-score of 20 candidates with the signed query
     _, rows = rescored_search(queries, enc.encode_queries(x[500:], signed=True), codes[:500], 1, candidates=20)
     assert float((y[:500][rows[:, 0]] == y[500:]).mean()) > 0.8 * dense
+
