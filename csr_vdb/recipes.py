@@ -27,7 +27,8 @@ def default_configs(
     """Settings that reached the best measured quality for a collection of ``n_rows`` x ``input_dim``.
 
     Choices: h = 4d, documents encoded by matching pursuit and queries by the decoder projection
-    (third table below), codes L2-normalised at encode time (``normalize_codes``), InfoNCE at temperature 0.1 on code cosines with each row's
+    (third table below), the bias latent in every document code, for the exact re-score of the
+    database's candidates with the signed query (fourth table), codes L2-normalised at encode time (``normalize_codes``), InfoNCE at temperature 0.1 on code cosines with each row's
     dense nearest neighbour, mined in the batch plus a pool of the 4096 most recent rows, as the
     positive; Adam 1e-3 with cosine decay to 0; batch 256 below 50k rows (more steps per epoch), 1024 above; epochs
     chosen for about `TARGET_STEPS` steps; no early stopping, no hold-out (stopping on the
