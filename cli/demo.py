@@ -55,7 +55,8 @@ def _plot(curve: list[dict[str, float]], dense_bytes: float, path: Path) -> None
     ks = [r["k"] for r in curve]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(ks, [r["recall"] for r in curve], "o-", label="CSR sparse")
-    a.plot(ks, [r["recall_rerank"] for r in curve], "s-", label="CSR sparse + re-rank top-100")
+    a.plot(ks, [r["recall_rescore"] for r in curve], "d-", label="CSR sparse + re-score top-100 from codes")
+    a.plot(ks, [r["recall_rerank"] for r in curve], "s-", label="CSR sparse + dense re-rank top-100")
     a.plot(ks, [r["pca_recall"] for r in curve], "^--", label="PCA, same bytes (2k dims)")
     a.set_xscale("log", base=2)
     a.set_xlabel("k (non-zeros per vector)")
@@ -65,7 +66,8 @@ def _plot(curve: list[dict[str, float]], dense_bytes: float, path: Path) -> None
     a.legend(fontsize=8)
     bts = [r["bytes_per_vector"] for r in curve]
     b.plot(bts, [r["recall"] for r in curve], "o-", label="CSR sparse")
-    b.plot(bts, [r["recall_rerank"] for r in curve], "s-", label="CSR + re-rank")
+    b.plot(bts, [r["recall_rescore"] for r in curve], "d-", label="CSR + re-score (codes)")
+    b.plot(bts, [r["recall_rerank"] for r in curve], "s-", label="CSR + dense re-rank")
     b.plot(bts, [r["pca_recall"] for r in curve], "^--", label="PCA")
     b.plot([dense_bytes], [1.0], "k*", markersize=12, label="dense float32")
     b.set_xscale("log", base=2)
@@ -242,8 +244,8 @@ def render_demo(r: dict[str, Any]) -> str:
         lines.append("")
     lines.append(eval_table(CollectionEvalReport(**r["eval"])))
     lines.append("")
-    lines.append(table([[c["k"], c["bytes_per_vector"], c["recall"], c["recall_rerank"], c["pca_recall"]]
-                        for c in r["quality_vs_k"]],
-                       ["k", "bytes/vector", "recall@10", "+rerank", "PCA same bytes"]))
+    lines.append(table([[c["k"], c["bytes_per_vector"], c["recall"], c.get("recall_rescore", "-"), c["recall_rerank"],
+                         c["pca_recall"]] for c in r["quality_vs_k"]],
+                       ["k", "bytes/vector", "recall@10", "+re-score", "+rerank", "PCA same bytes"]))
     lines.append(f"\nplot: {r['plot']}   report: {Path(r['plot']).parent / 'report.json'}   total {r['total_s']} s")
     return "\n".join(lines)

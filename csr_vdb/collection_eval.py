@@ -225,7 +225,9 @@ def quality_vs_k(
 
     Sampled rows are the queries, every row is a document, the query row itself is excluded.
     The reference is exact cosine search over ``x``. For each k the codes of queries and
-    documents use that k; rows also report PCA at the same bytes per vector (2k float32 dims).
+    documents use that k; rows also report the ``candidates`` re-ranked by the dense vectors
+    and re-scored from their codes (the signed query for decoder-projection encoders, as
+    `Retriever` does), and PCA at the same bytes per vector (2k float32 dims).
 
     Args:
         x: all dense vectors ``[n, d]``.
@@ -237,7 +239,7 @@ def quality_vs_k(
         seed: sampling seed.
 
     Returns:
-        One dict per k: ``k, recall, recall_rerank, bytes_per_vector, pca_recall``.
+        One dict per k: ``k, recall, recall_rerank, recall_rescore, bytes_per_vector, pca_recall``.
     """
     x = np.asarray(x, dtype=np.float32)
     n = len(x)
@@ -250,6 +252,9 @@ def quality_vs_k(
     ref = _exact_top(dense, top_k, qi)
     mean = xn.mean(axis=0)
     _, _, vt = np.linalg.svd(xn - mean, full_matrices=False)
+    exact = None
+    if encoder.config.query_projection == "decoder":
+        exact = encoder.encode(x[qi], kind="query", signed=True).to_scipy()
     out = []
     for k in ks:
         codes = encoder.encode(x, k=k).to_scipy()
@@ -261,6 +266,9 @@ def quality_vs_k(
         c = min(candidates, n - 1)
         cand = _exact_top(sp, c, qi)
         rer = np.take_along_axis(cand, np.argsort(-np.take_along_axis(dense, cand, axis=1), axis=1, kind="stable"), 1)
+        # the candidates re-scored from their codes (signed query for decoder-projection encoders)
+        rescore = sp if exact is None else np.asarray((exact @ codes.T).todense())
+        res = np.take_along_axis(cand, np.argsort(-np.take_along_axis(rescore, cand, axis=1), axis=1, kind="stable"), 1)
         dims = min(2 * k, vt.shape[0])
         # score the reconstructions (coefficients + the shared mean): with all dims this is exact
         recon = ((xn - mean) @ vt[:dims].T) @ vt[:dims] + mean
@@ -270,6 +278,7 @@ def quality_vs_k(
             "k": int(k),
             "recall": _recall(ref.tolist(), top.tolist(), top_k),
             "recall_rerank": _recall(ref.tolist(), rer[:, :top_k].tolist(), top_k),
+            "recall_rescore": _recall(ref.tolist(), res[:, :top_k].tolist(), top_k),
             "bytes_per_vector": nnz * BYTES_PER_NONZERO,
             "pca_recall": _recall(ref.tolist(), pca.tolist(), top_k),
         })

@@ -37,6 +37,7 @@ def test_demo_small(tmp_path, monkeypatch, kind):
     assert 0 <= ev["recall_sparse"] <= 1 and 0 <= ev["recall_rerank"] <= 1
     assert ev["dense_bytes_per_vector"] == 384 * 4 and ev["sparse_bytes_per_vector"] <= 8 * 8
     assert [c["k"] for c in rep["quality_vs_k"]] == [4, 8, 16, 32, 64]
+    assert 0 <= ev["recall_rescore"] <= 1 and all(0 <= c["recall_rescore"] <= 1 for c in rep["quality_vs_k"])
     assert (out / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the demo's collection answers a text query through the alias, with the model found from the plan

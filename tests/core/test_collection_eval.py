@@ -101,8 +101,27 @@ def test_quality_vs_k(setup):
         assert r["bytes_per_vector"] <= 8 * r["k"]
         assert 0.0 <= r["recall"] <= r["recall_rerank"] + 1e-9
         assert r["recall_rerank"] == pytest.approx(1.0)  # all rows re-ranked exactly
+        assert r["recall_rescore"] == pytest.approx(r["recall"])  # TopK queries: the re-score is the code dot
     assert rows[-1]["pca_recall"] == pytest.approx(1.0)  # 2k = 16 >= d dims: PCA keeps everything
     some = quality_vs_k(x, enc, [3], queries=50, top_k=5, candidates=10)[0]
     assert some["recall"] <= some["recall_rerank"] + 1e-9 < 1.0 + 1e-9
     with pytest.raises(DataError):
         quality_vs_k(x[:5], enc, [3], top_k=5)
+
+
+def test_quality_vs_k_rescores_with_the_signed_query(setup):
+    _, _, x, _ = setup
+    torch.manual_seed(2)
+    enc = CSREncoder(CSRConfig(input_dim=D, hidden_dim=32, k=4, normalize_codes=True, query_projection="decoder",
+                               doc_codes="pursuit", bias_latent=True), device="cpu")
+    with torch.no_grad():
+        enc.b_pre.copy_(torch.from_numpy(x.mean(axis=0)))
+    row = quality_vs_k(x, enc, [3], queries=50, top_k=5, candidates=N)[0]
+    # every other row is a candidate: the re-score is the exact top-5 by <x, reconstruction at k=3>
+    qi = np.sort(np.random.default_rng(0).choice(N, size=50, replace=False))
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    s = xn[qi] @ enc.decode(enc.encode(x, k=3)).T
+    dense = xn[qi] @ xn.T
+    s[np.arange(50), qi] = dense[np.arange(50), qi] = -np.inf
+    want = [set(np.argsort(-d, kind="stable")[:5]) & set(np.argsort(-r, kind="stable")[:5]) for d, r in zip(dense, s)]
+    assert row["recall_rescore"] == pytest.approx(float(np.mean([len(w) / 5 for w in want])), abs=1e-9)
