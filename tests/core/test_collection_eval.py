@@ -63,15 +63,21 @@ def test_evaluate_collection(setup):
         evaluate_collection(store, "src", "dst", enc, top_k=10, candidates=5)
 
 
+def _bias_encoder(x: np.ndarray, k: int, seed: int) -> CSREncoder:
+    """The recipe's code shapes (pursuit + bias latent, decoder queries), untrained, b_pre = the mean."""
+    torch.manual_seed(seed)
+    enc = CSREncoder(CSRConfig(input_dim=D, hidden_dim=32, k=k, normalize_codes=True, query_projection="decoder",
+                               doc_codes="pursuit", bias_latent=True), device="cpu")
+    with torch.no_grad():
+        enc.b_pre.copy_(torch.from_numpy(x.mean(axis=0)))
+    return enc
+
+
 def test_evaluate_collection_rescores_with_the_signed_query(setup):
     """A decoder-query encoder with the bias latent: the re-score is the exact cosine of each query
     with the candidates' reconstructions, which the code-only rankings cannot beat the dense one by."""
     store, _, x, ids = setup
-    torch.manual_seed(1)
-    enc = CSREncoder(CSRConfig(input_dim=D, hidden_dim=32, k=3, normalize_codes=True, query_projection="decoder",
-                               doc_codes="pursuit", bias_latent=True), device="cpu")
-    with torch.no_grad():
-        enc.b_pre.copy_(torch.from_numpy(x.mean(axis=0)))
+    enc = _bias_encoder(x, k=3, seed=1)
     if not store.has_collection("dst_bias"):
         store.create_sparse_collection("dst_bias", like="src", keep_dense=False)
         store.upsert("dst_bias", ids, enc.encode(x), None)
@@ -111,11 +117,7 @@ def test_quality_vs_k(setup):
 
 def test_quality_vs_k_rescores_with_the_signed_query(setup):
     _, _, x, _ = setup
-    torch.manual_seed(2)
-    enc = CSREncoder(CSRConfig(input_dim=D, hidden_dim=32, k=4, normalize_codes=True, query_projection="decoder",
-                               doc_codes="pursuit", bias_latent=True), device="cpu")
-    with torch.no_grad():
-        enc.b_pre.copy_(torch.from_numpy(x.mean(axis=0)))
+    enc = _bias_encoder(x, k=4, seed=2)
     row = quality_vs_k(x, enc, [3], queries=50, top_k=5, candidates=N)[0]
     # every other row is a candidate: the re-score is the exact top-5 by <x, reconstruction at k=3>
     qi = np.sort(np.random.default_rng(0).choice(N, size=50, replace=False))
