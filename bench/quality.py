@@ -44,7 +44,6 @@ from csr_vdb.evaluation import (
     percent_of,
     truncate,
 )
-from csr_vdb.model import CSREncoder
 from csr_vdb.recipes import default_configs
 from csr_vdb.training import ArraySource, train_encoder
 
@@ -118,12 +117,7 @@ def run_dataset(
         out["csr"][k] = score(enc.encode, enc.encode_queries, "dot", lambda a, e=enc: e.encode_queries(a, signed=True))
         out["csr_search"][k] = score(enc.encode, enc.encode_queries, "dot")
         # same weights, TopK codes for documents and queries (the paper's CSR)
-        topk = CSREncoder(
-            enc.config.model_copy(update={"doc_codes": "topk", "bias_latent": False, "query_projection": "encoder"}),
-            device=enc.device,
-        )
-        topk.load_state_dict(enc.state_dict())
-        topk.eval()
+        topk = enc.with_config(doc_codes="topk", bias_latent=False, query_projection="encoder")
         out["csr_topk"][k] = score(topk.encode, topk.encode_queries, "dot")
         if k == dead_k:
             out["dead_frac"] = dead_fraction(enc.encode(db))

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from csr_vdb.config import CSRConfig
-from csr_vdb.errors import DataError, ModelError
+from csr_vdb.errors import ConfigError, DataError, ModelError
 from csr_vdb.fileutil import atomic_write_bytes, atomic_write_json, sha256_file
 from csr_vdb.kernels import selected_linear, sparse_decode, topk_indices
 from csr_vdb.pursuit import pursuit_codes
@@ -298,6 +298,24 @@ class CSREncoder(nn.Module):
         if not self.config.bias_latent:
             return sparse_decode(idx, vals, self.W_dec)
         return sparse_decode(idx, vals, torch.cat([self.W_dec, self.b_pre[None, :]]))
+
+    def with_config(self, **changes: Any) -> CSREncoder:
+        """The same weights under other encode-time settings (``doc_codes``, ``bias_latent``,
+        ``query_projection``, ``normalize_codes``, ...): a new encoder in eval mode, on this device.
+
+        Raises:
+            ConfigError: a change of a shape (``input_dim``, ``hidden_dim``) or an invalid config.
+        """
+        shaped = sorted({"input_dim", "hidden_dim"} & set(changes))
+        if shaped:
+            raise ConfigError(f"with_config keeps the weights, so it cannot change {', '.join(shaped)}")
+        try:
+            config = CSRConfig(**{**self.config.model_dump(), **changes})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid encoder settings: {exc.errors()[0]['msg']}") from exc
+        out = CSREncoder(config, device=self.device)
+        out.load_state_dict(self.state_dict())
+        return out.eval()
 
     def encode_queries(
         self,

@@ -8,7 +8,7 @@ import torch
 from pydantic import ValidationError
 
 from csr_vdb.config import CSRConfig, TrainConfig
-from csr_vdb.errors import DataError
+from csr_vdb.errors import ConfigError, DataError
 from csr_vdb.evaluation import exact_search, rescored_search
 from csr_vdb.model import CSREncoder
 from csr_vdb.training import train_encoder
@@ -28,16 +28,10 @@ def trained() -> tuple[CSREncoder, np.ndarray]:
     return enc, x
 
 
-def _variant(enc: CSREncoder, **update) -> CSREncoder:
-    out = CSREncoder(enc.config.model_copy(update=update), device="cpu")
-    out.load_state_dict(enc.state_dict())
-    return out.eval()
-
-
 @pytest.mark.parametrize("doc_codes", ["pursuit", "topk"])
 def test_doc_codes_are_k_minus_one_atoms_plus_the_bias(trained, doc_codes):
     enc, x = trained
-    enc = _variant(enc, doc_codes=doc_codes)
+    enc = enc.with_config(doc_codes=doc_codes)
     codes = enc.encode(x)
     assert codes.dim == H + 1 == enc.config.code_dim
     assert codes.width == K and (codes.values >= 0).all()
@@ -46,7 +40,7 @@ def test_doc_codes_are_k_minus_one_atoms_plus_the_bias(trained, doc_codes):
     assert ((codes.indices == H) & live).sum(axis=1).tolist() == [1] * len(x)  # the bias latent, once per row
     assert (np.diff(codes.values, axis=1) <= 0).all()  # sorted by value
     # the code decodes to the unit-norm version of the whole reconstruction: k-1 atoms + b_pre
-    plain = _variant(enc, bias_latent=False, normalize_codes=False).encode(x, k=K - 1)
+    plain = enc.with_config(bias_latent=False, normalize_codes=False).encode(x, k=K - 1)
     with torch.no_grad():
         xhat = enc.decode_sparse(torch.from_numpy(plain.indices), torch.from_numpy(plain.values)).numpy()
     want = xhat / np.linalg.norm(xhat, axis=1, keepdims=True)
@@ -56,7 +50,7 @@ def test_doc_codes_are_k_minus_one_atoms_plus_the_bias(trained, doc_codes):
 
 def test_a_code_without_positive_activations_is_the_bias_latent_alone(trained):
     enc, x = trained
-    enc = _variant(enc, doc_codes="topk")
+    enc = enc.with_config(doc_codes="topk")
     with torch.no_grad():
         enc.b_enc.fill_(-100.0)  # every TopK pre-activation negative
     codes = enc.encode(x[:20])
@@ -131,8 +125,15 @@ def test_errors_and_persistence(trained, tmp_path):
         enc.encode(x[:3], k=1)
     with pytest.raises(DataError, match="signed"):
         enc.encode_queries(x[:3], projection="encoder", signed=True)
+    with pytest.raises(ConfigError, match="hidden_dim"):
+        enc.with_config(hidden_dim=2 * H)
+    with pytest.raises(ConfigError, match="bias_latent needs k >= 2"):
+        enc.with_config(k=1)
+    same = enc.with_config(doc_codes="topk")
+    assert not same.training and same.config.doc_codes == "topk" and enc.config.doc_codes == "pursuit"
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), enc.state_dict().values()))
     with pytest.raises(DataError, match="bias latent"):
-        enc.decode(_variant(enc, bias_latent=False).encode(x[:3]))
+        enc.decode(enc.with_config(bias_latent=False).encode(x[:3]))
     enc.save(tmp_path / "m")
     back = CSREncoder.load(tmp_path / "m", device="cpu")
     assert back.config.bias_latent and back.config.code_dim == H + 1

@@ -79,9 +79,7 @@ def _trained(doc_codes: str) -> tuple[CSREncoder, np.ndarray]:
     cfg = CSRConfig(input_dim=16, hidden_dim=64, k=4, normalize_codes=True)
     enc = train_encoder(x, cfg, TrainConfig(epochs=3, batch_size=128, val_fraction=0.0, device="cpu")).encoder
     if doc_codes != "topk":
-        other = CSREncoder(enc.config.model_copy(update={"doc_codes": doc_codes}), device="cpu")
-        other.load_state_dict(enc.state_dict())
-        enc = other.eval()
+        enc = enc.with_config(doc_codes=doc_codes)
     return enc, x
 
 
