@@ -166,7 +166,11 @@ def evaluate_collection(
     rer, t_rerank = _timed(lambda: retriever.search(x, top_k=top_k + 1, candidates=candidates, rerank=True))
     if progress:
         progress(4, steps)
-    res, t_rescore = _timed(lambda: retriever.search(x, top_k=top_k + 1, candidates=candidates, rerank="codes"))
+    # without dense vectors the default re-rank already re-scored from the codes: not run twice
+    if retriever.has_dense:
+        res, t_rescore = _timed(lambda: retriever.search(x, top_k=top_k + 1, candidates=candidates, rerank="codes"))
+    else:
+        res, t_rescore = rer, t_rerank
     if progress:
         progress(5, steps)
     m = min(single_queries, len(x))
@@ -176,9 +180,12 @@ def evaluate_collection(
         single["dense"].append(_timed(lambda: store.search_dense(source, q, limit=top_k, vector_field=vector_field))[1])
         single["sparse"].append(_timed(lambda: retriever.search(q, top_k=top_k, rerank=False))[1])
         single["rerank"].append(_timed(lambda: retriever.search(q, top_k=top_k, candidates=candidates))[1])
-        single["rescore"].append(
-            _timed(lambda: retriever.search(q, top_k=top_k, candidates=candidates, rerank="codes"))[1]
-        )
+        if retriever.has_dense:
+            single["rescore"].append(
+                _timed(lambda: retriever.search(q, top_k=top_k, candidates=candidates, rerank="codes"))[1]
+            )
+    if not retriever.has_dense:
+        single["rescore"] = single["rerank"]
     nnz = encoder.encode(x).nnz()
     if progress:
         progress(6, steps)

@@ -251,18 +251,17 @@ class CSREncoder(nn.Module):
                 xb = self.preprocess(t[start : start + batch_size])
                 if pursuit:
                     idx, vals = pursuit_codes(xb - self.b_pre, self.W_dec, gram, atoms_k, cfg.pursuit_candidates)
+                elif projection == "decoder" and not signed:
+                    vals, idx = (xb @ self.W_dec.T).topk(k, dim=1)
                 elif projection == "decoder":
                     scores = xb @ self.W_dec.T
-                    if signed and cfg.bias_latent:
+                    if cfg.bias_latent:
                         scores = torch.cat([scores, (xb @ self.b_pre)[:, None]], dim=1)
-                    if signed:
-                        if k < scores.shape[1]:
-                            idx = topk_indices(scores.abs().contiguous(), k)
-                        else:
-                            idx = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
-                        vals = scores.gather(1, idx)
+                    if k < scores.shape[1]:
+                        idx = topk_indices(scores.abs().contiguous(), k)
                     else:
-                        vals, idx = scores.topk(k, dim=1)
+                        idx = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
+                    vals = scores.gather(1, idx)
                 else:
                     vals, idx = self.pre_activations(xb).topk(atoms_k, dim=1)
                 if not signed:

@@ -84,6 +84,7 @@ def test_evaluate_collection_rescores_with_the_signed_query(setup):
     rep = evaluate_collection(store, "src", "dst_bias", enc, sample=40, top_k=5, candidates=N, single_queries=1)
     # no dense vectors kept: the default re-rank is the re-score from codes
     assert rep.recall_rerank == pytest.approx(rep.recall_rescore)
+    assert rep.latency_ms["rescore"] == rep.latency_ms["rerank"]
     # reference: exact top-5 of <x, reconstruction> over all rows (query row excluded), as the re-scorer ranks
     q_ids, q = sample_rows(store, "src", 40, seed=0)
     xn = q / np.linalg.norm(q, axis=1, keepdims=True)
