@@ -198,6 +198,10 @@ def test_errors(world, encoder):
         r.search("a question")
     with pytest.raises(ConfigError):
         r.search(x[:1], top_k=0)
+    with pytest.raises(ConfigError, match="rerank must be"):
+        r.search(x[:1], rerank="sideways")
+    with pytest.raises(ConfigError, match="kept no dense vectors"):
+        Retriever(store, "lean", encoder).search(x[:1], rerank="dense")
     other = CSREncoder(CSRConfig(input_dim=D * 2, hidden_dim=64, k=4), device="cpu")
     with pytest.raises(ConfigError, match="input_dim"):
         Retriever(store, "full", other)
