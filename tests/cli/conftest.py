@@ -18,7 +18,7 @@ from tests.helpers import clustered
 
 ROWS, DIM = 300, 16
 EMBEDDED = ["milvus", "qdrant-edge"]
-TINY = ["--hidden", "64", "--k", "4", "--epochs", "2"]
+TINY = ["--hidden-dim", "64", "--k", "4", "--epochs", "2"]
 
 
 def adapter_missing(kind: str) -> bool:
