@@ -157,7 +157,7 @@ def run_demo(
     from csr_vdb.cli.ops import load_encoder, remove_tree, train_model
     from csr_vdb.collection_eval import evaluate_collection, quality_vs_k
     from csr_vdb.corpus import stdlib_passages
-    from csr_vdb.migrations import cutover, migrate, verify_migration
+    from csr_vdb.migrations import cutover, plan_migration, run_migration, verify_migration
     from csr_vdb.text import load_text_model
 
     t_start = time.perf_counter()
@@ -185,9 +185,9 @@ def run_demo(
                                   train_progress=tbar, epochs=epochs, k=k, hidden_dim=hidden_dim, device=app.device)
         encoder = load_encoder(model_dir, app.device)
     with steps("migrate", f"migrate --to sparse: '{COLLECTION}' -> '{TARGET}'"), app.progress("migrate") as bar:
-        plan, mig = migrate(store, encoder.encode, state_base=state, progress=bar, store_kind=store_kind, uri=uri,
-                            source=COLLECTION, model_dir=str(model_dir.resolve()), batch_size=500, alias=ALIAS,
-                            model_dim=encoder.config.input_dim)
+        plan, pre = plan_migration(store, store_kind=store_kind, uri=uri, source=COLLECTION, batch_size=500,
+                                   model_dir=model_dir.resolve(), alias=ALIAS, model_dim=encoder.config.input_dim)
+        mig = run_migration(store, plan, encoder.encode, state_base=state, progress=bar, preflight=pre)
     with steps("verify_cutover", "verify + cutover"):
         with app.progress("verify") as bar:
             ver = verify_migration(store, plan, encoder.encode, encoder.encode_queries, state_base=state,

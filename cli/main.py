@@ -147,11 +147,11 @@ def migrate(app: App, to: str, resume: bool, dry_run: bool, drop_dense: bool, **
     from csr_vdb.cli.ops import migrate_collection
 
     store = app.open_store()
+    plan.update(store_kind=app.settings.store, uri=app.settings.uri, keep_dense=not drop_dense)
     with app.progress("migrate") as bar:
-        done = migrate_collection(store, device=app.device, state_base=app.state_dir, resume=resume,
-                                  dry_run=dry_run, progress=bar, store_kind=app.settings.store,
-                                  uri=app.settings.uri, keep_dense=not drop_dense, **plan)
-    app.emit(done._asdict() if dry_run else done.result, lambda: render.render_migration(*done))
+        made, res = migrate_collection(store, plan, device=app.device, state_base=app.state_dir, resume=resume,
+                                       dry_run=dry_run, progress=bar)
+    app.emit({"plan": made, "result": res} if dry_run else res, lambda: render.render_migration(made, res))
 
 
 # ---------------------------------------------------------------------- verify

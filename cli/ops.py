@@ -23,7 +23,15 @@ import numpy as np
 from pydantic import Field, ValidationError
 
 from csr_vdb.errors import ConfigError, DataError, StoreError
-from csr_vdb.migrations import MigrationPlan, MigrationRun, VerifyReport, migrate, plans_for, verify_migration
+from csr_vdb.migrations import (
+    MigrationPlan,
+    MigrationResult,
+    VerifyReport,
+    plan_migration,
+    plans_for,
+    run_migration,
+    verify_migration,
+)
 from csr_vdb.migrations.report import Report
 
 logger = logging.getLogger(__name__)
@@ -300,31 +308,26 @@ def _training_file(
 
 
 def migrate_collection(
-    store: Any,
-    *,
-    model_dir: str | os.PathLike[str],
-    device: str | None,
-    state_base: str | os.PathLike[str] | None,
-    resume: bool = False,
-    dry_run: bool = False,
-    progress: Progress | None = None,
-    **plan_options: Any,
-) -> MigrationRun:
-    """Load the encoder in ``model_dir`` and `csr_vdb.migrations.migrate` with it.
+    store: Any, plan_options: dict[str, Any], *, device: str | None, **run_options: Any
+) -> tuple[MigrationPlan, MigrationResult]:
+    """Plan a migration with the encoder saved in ``plan_options["model_dir"]``, and run it.
+
+    The store is described once for both steps (`plan_migration`'s `Preflight` goes to the run).
 
     Args:
         store: the open store.
-        model_dir: the trained encoder's folder; its ``input_dim`` is checked against the source.
+        plan_options: keyword arguments of `csr_vdb.migrations.plan_migration` (store_kind, uri,
+            source, model_dir, ...); the encoder's ``input_dim`` is checked against the source.
         device: torch device of the encoder (None: CPU).
-        state_base, resume, dry_run, progress: as `csr_vdb.migrations.run_migration`.
-        plan_options: the other keyword arguments of `csr_vdb.migrations.plan_migration`.
+        run_options: state_base, resume, dry_run, progress (`csr_vdb.migrations.run_migration`).
 
     Raises:
-        ModelError: the encoder cannot be loaded; and what `migrate` raises.
+        ModelError: the encoder cannot be loaded; and what planning and running raise.
     """
-    encoder = load_encoder(model_dir, device)
-    return migrate(store, encoder.encode, state_base=state_base, resume=resume, dry_run=dry_run, progress=progress,
-                   model_dir=str(Path(model_dir).resolve()), model_dim=encoder.config.input_dim, **plan_options)
+    encoder = load_encoder(plan_options["model_dir"], device)
+    plan, pre = plan_migration(store, **{**plan_options, "model_dir": str(Path(plan_options["model_dir"]).resolve()),
+                                         "model_dim": encoder.config.input_dim})
+    return plan, run_migration(store, plan, encoder.encode, preflight=pre, **run_options)
 
 
 def verify_collection(

@@ -17,7 +17,7 @@ from csr_vdb.migrations.plan import (
     shard_of,
     state_dir,
 )
-from csr_vdb.migrations.runner import MigrationResult, MigrationRun, migrate, run_migration
+from csr_vdb.migrations.runner import MigrationResult, run_migration
 from csr_vdb.migrations.schema import Preflight, SourceSchema
 from csr_vdb.migrations.verify import VerifyReport, verify_migration
 
@@ -30,7 +30,6 @@ __all__ = [
     "Journal",
     "MigrationPlan",
     "MigrationResult",
-    "MigrationRun",
     "Preflight",
     "SourceSchema",
     "StatusReport",
@@ -39,7 +38,6 @@ __all__ = [
     "default_alias",
     "default_target",
     "find_plan",
-    "migrate",
     "migration_status",
     "parse_shard",
     "plan_migration",

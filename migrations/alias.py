@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -16,7 +15,7 @@ from csr_vdb.errors import MigrationError
 from csr_vdb.fileutil import atomic_write_json
 from csr_vdb.migrations.journal import Journal
 from csr_vdb.migrations.lock import is_locked
-from csr_vdb.migrations.plan import CUTOVER_FILE, JOURNAL_FILE, VERIFY_FILE, MigrationPlan, state_dir
+from csr_vdb.migrations.plan import CUTOVER_FILE, JOURNAL_FILE, VERIFY_FILE, MigrationPlan, StateBase, state_dir
 from csr_vdb.migrations.report import PlanReport, Report
 from csr_vdb.migrations.verify import load_verify, shard_journals_state
 
@@ -39,7 +38,6 @@ class StatusReport(PlanReport):
 
     store_kind: str = Field(description="Store kind.")
     uri: str = Field(description="Store location.")
-    shard: str = Field(description="Shard i/n.")
     state: str = Field(description="not started | running | interrupted | failed | complete.")
     rows_total: int = Field(description="Rows in the source (all shards).")
     rows_scanned: int = Field(0, description="Source rows read so far (progress of the cursor).")
@@ -60,7 +58,7 @@ class StatusReport(PlanReport):
     state_dir: str = Field(description="Folder of the plan's state files.")
 
 
-def _last_verify(plan: MigrationPlan, state_base: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+def _last_verify(plan: MigrationPlan, state_base: StateBase) -> dict[str, Any] | None:
     """The newest verify.json of any shard of the plan's split (verify covers the union)."""
     reports = []
     for p in plan.shards():
@@ -76,7 +74,7 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
 
 
-def _check_verified(plan: MigrationPlan, report: dict[str, Any] | None, state_base: str | os.PathLike[str] | None) -> None:
+def _check_verified(plan: MigrationPlan, report: dict[str, Any] | None, state_base: StateBase) -> None:
     """Raise `MigrationError` unless ``report`` is a passed verify of the journals as they are now."""
     if report is None:
         raise MigrationError(f"cutover refused: '{plan.target}' was never verified (run verify first, or --force)")
@@ -95,7 +93,7 @@ def _point_alias(
     plan: MigrationPlan,
     alias: str,
     collection: str,
-    state_base: str | os.PathLike[str] | None,
+    state_base: StateBase,
     **result: Any,
 ) -> AliasResult:
     """Move ``alias`` to ``collection`` and record the change in the plan's cutover.json history.
@@ -123,7 +121,7 @@ def cutover(
     store: VectorStore,
     plan: MigrationPlan,
     *,
-    state_base: str | os.PathLike[str] | None,
+    state_base: StateBase,
     alias: str | None = None,
     force: bool = False,
 ) -> AliasResult:
@@ -152,13 +150,7 @@ def cutover(
     )
 
 
-def rollback(
-    store: VectorStore,
-    plan: MigrationPlan,
-    *,
-    state_base: str | os.PathLike[str] | None,
-    alias: str | None = None,
-) -> AliasResult:
+def rollback(store: VectorStore, plan: MigrationPlan, *, state_base: StateBase, alias: str | None = None) -> AliasResult:
     """Point the alias back at the source (which the migration never wrote).
 
     Raises:
@@ -171,20 +163,10 @@ def rollback(
 
 
 def migration_status(
-    store: VectorStore,
-    plan: MigrationPlan,
-    *,
-    state_base: str | os.PathLike[str] | None,
-    alias: str | None = None,
+    store: VectorStore, plan: MigrationPlan, *, state_base: StateBase, alias: str | None = None
 ) -> StatusReport:
-    """Progress, rate, ETA, last verify and alias of one plan; reads only (store and files).
-
-    Args:
-        store: the open store.
-        plan: the migration plan.
-        state_base: base folder of state folders.
-        alias: alias to report (default ``plan.alias``).
-    """
+    """Progress, rate, ETA, last verify and the alias (``plan.alias`` unless another is asked for)
+    of one plan; reads only (store and files)."""
     folder = state_dir(state_base, plan)
     jpath = folder / JOURNAL_FILE
     alias = alias or plan.alias
@@ -193,7 +175,6 @@ def migration_status(
         **StatusReport.about(plan),
         store_kind=plan.store_kind,
         uri=plan.uri,
-        shard=plan.shard,
         rows_total=total,
         target_rows=store.count(plan.target) if store.has_collection(plan.target) else None,
         alias=alias,

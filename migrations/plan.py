@@ -10,7 +10,7 @@ import re
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STATE_BASE = Path(".csr-vdb")
 """Where state folders live unless the caller (the CLI's ``--state-dir``) says otherwise."""
+
+StateBase: TypeAlias = str | os.PathLike[str] | None
+"""The base folder of state folders as callers give it: None means `DEFAULT_STATE_BASE`."""
 
 PLAN_FILE = "plan.json"
 JOURNAL_FILE = "journal.sqlite"
@@ -177,7 +180,7 @@ def plan_migration(
     """Check the store and build a plan; nothing is written anywhere.
 
     The source and the target are described once; that `Preflight` comes back with the plan, so
-    a run started right away (`csr_vdb.migrations.migrate`) does not look again.
+    a run started right away (``run_migration(..., preflight=...)``) does not look again.
 
     Args:
         store: the open store holding ``source``.
@@ -300,26 +303,23 @@ def state_name(store_kind: str, uri: str, source: str, target: str, shard_index:
     return f"{_slug(source)}__{_slug(target)}__{shard_index}of{shard_count}__{digest}"
 
 
-def state_dir(base: str | os.PathLike[str] | None, plan: MigrationPlan) -> Path:
+def state_dir(base: StateBase, plan: MigrationPlan) -> Path:
     """Folder of one plan's plan.json, journal.sqlite, verify.json and reports (not created here).
 
     Args:
         base: the state base folder (the CLI's ``--state-dir``); None means ``./.csr-vdb``.
         plan: the migration plan.
     """
-    base = Path(base) if base is not None else DEFAULT_STATE_BASE
-    return base / state_name(
-        plan.store_kind, plan.uri, plan.source, plan.target, plan.shard_index, plan.shard_count
-    )
+    name = state_name(plan.store_kind, plan.uri, plan.source, plan.target, plan.shard_index, plan.shard_count)
+    return _base(base) / name
+
+
+def _base(base: StateBase) -> Path:
+    return Path(base) if base is not None else DEFAULT_STATE_BASE
 
 
 def find_plan(
-    base: str | os.PathLike[str] | None,
-    store_kind: str,
-    uri: str,
-    source: str,
-    target: str | None = None,
-    shard: str = "0/1",
+    base: StateBase, store_kind: str, uri: str, source: str, target: str | None = None, shard: str = "0/1",
     store: VectorStore | None = None,
 ) -> MigrationPlan:
     """Load the saved plan of a migration.
@@ -339,38 +339,25 @@ def find_plan(
     if store is not None and not store.has_collection(source):
         raise CollectionNotFoundError(f"collection '{source}' not found in {normalize_uri(uri)}")
     target = target or default_target(source)
-    b = Path(base) if base is not None else DEFAULT_STATE_BASE
-    path = b / state_name(store_kind, uri, source, target, i, n) / PLAN_FILE
+    path = _base(base) / state_name(store_kind, uri, source, target, i, n) / PLAN_FILE
     if not path.exists():
         raise MigrationError(
             f"no migration of '{source}' -> '{target}' (shard {i}/{n}) in {normalize_uri(uri)} "
-            f"found under state dir {b}"
+            f"found under state dir {_base(base)}"
         )
     return MigrationPlan.load(path)
 
 
-def plans_for(
-    base: str | os.PathLike[str] | None,
-    store_kind: str,
-    uri: str,
-    collection: str,
-    target: str | None = None,
-) -> list[MigrationPlan]:
+def plans_for(base: StateBase, store_kind: str, uri: str, collection: str, target: str | None = None) -> list[MigrationPlan]:
     """Saved plans of this store in which ``collection`` is the source, the target or the alias.
 
     A search of ``docs_live`` after a cutover finds the migration (and so the model) that made it.
     Unreadable plan files are skipped with a debug log: a foreign or damaged file must not hide
-    the others.
-
-    Args:
-        base: the state base folder (None: ``./.csr-vdb``).
-        store_kind, uri: the store.
-        collection: a source, target or alias name.
-        target: keep only plans with this target.
+    the others. ``target``, when given, keeps only the plans with that target.
     """
     want = normalize_uri(uri)
     found = []
-    for path in sorted((Path(base) if base is not None else DEFAULT_STATE_BASE).glob(f"*/{PLAN_FILE}")):
+    for path in sorted(_base(base).glob(f"*/{PLAN_FILE}")):
         try:
             plan = MigrationPlan.load(path)
         except MigrationError as exc:

@@ -22,8 +22,9 @@ class PlanReport(Report):
     plan_id: str = Field(description="The plan's id.")
     source: str = Field(description="Source collection.")
     target: str = Field(description="Target collection.")
+    shard: str = Field(description="Shard i/n of the plan (a verify covers every shard of its split).")
 
     @staticmethod
     def about(plan: MigrationPlan) -> dict[str, Any]:
         """The identifying fields of ``plan``, to pass to a subclass's constructor."""
-        return {"plan_id": plan.plan_id, "source": plan.source, "target": plan.target}
+        return {"plan_id": plan.plan_id, "source": plan.source, "target": plan.target, "shard": plan.shard}

@@ -1,12 +1,11 @@
-"""`migrate` and `run_migration`: check once, open the journal, run the pipeline, report the run."""
+"""`run_migration`: check the store once, open the journal, run the pipeline, report the run."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydantic import Field
 
@@ -15,7 +14,7 @@ from csr_vdb.errors import MigrationError
 from csr_vdb.migrations.journal import Journal
 from csr_vdb.migrations.lock import plan_lock
 from csr_vdb.migrations.pipeline import Encode, Pipeline, Progress, Tally, prepare_batch
-from csr_vdb.migrations.plan import JOURNAL_FILE, PLAN_FILE, MigrationPlan, plan_migration, state_dir
+from csr_vdb.migrations.plan import JOURNAL_FILE, PLAN_FILE, MigrationPlan, StateBase, state_dir
 from csr_vdb.migrations.report import PlanReport
 from csr_vdb.migrations.schema import Preflight, check_source_unchanged, check_target_schema
 
@@ -25,10 +24,9 @@ log = logging.getLogger(__name__)
 class MigrationResult(PlanReport):
     """What one call of `run_migration` did."""
 
-    shard: str = Field(description="Shard i/n.")
     status: str = Field(description="complete | dry-run.")
-    dry_run: bool = Field(description="True when nothing was written.")
-    resumed: bool = Field(description="True when the run continued an existing journal.")
+    dry_run: bool = Field(False, description="True when nothing was written.")
+    resumed: bool = Field(False, description="True when the run continued an existing journal.")
     resumed_after: Any = Field(None, description="Cursor (id) the run continued after, if any.")
     rows_total: int = Field(description="Rows in the source collection (all shards).")
     rows_read: int = Field(description="Source rows scanned by this run.")
@@ -36,7 +34,7 @@ class MigrationResult(PlanReport):
     rows_skipped_invalid: int = Field(description="Rows skipped as invalid by this run.")
     invalid_ids: list[Any] = Field(default_factory=list, description="First skipped ids (up to 100).")
     batches: int = Field(description="Batches processed by this run.")
-    rows_done: int = Field(description="Rows written to the target over all runs of this plan.")
+    rows_done: int = Field(0, description="Rows written to the target over all runs of this plan.")
     seconds: float = Field(description="Wall time of this run.")
     rows_per_s: float = Field(description="Source rows scanned per second in this run.")
     avg_nnz: float | None = Field(None, description="Mean non-zeros per sparse vector written (or encoded, dry run).")
@@ -45,78 +43,27 @@ class MigrationResult(PlanReport):
     state_dir: str | None = Field(None, description="Folder of plan.json / journal.sqlite (None for a dry run).")
 
     @classmethod
-    def of(
-        cls,
-        plan: MigrationPlan,
-        tally: Tally,
-        *,
-        rows_total: int,
-        t0: float,
-        dry_run: bool = False,
-        resumed: bool = False,
-        resumed_after: Any = None,
-        rows_done: int = 0,
-        target_created: bool = False,
-        state_dir: str | None = None,
-    ) -> MigrationResult:
-        """The result of a run of ``plan`` that counted ``tally`` and started at ``time.monotonic() == t0``."""
+    def of(cls, plan: MigrationPlan, tally: Tally, *, rows_total: int, t0: float, **run: Any) -> MigrationResult:
+        """The result of a run of ``plan`` that counted ``tally`` and started at ``time.monotonic() == t0``.
+
+        ``run``: the fields that describe the run itself (dry_run, resumed, rows_done, ...).
+        """
         secs = time.monotonic() - t0
         return cls(
             **cls.about(plan),
-            shard=plan.shard,
-            status="dry-run" if dry_run else "complete",
-            dry_run=dry_run,
-            resumed=resumed,
-            resumed_after=resumed_after,
+            status="dry-run" if run.get("dry_run") else "complete",
             rows_total=rows_total,
             rows_read=tally.rows_read,
             rows_written=tally.rows_written,
             rows_skipped_invalid=tally.rows_invalid,
             invalid_ids=tally.invalid_ids,
             batches=tally.batches,
-            rows_done=rows_done,
             seconds=round(secs, 3),
             rows_per_s=round(tally.rows_read / secs, 1) if secs > 0 else 0.0,
             avg_nnz=tally.avg_nnz,
             flush_s=round(tally.flush_s, 3),
-            target_created=target_created,
-            state_dir=state_dir,
+            **run,
         )
-
-
-class MigrationRun(NamedTuple):
-    """What `migrate` made and did: the plan and the result of running it."""
-
-    plan: MigrationPlan
-    result: MigrationResult
-
-
-def migrate(
-    store: VectorStore,
-    encode: Encode,
-    *,
-    state_base: str | os.PathLike[str] | None,
-    resume: bool = False,
-    dry_run: bool = False,
-    progress: Progress | None = None,
-    **plan_options: Any,
-) -> MigrationRun:
-    """Plan and run a migration, reading the source's and the target's schema once for both.
-
-    Args:
-        store: the open store (source and target live in it).
-        encode: dense ``[n, dim]`` float32 -> `SparseVectors` of n rows (the document encoder).
-        state_base, resume, dry_run, progress: as `run_migration`.
-        plan_options: the keyword arguments of `csr_vdb.migrations.plan.plan_migration`
-            (store_kind, uri, source, model_dir, target, ...).
-
-    Raises:
-        What `plan_migration` and `run_migration` raise.
-    """
-    plan, pre = plan_migration(store, **plan_options)
-    result = _execute(store, plan, encode, pre, state_base=state_base, resume=resume, dry_run=dry_run,
-                      progress=progress)
-    return MigrationRun(plan, result)
 
 
 def run_migration(
@@ -124,17 +71,20 @@ def run_migration(
     plan: MigrationPlan,
     encode: Encode,
     *,
-    state_base: str | os.PathLike[str] | None,
+    state_base: StateBase,
     resume: bool = False,
     dry_run: bool = False,
     progress: Progress | None = None,
+    preflight: Preflight | None = None,
 ) -> MigrationResult:
     """Migrate (this shard of) the source into the sparse target, recording each batch.
 
     A reader thread prefetches source pages, the calling thread validates and encodes, a writer
     thread upserts and then records the batch in the journal, so I/O and encoding overlap
-    (`csr_vdb.migrations.pipeline`). The store is checked again first: the plan may have been
-    saved long ago (`migrate` plans and runs with one check).
+    (`csr_vdb.migrations.pipeline`).
+
+    The source and the target are described once, and each row validated once: dense rows here
+    before encoding, sparse codes by the store's write (a dry run checks them here).
 
     Args:
         store: the open store (source and target live in it).
@@ -144,6 +94,8 @@ def run_migration(
         resume: continue an existing journal (refused for another plan, model or source schema).
         dry_run: read and validate every page of this shard, encode the first batch; write nothing.
         progress: called as ``progress(rows_scanned, rows_total)`` after each batch.
+        preflight: what `plan_migration` returned with ``plan``, just now: the store was checked
+            against the plan then, so it is not described again. None (a saved plan) checks it here.
 
     Returns:
         A `MigrationResult`.
@@ -155,27 +107,13 @@ def run_migration(
         DataError: invalid source rows (unless ``plan.skip_invalid``) or a bad encoder output.
         StoreError: the store failed.
     """
-    pre = Preflight.read(store, plan.source, plan.target)
-    check_source_unchanged(pre.source, plan.source_schema, plan.source)
-    if pre.target is not None:
-        check_target_schema(pre.target, plan.source_schema, plan.keep_dense, plan.uri)
-    return _execute(store, plan, encode, pre, state_base=state_base, resume=resume, dry_run=dry_run,
-                    progress=progress)
-
-
-def _execute(
-    store: VectorStore,
-    plan: MigrationPlan,
-    encode: Encode,
-    pre: Preflight,
-    *,
-    state_base: str | os.PathLike[str] | None,
-    resume: bool,
-    dry_run: bool,
-    progress: Progress | None,
-) -> MigrationResult:
-    """Run a plan whose source and target ``pre`` was checked against it."""
     t0 = time.monotonic()
+    pre = preflight
+    if pre is None:
+        pre = Preflight.read(store, plan.source, plan.target)
+        check_source_unchanged(pre.source, plan.source_schema, plan.source)
+        if pre.target is not None:
+            check_target_schema(pre.target, plan.source_schema, plan.keep_dense, plan.uri)
     if dry_run:
         return _dry_run(store, plan, encode, pre.source.count, t0, progress)
     folder = state_dir(state_base, plan)

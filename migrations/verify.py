@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from csr_vdb.errors import MigrationError
 from csr_vdb.fileutil import atomic_write_json
 from csr_vdb.migrations.journal import Journal, ids_hash
 from csr_vdb.migrations.pipeline import Encode, Progress
-from csr_vdb.migrations.plan import JOURNAL_FILE, VERIFY_FILE, MigrationPlan, state_dir
+from csr_vdb.migrations.plan import JOURNAL_FILE, VERIFY_FILE, MigrationPlan, StateBase, state_dir
 from csr_vdb.migrations.report import PlanReport
 from csr_vdb.migrations.schema import Preflight, check_source_unchanged
 
@@ -68,7 +67,7 @@ class VerifyReport(PlanReport):
 
 
 def shard_journals_state(
-    plan: MigrationPlan, state_base: str | os.PathLike[str] | None
+    plan: MigrationPlan, state_base: StateBase
 ) -> tuple[str, list[str], list[Any], dict[str, Any]]:
     """Read every shard's journal of a split (read-only).
 
@@ -244,15 +243,8 @@ class _Reservoir:
 
 
 def verify_migration(
-    store: VectorStore,
-    plan: MigrationPlan,
-    encode: Encode,
-    encode_queries: Encode,
-    *,
-    state_base: str | os.PathLike[str] | None,
-    sample: int = 256,
-    min_recall: float = 0.0,
-    progress: Progress | None = None,
+    store: VectorStore, plan: MigrationPlan, encode: Encode, encode_queries: Encode, *, state_base: StateBase,
+    sample: int = 256, min_recall: float = 0.0, progress: Progress | None = None,
 ) -> VerifyReport:
     """Check the target against the source (all shards) and write ``verify.json``.
 
