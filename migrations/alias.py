@@ -150,7 +150,9 @@ def cutover(
     )
 
 
-def rollback(store: VectorStore, plan: MigrationPlan, *, state_base: StateBase, alias: str | None = None) -> AliasResult:
+def rollback(
+    store: VectorStore, plan: MigrationPlan, *, state_base: StateBase, alias: str | None = None
+) -> AliasResult:
     """Point the alias back at the source (which the migration never wrote).
 
     Raises:

@@ -235,20 +235,10 @@ def plan_migration(
         check_target_schema(pre.target, schema, keep_dense, clean_uri)
     try:
         plan = MigrationPlan(
-            store_kind=store_kind,  # type: ignore[arg-type]
-            uri=clean_uri,
-            source=source,
-            target=target,
-            vector_field=schema.vector_field,
-            model_dir=str(mdir),
-            model_sha256=sha,
-            batch_size=batch_size,
-            keep_dense=keep_dense,
-            shard_index=shard_index,
-            shard_count=shard_count,
+            store_kind=store_kind, uri=clean_uri, source=source, target=target, alias=alias,  # type: ignore[arg-type]
+            vector_field=schema.vector_field, source_schema=schema, model_dir=str(mdir), model_sha256=sha,
+            batch_size=batch_size, keep_dense=keep_dense, shard_index=shard_index, shard_count=shard_count,
             skip_invalid=skip_invalid,
-            alias=alias,
-            source_schema=schema,
         )
     except ValidationError as exc:
         raise ConfigError(f"invalid migration plan: {exc.errors()[0]['msg']}") from exc
@@ -348,7 +338,9 @@ def find_plan(
     return MigrationPlan.load(path)
 
 
-def plans_for(base: StateBase, store_kind: str, uri: str, collection: str, target: str | None = None) -> list[MigrationPlan]:
+def plans_for(
+    base: StateBase, store_kind: str, uri: str, collection: str, target: str | None = None
+) -> list[MigrationPlan]:
     """Saved plans of this store in which ``collection`` is the source, the target or the alias.
 
     A search of ``docs_live`` after a cutover finds the migration (and so the model) that made it.

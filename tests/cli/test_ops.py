@@ -22,7 +22,7 @@ from csr_vdb.cli.ops import (
     verify_collection,
 )
 from csr_vdb.errors import ConfigError, DataError
-from tests.cli.conftest import DIM, adapter_missing, make_source
+from tests.cli.conftest import DIM, trained_source
 
 KIND = "qdrant-edge"
 ROWS = 150
@@ -36,20 +36,15 @@ class Setup:
     store: Any
     x: np.ndarray
     ids: list[int]
-    payloads: list[dict]
     summary: Any
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    if adapter_missing(KIND):
-        pytest.skip(f"adapter {KIND} not available")
     root = tmp_path_factory.mktemp("ops")
-    uri = str(root / "qdrant")
-    x, ids, payloads = make_source(KIND, uri, rows=ROWS)
+    uri, x, ids, summary = trained_source(root, KIND, ROWS)
     store = open_store(KIND, uri)
-    summary = train_model(root / "model", store=store, collection="docs", work_dir=root / "state", **TINY)
-    yield Setup(root, uri, store, x, ids, payloads, summary)
+    yield Setup(root, uri, store, x, ids, summary)
     store.close()
 
 

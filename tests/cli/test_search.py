@@ -8,25 +8,20 @@ import numpy as np
 import pytest
 
 from csr_vdb.adapters import open_store
-from csr_vdb.cli.ops import load_encoder, migrate_collection, train_model
+from csr_vdb.cli.ops import load_encoder, migrate_collection
 from csr_vdb.cli.search import RERANK, load_query_vectors
 from csr_vdb.errors import DataError
-from tests.cli.conftest import DIM, Cli, adapter_missing, make_source
+from tests.cli.conftest import DIM, Cli, trained_source
 
 KIND = "qdrant-edge"
 
 
 @pytest.fixture(scope="module")
 def migrated(tmp_path_factory):
-    if adapter_missing(KIND):
-        pytest.skip(f"adapter {KIND} not available")
     root = tmp_path_factory.mktemp("search")
-    uri = str(root / "qdrant")
-    x, ids, payloads = make_source(KIND, uri, rows=150)
+    uri, x, ids, _ = trained_source(root, KIND)
     store = open_store(KIND, uri)
     try:
-        train_model(root / "model", store=store, collection="docs", work_dir=root / "state", hidden_dim=64, k=4,
-                    epochs=2, device="cpu")
         migrate_collection(store, dict(store_kind=KIND, uri=uri, source="docs", model_dir=str(root / "model")),
                            device="cpu", state_base=root / "state")
     finally:

@@ -80,6 +80,8 @@ def test_to_jsonable():
 
 def test_text_rendering():
     assert kv({"a": 1.0, "long key": None, "n": 123456.0}) == "a         1.0000\nlong key  -\nn         123,456"
-    assert [ln.rstrip() for ln in table([["x", 2]], ["name", "count"]).splitlines()] == ["name  count", "----  -----", "x     2"]
+    lines = [ln.rstrip() for ln in table([["x", 2]], ["name", "count"]).splitlines()]
+    assert lines == ["name  count", "----  -----", "x     2"]
     assert _label({"text": "t" * 100}, None, width=10) == "t" * 9 + "…"
-    assert _label({"other": 5}, None) == "5" and _label({"text": "a", "n": "b"}, "n") == "b" and _label(None, None) == ""
+    assert _label({"other": 5}, None) == "5" and _label({"text": "a", "n": "b"}, "n") == "b"
+    assert _label(None, None) == ""

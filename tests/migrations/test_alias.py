@@ -8,15 +8,8 @@ import pytest
 
 from csr_vdb.adapters.memory import MemoryStore
 from csr_vdb.errors import MigrationError
-from csr_vdb.migrations import (
-    MigrationPlan,
-    cutover,
-    migration_status,
-    rollback,
-    run_migration,
-    state_dir,
-    verify_migration,
-)
+from csr_vdb.migrations import MigrationPlan, cutover, migration_status, rollback, run_migration, verify_migration
+from csr_vdb.migrations import state_dir
 from tests.migrations.conftest import ProjectionEncoder, fill_source, store_uri
 
 DIM = 16
@@ -74,11 +67,17 @@ def test_what_cutover_and_rollback_refuse(tmp_path, model_dir):
     assert store.get_alias("docs_live") is None
 
 
-def test_status_states_and_the_alias_reported(tmp_path, model_dir):
+@pytest.fixture
+def planned(model_dir):
+    """A 120-row source in memory and its plan (batches of 50), not run yet."""
     store = MemoryStore()
     fill_source(store, "docs", 120, DIM)
-    plan = MigrationPlan.create(store, store_kind="memory", uri="memory://", source="docs", model_dir=model_dir,
-                                batch_size=50)
+    return store, MigrationPlan.create(store, store_kind="memory", uri="memory://", source="docs",
+                                       model_dir=model_dir, batch_size=50)
+
+
+def test_status_states_and_the_alias_reported(tmp_path, planned):
+    store, plan = planned
     base = tmp_path / "s"
     assert migration_status(store, plan, state_base=base).state == "not started"
     enc = ProjectionEncoder(DIM)
@@ -91,11 +90,8 @@ def test_status_states_and_the_alias_reported(tmp_path, model_dir):
     assert (other.alias, other.alias_target) == ("elsewhere", "docs")
 
 
-def test_status_of_a_running_migration(tmp_path, model_dir):
-    store = MemoryStore()
-    fill_source(store, "docs", 120, DIM)
-    plan = MigrationPlan.create(store, store_kind="memory", uri="memory://", source="docs", model_dir=model_dir,
-                                batch_size=50)
+def test_status_of_a_running_migration(tmp_path, planned):
+    store, plan = planned
     base = tmp_path / "s"
     seen = []
 

@@ -34,7 +34,8 @@ def test_batches_runs_and_totals(tmp_path):
         read, secs = j.run_rate()
         assert read == 7 and secs >= 0.0
         runs = j.runs()
-        assert [(r["run"], r["mode"], r["outcome"], r["message"]) for r in runs] == [(1, "fresh", "interrupted", "ctrl-c")]
+        assert [(r["run"], r["mode"], r["outcome"], r["message"]) for r in runs] == [
+            (1, "fresh", "interrupted", "ctrl-c")]
         j.set_meta(completed_at=123.0)
         assert j.meta()["completed_at"] == 123.0
     # closing leaves one self-contained file behind

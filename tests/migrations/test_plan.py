@@ -8,18 +8,8 @@ import pytest
 
 from csr_vdb.adapters.memory import MemoryStore
 from csr_vdb.errors import CollectionNotFoundError, ConfigError, MigrationError
-from csr_vdb.migrations import (
-    MigrationPlan,
-    default_alias,
-    default_target,
-    find_plan,
-    parse_shard,
-    plan_migration,
-    plans_for,
-    run_migration,
-    shard_of,
-    state_dir,
-)
+from csr_vdb.migrations import MigrationPlan, default_alias, default_target, find_plan, parse_shard, plan_migration
+from csr_vdb.migrations import plans_for, run_migration, shard_of, state_dir
 from tests.migrations.conftest import ProjectionEncoder, fill_source, store_uri
 
 DIM = 16
@@ -49,7 +39,8 @@ def test_defaults_and_the_preflight(store, store_kind, tmp_path, model_dir):
     assert plan.alias == default_alias("docs") == "docs_live"
     assert pre.target is None and pre.source.name == "docs" and pre.source.count == 60
     assert plan.source_schema.dim == DIM and plan.source_schema.vector_field == pre.source.vector_field
-    assert MigrationPlan.create(store, store_kind=store_kind, uri=uri, source="docs", model_dir=model_dir).plan_id == plan.plan_id
+    again = MigrationPlan.create(store, store_kind=store_kind, uri=uri, source="docs", model_dir=model_dir)
+    assert again.plan_id == plan.plan_id
     store.create_sparse_collection("docs_csr", like="docs")
     _, pre = plan_migration(store, store_kind=store_kind, uri=uri, source="docs", model_dir=model_dir)
     assert pre.target is not None and pre.target.sparse_field == "csr" and pre.target.count == 0
