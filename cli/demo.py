@@ -6,17 +6,21 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from csr_vdb.errors import VerificationError
+from csr_vdb.migrations import default_alias, default_target
 
 logger = logging.getLogger(__name__)
 
 COLLECTION = "docs"
-ALIAS = "docs_live"
+ALIAS = default_alias(COLLECTION)
+TARGET = default_target(COLLECTION)
 DEMO_QUERIES = (
     "read a JSON document from a file",
     "compress data with gzip",
@@ -81,6 +85,52 @@ def _plot(curve: list[dict[str, float]], dense_bytes: float, path: Path) -> None
     plt.close(fig)
 
 
+class _Steps:
+    """Announces the demo's numbered steps on stderr and times each one."""
+
+    def __init__(self, app: Any, total: int) -> None:
+        self.app, self.total, self.done = app, total, 0
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, message: str) -> Iterator[None]:
+        self.done += 1
+        self.app.info(f"[{self.done}/{self.total}] {message}")
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 2)
+
+
+def _dense_collection(app: Any, store_kind: str, uri: str, passages: list[Any], x: np.ndarray) -> Any:
+    """A new embedded store holding the corpus as the dense collection `COLLECTION`."""
+    from csr_vdb.adapters import open_store
+
+    store = open_store(store_kind, uri)
+    app._stores.append(store)
+    store.create_dense_collection(COLLECTION, x.shape[1], metric="cosine", id_type="int")
+    ids = [p.id for p in passages]
+    for s in range(0, len(ids), 500):
+        store.insert_dense(COLLECTION, ids[s : s + 500], x[s : s + 500], [p.payload() for p in passages[s : s + 500]])
+    store.flush(COLLECTION)
+    return store
+
+
+def _side_by_side(app: Any, store: Any, encoder: Any, qx: np.ndarray, queries: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The top 3 names of each query by dense search, sparse search and sparse + re-rank (through the alias)."""
+    from csr_vdb.retriever import Retriever
+
+    retriever = Retriever(store, ALIAS, encoder, device=app.device)
+    side = {
+        "dense": store.search_dense(COLLECTION, qx, limit=3, with_payload=True),
+        "sparse": retriever.search(qx, top_k=3, rerank=False),
+        "rerank": retriever.search(qx, top_k=3, candidates=100),
+    }
+    return [
+        {"query": q, **{m: [h.payload.get("name") if h.payload else h.id for h in side[m][i]] for m in side}}
+        for i, q in enumerate(queries)
+    ]
+
+
 def run_demo(
     app: Any,
     *,
@@ -90,7 +140,7 @@ def run_demo(
     limit: int = 2000,
     epochs: int | None = None,
     k: int | None = None,
-    hidden: int | None = None,
+    hidden_dim: int | None = None,
     fresh: bool = False,
     queries: tuple[str, ...] = DEMO_QUERIES,
 ) -> dict[str, Any]:
@@ -104,106 +154,55 @@ def run_demo(
     Raises:
         VerificationError: the migrated collection did not verify.
     """
-    from csr_vdb.adapters import open_store
     from csr_vdb.cli.ops import load_encoder, remove_tree, train_model
     from csr_vdb.collection_eval import evaluate_collection, quality_vs_k
     from csr_vdb.corpus import stdlib_passages
-    from csr_vdb.migrations import MigrationPlan, cutover, run_migration, verify_migration
+    from csr_vdb.migrations import cutover, plan_migration, run_migration, verify_migration
     from csr_vdb.text import load_text_model
 
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(name: str, t0: float) -> None:
-        timings[name] = round(time.perf_counter() - t0, 2)
-
     out.mkdir(parents=True, exist_ok=True)
     uri = uri or str(out / ("demo.db" if store_kind == "milvus" else "qdrant"))
-    state = out / "state"
-    model_dir = out / "model"
+    state, model_dir, cache = out / "state", out / "model", out / "embeddings.npy"
     for p in (Path(uri), state, model_dir):
         remove_tree(p)
-    cache = out / "embeddings.npy"
     if fresh:
         for p in (cache, cache.with_suffix(".json")):
             p.unlink(missing_ok=True)
     app.flags.update({"store": store_kind, "uri": uri, "state_dir": str(state)})
+    steps = _Steps(app, 8)
 
-    t0 = time.perf_counter()
-    app.info(f"[1/8] corpus: docstrings of the Python standard library (up to {limit})")
-    passages = stdlib_passages(limit)
-    lap("corpus", t0)
-
-    t0 = time.perf_counter()
-    app.info(f"[2/8] embedding {len(passages)} passages with all-MiniLM-L6-v2 (offline)")
-    embedder = load_text_model(device=app.device)
-    x = _embed_corpus(app, [p.text for p in passages], cache, embedder)
-    lap("embed", t0)
-
-    t0 = time.perf_counter()
-    app.info(f"[3/8] dense collection '{COLLECTION}' in {store_kind} at {uri}")
-    store = open_store(store_kind, uri)
-    app._stores.append(store)
-    store.create_dense_collection(COLLECTION, x.shape[1], metric="cosine", id_type="int")
-    ids = [p.id for p in passages]
-    for s in range(0, len(ids), 500):
-        store.insert_dense(COLLECTION, ids[s : s + 500], x[s : s + 500], [p.payload() for p in passages[s : s + 500]])
-    store.flush(COLLECTION)
-    lap("load", t0)
-
-    t0 = time.perf_counter()
-    app.info("[4/8] training the CSR encoder on the collection's vectors")
-    with app.progress("export") as ebar, app.progress("train", "step") as tbar:
-        trained = train_model(model_dir, store=store, collection=COLLECTION, work_dir=state, export_progress=ebar,
-                              train_progress=tbar, epochs=epochs, k=k, hidden=hidden, device=app.device)
-    encoder = load_encoder(model_dir, app.device)
-    lap("train", t0)
-
-    t0 = time.perf_counter()
-    app.info(f"[5/8] migrate --to sparse: '{COLLECTION}' -> '{COLLECTION}_csr'")
-    plan = MigrationPlan.create(store, store_kind=store_kind, uri=uri, source=COLLECTION,
-                                model_dir=str(model_dir.resolve()), batch_size=500, alias=ALIAS,
-                                model_dim=encoder.config.input_dim)
-    with app.progress("migrate") as bar:
-        mig = run_migration(store, plan, encoder.encode, state_base=state, progress=bar)
-    lap("migrate", t0)
-
-    t0 = time.perf_counter()
-    app.info("[6/8] verify + cutover")
-    with app.progress("verify") as bar:
-        ver = verify_migration(store, plan, encoder.encode, encoder.encode_queries, state_base=state, sample=200,
-                               progress=bar)
-    if not ver.ok:
-        raise VerificationError("demo migration did not verify: " + "; ".join(ver.problems[:3]))
-    alias = cutover(store, plan, state_base=state)
-    lap("verify_cutover", t0)
-
-    t0 = time.perf_counter()
-    app.info("[7/8] searches: dense vs sparse vs sparse+rerank")
-    from csr_vdb.retriever import Retriever
-
-    qx = embedder.embed(list(queries))
-    retriever = Retriever(store, ALIAS, encoder, device=app.device)
-    side = {
-        "dense": store.search_dense(COLLECTION, qx, limit=3, with_payload=True),
-        "sparse": retriever.search(qx, top_k=3, rerank=False),
-        "rerank": retriever.search(qx, top_k=3, candidates=100),
-    }
-    searches = [
-        {"query": q, **{m: [h.payload.get("name") if h.payload else h.id for h in side[m][i]] for m in side}}
-        for i, q in enumerate(queries)
-    ]
-    lap("search", t0)
-
-    t0 = time.perf_counter()
-    app.info("[8/8] quality / size / latency")
-    rep = evaluate_collection(store, COLLECTION, f"{COLLECTION}_csr", encoder, sample=200, device=app.device)
-    hd = encoder.config.hidden_dim
-    ks = sorted({kk for kk in (4, 8, 16, 32, 64, encoder.config.k) if kk <= hd})
-    curve = quality_vs_k(x, encoder, ks, queries=200)
-    plot = out / "quality.png"
-    _plot(curve, rep.dense_bytes_per_vector, plot)
-    lap("eval", t0)
+    with steps("corpus", f"corpus: docstrings of the Python standard library (up to {limit})"):
+        passages = stdlib_passages(limit)
+    with steps("embed", f"embedding {len(passages)} passages with all-MiniLM-L6-v2 (offline)"):
+        embedder = load_text_model(device=app.device)
+        x = _embed_corpus(app, [p.text for p in passages], cache, embedder)
+    with steps("load", f"dense collection '{COLLECTION}' in {store_kind} at {uri}"):
+        store = _dense_collection(app, store_kind, uri, passages, x)
+    with steps("train", "training the CSR encoder on the collection's vectors"):
+        with app.progress("export") as ebar, app.progress("train", "step") as tbar:
+            trained = train_model(model_dir, store=store, collection=COLLECTION, work_dir=state, export_progress=ebar,
+                                  train_progress=tbar, epochs=epochs, k=k, hidden_dim=hidden_dim, device=app.device)
+        encoder = load_encoder(model_dir, app.device)
+    with steps("migrate", f"migrate --to sparse: '{COLLECTION}' -> '{TARGET}'"), app.progress("migrate") as bar:
+        plan, pre = plan_migration(store, store_kind=store_kind, uri=uri, source=COLLECTION, batch_size=500,
+                                   model_dir=model_dir.resolve(), alias=ALIAS, model_dim=encoder.config.input_dim)
+        mig = run_migration(store, plan, encoder.encode, state_base=state, progress=bar, preflight=pre)
+    with steps("verify_cutover", "verify + cutover"):
+        with app.progress("verify") as bar:
+            ver = verify_migration(store, plan, encoder.encode, encoder.encode_queries, state_base=state,
+                                   sample=200, progress=bar)
+        if not ver.ok:
+            raise VerificationError("demo migration did not verify: " + "; ".join(ver.problems[:3]))
+        alias = cutover(store, plan, state_base=state)
+    with steps("search", "searches: dense vs sparse vs sparse+rerank"):
+        searches = _side_by_side(app, store, encoder, embedder.embed(list(queries)), queries)
+    with steps("eval", "quality / size / latency"):
+        rep = evaluate_collection(store, COLLECTION, TARGET, encoder, sample=200, device=app.device)
+        ks = sorted({kk for kk in (4, 8, 16, 32, 64, encoder.config.k) if kk <= encoder.config.hidden_dim})
+        curve = quality_vs_k(x, encoder, ks, queries=200)
+        plot = out / "quality.png"
+        _plot(curve, rep.dense_bytes_per_vector, plot)
 
     report = {
         "store": store_kind, "uri": uri, "rows": len(passages), "dim": int(x.shape[1]),
@@ -216,36 +215,8 @@ def run_demo(
         "eval": rep.model_dump(),
         "quality_vs_k": curve,
         "plot": str(plot),
-        "timings_s": timings,
+        "timings_s": steps.timings,
         "total_s": round(time.perf_counter() - t_start, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
-
-
-def render_demo(r: dict[str, Any]) -> str:
-    """Human summary of a demo report."""
-    from csr_vdb.cli.main import eval_table
-    from csr_vdb.cli.ui import table
-    from csr_vdb.collection_eval import CollectionEvalReport
-
-    lines = [
-        f"demo: {r['rows']} stdlib docstrings, {r['dim']}-d MiniLM, {r['store']} at {r['uri']}",
-        f"model: h={r['model']['hidden_dim']} k={r['model']['k']} epochs={r['model']['epochs']} "
-        f"trained in {r['model']['train_s']} s",
-        f"migration: {r['migration']['rows_written']} rows at {r['migration']['rows_per_s']} rows/s; "
-        f"verify ok={r['verify']['ok']}; alias {r['alias']['name']} -> {r['alias']['points_to']}",
-        "",
-    ]
-    for s in r["searches"]:
-        lines.append(f"query: {s['query']}")
-        lines.append(table([[m, ", ".join(str(n) for n in s[m])] for m in ("dense", "sparse", "rerank")],
-                           ["mode", "top 3"]))
-        lines.append("")
-    lines.append(eval_table(CollectionEvalReport(**r["eval"])))
-    lines.append("")
-    lines.append(table([[c["k"], c["bytes_per_vector"], c["recall"], c.get("recall_rescore", "-"), c["recall_rerank"],
-                         c["pca_recall"]] for c in r["quality_vs_k"]],
-                       ["k", "bytes/vector", "recall@10", "+re-score", "+rerank", "PCA same bytes"]))
-    lines.append(f"\nplot: {r['plot']}   report: {Path(r['plot']).parent / 'report.json'}   total {r['total_s']} s")
-    return "\n".join(lines)

@@ -6,14 +6,23 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from csr_vdb import __version__
-from csr_vdb.cli.settings import parse_shard
-from csr_vdb.cli.ui import App, CSRGroup, common_options, kv, table
-from csr_vdb.errors import ConfigError, VerificationError
+from csr_vdb.cli import render
+from csr_vdb.cli.ui import (
+    AliasedChoice,
+    App,
+    CSRGroup,
+    common_options,
+    kv,
+    plan_options,
+    renamed_option,
+    shard_option,
+    vector_field_option,
+)
+from csr_vdb.errors import VerificationError
 
 EXIT_CODES_HELP = """\b
 Exit codes: 0 ok, 1 other error, 2 usage/config, 3 bad data, 4 model,
@@ -40,11 +49,11 @@ def main() -> None:
 @main.command()
 @click.option("--collection", required=True, help="Collection (or alias) to export.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Output .npy file.")
-@click.option("--field", default=None, help="Dense vector field (default: the first).")
+@vector_field_option()
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1))
 @common_options
-def export(app: App, collection: str, out: str, field: str | None, dtype: str, batch_size: int) -> None:
+def export(app: App, collection: str, out: str, vector_field: str | None, dtype: str, batch_size: int) -> None:
     """Stream a collection's dense vectors into a .npy file (+ .ids.txt, .meta.json).
 
     Rows are written page by page into a memory-mapped file, so any collection size fits.
@@ -57,17 +66,16 @@ def export(app: App, collection: str, out: str, field: str | None, dtype: str, b
 
     store = app.open_store()
     with app.progress("export") as bar:
-        res = export_collection(store, collection, out, dtype=dtype, vector_field=field,
+        res = export_collection(store, collection, out, dtype=dtype, vector_field=vector_field,
                                 batch_size=batch_size, progress=bar)
-    app.emit(res, lambda: kv({"rows": res.rows, "dim": res.dim, "vectors": res.path, "ids": res.ids_path,
-                              "rows/s": res.rows_per_s}))
+    app.emit(res, lambda: render.render_export(res))
 
 
 # ----------------------------------------------------------------------- train
 @main.command()
 @click.option("--collection", default=None, help="Collection (or alias) to train on.")
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Folder to save the encoder in.")
-@click.option("--field", default=None, help="Dense vector field (default: the first).")
+@vector_field_option()
 @click.option("--from-npy", default=None, type=click.Path(dir_okay=False), help="Train on a [rows, dim] .npy file instead.")
 @click.option("--k", type=click.IntRange(min=1), default=None, help="Active latents per code [recipe: 32].")
 @click.option("--k-query", type=click.IntRange(min=1), default=None, help="Active latents per query code [= k].")
@@ -81,17 +89,16 @@ def export(app: App, collection: str, out: str, field: str | None, dtype: str, b
               help="Document codes carry the pre-bias as one of their k non-zeros, so that re-ranking "
                    "with the signed decoder query scores the query's exact cosine with each "
                    "reconstruction [recipe: on; off with --query-projection encoder].")
-@click.option("--hidden", type=click.IntRange(min=1), default=None, help="Latents h [recipe, about 4 x dim].")
+@click.option("--hidden-dim", type=click.IntRange(min=1), default=None, help="Latents h [recipe, about 4 x dim].")
+@renamed_option("--hidden", "hidden_dim", type=click.IntRange(min=1))
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [recipe].")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Rows per step [recipe].")
 @click.option("--lr", type=float, default=None, help="Adam learning rate [recipe].")
 @click.option("--seed", type=int, default=None, help="Random seed [recipe].")
 @click.option("--keep-export", is_flag=True, help="Keep the temporary export under --state-dir.")
 @common_options
-def train(app: App, collection: str | None, model_dir: str, field: str | None, from_npy: str | None,
-          k: int | None, k_query: int | None, query_projection: str | None, doc_codes: str | None,
-          bias_latent: bool | None, hidden: int | None, epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None,
-          keep_export: bool) -> None:
+def train(app: App, collection: str | None, model_dir: str, from_npy: str | None, keep_export: bool,
+          **settings: object) -> None:
     """Train a CSR encoder on a collection's own vectors (or a .npy file) and save it.
 
     The collection is streamed to a memory-mapped file under --state-dir and trained from
@@ -106,37 +113,28 @@ def train(app: App, collection: str | None, model_dir: str, field: str | None, f
     store = app.open_store() if collection is not None else None
     export_bar = app.progress("export", "rows") if store is not None else contextlib.nullcontext(None)
     with export_bar as ebar, app.progress("train", "step") as tbar:
-        res = train_model(
-            model_dir, store=store, collection=collection, from_npy=from_npy, vector_field=field,
-            work_dir=app.state_dir, keep_export=keep_export, export_progress=ebar, train_progress=tbar,
-            hidden=hidden, k=k, k_query=k_query, query_projection=query_projection, doc_codes=doc_codes,
-            bias_latent=bias_latent, epochs=epochs,
-            batch_size=batch_size, lr=lr, seed=seed, device=app.device,
-        )
-    app.emit(res, lambda: kv({"model": res.model_dir, "rows": res.rows, "input_dim": res.input_dim,
-                              "hidden_dim": res.hidden_dim, "k": res.k, "epochs": res.epochs,
-                              "train_s": res.seconds, **{k_: v for k_, v in res.report.items()
-                                                         if isinstance(v, (int, float))}}))
+        res = train_model(model_dir, store=store, collection=collection, from_npy=from_npy, work_dir=app.state_dir,
+                          keep_export=keep_export, export_progress=ebar, train_progress=tbar, device=app.device,
+                          **settings)
+    app.emit(res, lambda: render.render_train(res))
 
 
 # --------------------------------------------------------------------- migrate
 @main.command()
 @click.option("--to", "to", type=click.Choice(["sparse"]), required=True, help="Target representation.")
-@click.option("--collection", required=True, help="Dense source collection (never written).")
+@click.option("--collection", "source", required=True, help="Dense source collection (never written).")
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Trained encoder folder.")
 @click.option("--target", default=None, help="Sparse target collection [<collection>_csr].")
-@click.option("--field", default=None, help="Dense vector field to encode (default: the first).")
+@vector_field_option("Dense vector field to encode (default: the first).")
 @click.option("--alias", default=None, help="Alias that cutover will move [<collection>_live].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted migration from its journal.")
 @click.option("--dry-run", is_flag=True, help="Check and print the plan; write nothing anywhere.")
 @click.option("--drop-dense", is_flag=True, help="Do not copy dense vectors into the target (lean collection).")
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1))
-@click.option("--shard", default="0/1", show_default=True, help="Migrate shard i of n (one worker per shard).")
+@shard_option("Migrate shard i of n (one worker per shard).")
 @click.option("--skip-invalid", is_flag=True, help="Skip and record NaN/inf/all-zero rows instead of stopping.")
 @common_options
-def migrate(app: App, to: str, collection: str, model_dir: str, target: str | None, field: str | None,
-            alias: str | None, resume: bool, dry_run: bool, drop_dense: bool, batch_size: int, shard: str,
-            skip_invalid: bool) -> None:
+def migrate(app: App, to: str, resume: bool, dry_run: bool, drop_dense: bool, **plan: object) -> None:
     """Re-encode a dense collection into a sparse one, ids and payloads intact, resumably.
 
     Every batch is recorded in a journal after the database acknowledged it; after a crash
@@ -146,54 +144,25 @@ def migrate(app: App, to: str, collection: str, model_dir: str, target: str | No
     Example:
       csr-vdb migrate --to sparse --store milvus --uri data.db --collection docs --model models/docs
     """
-    from csr_vdb.cli.ops import load_encoder
-    from csr_vdb.migrations import MigrationPlan, run_migration
+    from csr_vdb.cli.ops import migrate_collection
 
-    parse_shard(shard)
     store = app.open_store()
-    encoder = load_encoder(model_dir, app.device)
-    plan = MigrationPlan.create(
-        store, store_kind=app.settings.store, uri=app.settings.uri, source=collection,
-        model_dir=str(Path(model_dir).resolve()), target=target, vector_field=field, batch_size=batch_size,
-        keep_dense=not drop_dense, shard=shard, skip_invalid=skip_invalid, alias=alias,
-        model_dim=encoder.config.input_dim,
-    )
+    plan.update(store_kind=app.settings.store, uri=app.settings.uri, keep_dense=not drop_dense)
     with app.progress("migrate") as bar:
-        res = run_migration(store, plan, encoder.encode, state_base=app.state_dir, resume=resume,
-                            dry_run=dry_run, progress=bar)
-    if dry_run:
-        app.emit({"plan": plan, "result": res}, lambda: "dry run: nothing written\n" + kv({
-            "source": plan.source, "target": plan.target, "vector_field": plan.vector_field,
-            "rows": res.rows_total, "would write": res.rows_written, "batch_size": plan.batch_size,
-            "keep_dense": plan.keep_dense, "shard": plan.shard, "alias": plan.alias,
-            "model": plan.model_dir, "plan_id": plan.plan_id}))
-        return
-    app.emit(res, lambda: kv({"source": res.source, "target": res.target, "status": res.status,
-                              "resumed": res.resumed, "rows written": res.rows_written,
-                              "rows done": res.rows_done, "skipped invalid": res.rows_skipped_invalid,
-                              "rows/s": res.rows_per_s, "avg nnz": res.avg_nnz, "state": res.state_dir}))
-
-
-def _plan(app: App, store: Any, collection: str, target: str | None, shard: str = "0/1") -> Any:
-    from csr_vdb.migrations import find_plan
-
-    # a missing collection is the clearer error (exit 6) than a missing plan
-    store.describe(collection)
-    return find_plan(app.state_dir, app.settings.store, app.settings.uri, collection, target, shard)
+        made, res = migrate_collection(store, plan, device=app.device, state_base=app.state_dir, resume=resume,
+                                       dry_run=dry_run, progress=bar)
+    app.emit({"plan": made, "result": res} if dry_run else res, lambda: render.render_migration(made, res))
 
 
 # ---------------------------------------------------------------------- verify
 @main.command()
-@click.option("--collection", required=True, help="Source collection of the migration.")
-@click.option("--target", default=None, help="Target collection [<collection>_csr].")
+@plan_options(None, shard_help="Any shard i/n of a sharded migration (verify covers all n shards).")
 @click.option("--sample", default=256, show_default=True, type=click.IntRange(min=1),
               help="Rows re-encoded and compared; also the queries of the recall check.")
 @click.option("--min-recall", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Fail when recall@10 of sparse vs dense search is below this.")
-@click.option("--shard", default="0/1", show_default=True,
-              help="Any shard i/n of a sharded migration (verify covers all n shards).")
 @common_options
-def verify(app: App, collection: str, target: str | None, sample: int, min_recall: float, shard: str) -> None:
+def verify(app: App, collection: str, target: str | None, shard: str, sample: int, min_recall: float) -> None:
     """Check the target against the source: counts, ids, payloads, vectors, a re-encoded sample,
     and recall@10 of sparse vs dense search. Exit 0 only when everything matches (else 8).
 
@@ -201,58 +170,40 @@ def verify(app: App, collection: str, target: str | None, sample: int, min_recal
     Example:
       csr-vdb verify --store milvus --uri data.db --collection docs
     """
-    from csr_vdb.cli.ops import load_encoder
-    from csr_vdb.migrations import verify_migration
+    from csr_vdb.cli.ops import verify_collection
 
-    parse_shard(shard)
     store = app.open_store()
-    plan = _plan(app, store, collection, target, shard)
-    encoder = load_encoder(plan.model_dir, app.device)
+    plan = app.find_plan(store, collection, target, shard)
     with app.progress("verify") as bar:
-        rep = verify_migration(store, plan, encoder.encode, encoder.encode_queries, state_base=app.state_dir,
-                               sample=sample, min_recall=min_recall, progress=bar)
-    app.emit(rep, lambda: kv({"source": rep.source, "target": rep.target, "ok": rep.ok,
-                              "rows (source/expected/target)": f"{rep.source_rows}/{rep.expected_rows}/{rep.target_rows}",
-                              "missing / extra ids": f"{rep.n_missing} / {rep.n_extra}",
-                              "payload mismatches": rep.payload_mismatches, "dense mismatches": rep.dense_mismatches,
-                              "sparse mismatches": f"{rep.sparse_mismatches} of {rep.sample_size}",
-                              "recall@10 sparse vs dense": rep.recall_at_10})
-             + "".join(f"\nproblem: {p}" for p in rep.problems))
+        rep = verify_collection(store, plan, device=app.device, state_base=app.state_dir, sample=sample,
+                                min_recall=min_recall, progress=bar)
+    app.emit(rep, lambda: render.render_verify(rep))
     if not rep.ok:
-        raise VerificationError(
-            f"verify of '{rep.source}' -> '{rep.target}' failed: " + "; ".join(rep.problems[:3])
-        )
+        raise VerificationError(f"verify of '{rep.source}' -> '{rep.target}' failed: " + "; ".join(rep.problems[:3]))
 
 
 # ------------------------------------------------------------- cutover/rollback
 @main.command()
-@click.option("--collection", required=True, help="Source collection of the migration.")
-@click.option("--target", default=None, help="Target collection [<collection>_csr].")
-@click.option("--alias", default=None, help="Alias to move [<collection>_live].")
+@plan_options("Alias to move [<collection>_live].")
 @click.option("--force", is_flag=True, help="Cut over even without a passing verify.")
-@click.option("--shard", default="0/1", show_default=True, help="Any shard i/n of a sharded migration.")
 @common_options
-def cutover(app: App, collection: str, target: str | None, alias: str | None, force: bool, shard: str) -> None:
+def cutover(app: App, collection: str, target: str | None, alias: str | None, shard: str, force: bool) -> None:
     """Point the alias at the sparse target (only after a passing verify).
 
     \b
     Example:
       csr-vdb cutover --store milvus --uri data.db --collection docs --alias docs_live
     """
-    from csr_vdb.migrations import cutover as do_cutover
+    from csr_vdb.migrations import cutover as point_at_target
 
-    parse_shard(shard)
     store = app.open_store()
-    plan = _plan(app, store, collection, target, shard)
-    res = do_cutover(store, plan, state_base=app.state_dir, alias=alias, force=force)
-    app.emit(res, f"alias '{res.alias}': {res.previous or '(new)'} -> {res.current}")
+    res = point_at_target(store, app.find_plan(store, collection, target, shard), state_base=app.state_dir,
+                          alias=alias, force=force)
+    app.emit(res, render.render_alias(res))
 
 
 @main.command()
-@click.option("--collection", required=True, help="Source collection of the migration.")
-@click.option("--target", default=None, help="Target collection [<collection>_csr].")
-@click.option("--alias", default=None, help="Alias to move back [<collection>_live].")
-@click.option("--shard", default="0/1", show_default=True, help="Any shard i/n of a sharded migration.")
+@plan_options("Alias to move back [<collection>_live].")
 @common_options
 def rollback(app: App, collection: str, target: str | None, alias: str | None, shard: str) -> None:
     """Point the alias back at the dense source collection.
@@ -261,20 +212,16 @@ def rollback(app: App, collection: str, target: str | None, alias: str | None, s
     Example:
       csr-vdb rollback --store milvus --uri data.db --collection docs --alias docs_live
     """
-    from csr_vdb.migrations import rollback as do_rollback
+    from csr_vdb.migrations import rollback as point_at_source
 
-    parse_shard(shard)
     store = app.open_store()
-    plan = _plan(app, store, collection, target, shard)
-    res = do_rollback(store, plan, state_base=app.state_dir, alias=alias)
-    app.emit(res, f"alias '{res.alias}': {res.previous or '(new)'} -> {res.current}")
+    res = point_at_source(store, app.find_plan(store, collection, target, shard), state_base=app.state_dir,
+                          alias=alias)
+    app.emit(res, render.render_alias(res))
 
 
 @main.command()
-@click.option("--collection", required=True, help="Source collection of the migration.")
-@click.option("--target", default=None, help="Target collection [<collection>_csr].")
-@click.option("--alias", default=None, help="Alias to report [the plan's].")
-@click.option("--shard", default="0/1", show_default=True, help="Shard i/n.")
+@plan_options("Alias to report [the plan's].", shard_help="Shard i/n.")
 @common_options
 def status(app: App, collection: str, target: str | None, alias: str | None, shard: str) -> None:
     """Show a migration's progress, rate, ETA, last verify and alias. Reads only.
@@ -285,15 +232,10 @@ def status(app: App, collection: str, target: str | None, alias: str | None, sha
     """
     from csr_vdb.migrations import migration_status
 
-    parse_shard(shard)
     store = app.open_store()
-    plan = _plan(app, store, collection, target, shard)
-    rep = migration_status(store, plan, state_base=app.state_dir)
-    data = rep.model_dump(mode="json")
-    if alias:
-        data["alias"] = alias
-        data["alias_target"] = store.get_alias(alias)
-    app.emit(data, lambda: kv(data))
+    rep = migration_status(store, app.find_plan(store, collection, target, shard), state_base=app.state_dir,
+                           alias=alias)
+    app.emit(rep, lambda: kv(rep.model_dump(mode="json")))
 
 
 # ---------------------------------------------------------------------- search
@@ -303,8 +245,8 @@ def status(app: App, collection: str, target: str | None, alias: str | None, sha
 @click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
               help="Encoder folder [the one of this collection's migration].")
 @click.option("--vectors", default=None, type=click.Path(dir_okay=False), help="Query vectors [q, dim] .npy instead of text.")
-@click.option("--mode", type=click.Choice(["dense", "sparse", "rerank", "rescore", "all"]), default="rerank",
-              show_default=True,
+@click.option("--mode", type=AliasedChoice(["dense", "sparse", "rerank", "codes", "all"], {"rescore": "codes"}),
+              default="rerank", show_default=True,
               help="dense search, sparse search, sparse + exact re-rank (by the dense vectors when kept), "
                    "sparse + exact re-score from the stored codes only, or all side by side.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1))
@@ -317,9 +259,7 @@ def status(app: App, collection: str, target: str | None, alias: str | None, sha
               help="Query codes: TopK like the documents, or the decoder projection (questions against "
                    "passages) [the model's setting].")
 @common_options
-def search(app: App, query: tuple[str, ...], collection: str, model_dir: str | None, vectors: str | None,
-           mode: str, top_k: int, candidates: int, show: str | None, text_model: str,
-           query_projection: str | None) -> None:
+def search(app: App, query: tuple[str, ...], collection: str, show: str | None, **options: object) -> None:
     """Search a collection with text queries (bundled MiniLM, offline) or query vectors.
 
     \b
@@ -328,15 +268,9 @@ def search(app: App, query: tuple[str, ...], collection: str, model_dir: str | N
     """
     from csr_vdb.cli.search import run_search
 
-    if bool(query) == bool(vectors):
-        raise ConfigError("give query text(s) or --vectors FILE.npy (not both)")
     store = app.open_store()
-    res = run_search(app, store, collection, query=list(query), vectors=vectors, model_dir=model_dir, mode=mode,
-                     top_k=top_k, candidates=candidates, text_model=text_model,
-                     query_projection=query_projection)
-    from csr_vdb.cli.search import render_results
-
-    app.emit(res, lambda: render_results(res, show))
+    res = run_search(app, store, collection, query=list(query), **options)
+    app.emit(res, lambda: render.render_search(res, show))
 
 
 # ------------------------------------------------------------------------ eval
@@ -348,13 +282,12 @@ def search(app: App, query: tuple[str, ...], collection: str, model_dir: str | N
 @click.option("--sample", default=200, show_default=True, type=click.IntRange(min=1), help="Rows used as queries.")
 @click.option("--top-k", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--candidates", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option("--field", default=None, help="Dense vector field of the source.")
+@vector_field_option("Dense vector field of the source.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--query-projection", type=click.Choice(["encoder", "decoder"]), default=None,
               help="Query codes: TopK like the documents, or the decoder projection [the model's setting].")
 @common_options
-def eval_(app: App, collection: str, target: str | None, model_dir: str | None, sample: int, top_k: int,
-          candidates: int, field: str | None, seed: int, query_projection: str | None) -> None:
+def eval_(app: App, collection: str, target: str | None, model_dir: str | None, **options: object) -> None:
     """Dense vs sparse on the collection itself: neighbour recall@k with and without re-rank,
     bytes per vector and latency, with sampled rows as queries.
 
@@ -362,32 +295,14 @@ def eval_(app: App, collection: str, target: str | None, model_dir: str | None, 
     Example:
       csr-vdb eval --store milvus --uri data.db --collection docs --sample 200
     """
-    from csr_vdb.cli.ops import load_encoder, model_for
-    from csr_vdb.collection_eval import evaluate_collection
+    from csr_vdb.cli.ops import evaluate
 
     store = app.open_store()
-    store.describe(collection)
-    target = target or f"{collection}_csr"
-    mdir = model_for(model_dir, app.state_dir, app.settings.store, app.settings.uri, collection, target)
-    encoder = load_encoder(mdir, app.device)
     with app.progress("eval", "step") as bar:
-        rep = evaluate_collection(store, collection, target, encoder, sample=sample, top_k=top_k,
-                                  candidates=candidates, seed=seed, vector_field=field, device=app.device,
-                                  progress=bar, query_projection=query_projection)
-    app.emit(rep, lambda: eval_table(rep))
-
-
-def eval_table(rep: Any) -> str:
-    """The dense / sparse / sparse+rerank / sparse+re-score comparison table of a `CollectionEvalReport`."""
-    rows = [
-        ["dense", 1.0, rep.dense_bytes_per_vector, rep.latency_ms["dense"]],
-        ["sparse", rep.recall_sparse, rep.sparse_bytes_per_vector, rep.latency_ms["sparse"]],
-        [f"sparse+rerank@{rep.candidates}", rep.recall_rerank, rep.sparse_bytes_per_vector, rep.latency_ms["rerank"]],
-        [f"sparse+re-score@{rep.candidates} (codes only)", rep.recall_rescore, rep.sparse_bytes_per_vector,
-         rep.latency_ms["rescore"]],
-    ]
-    head = f"{rep.queries} sampled rows of '{rep.source}' as queries; reference: dense search; target '{rep.target}'"
-    return head + "\n" + table(rows, ["mode", f"recall@{rep.top_k}", "bytes/vector", "ms/query"])
+        rep = evaluate(store, collection, target, model_dir=model_dir, state_dir=app.state_dir,
+                       store_kind=app.settings.store, uri=app.settings.uri, device=app.device, progress=bar,
+                       **options)
+    app.emit(rep, lambda: render.eval_table(rep))
 
 
 # ----------------------------------------------------------------- show-config
@@ -415,13 +330,14 @@ def show_config(app: App) -> None:
 @click.option("--limit", default=2000, show_default=True, type=click.IntRange(min=50), help="Passages in the corpus.")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs [recipe, capped for speed].")
 @click.option("--k", default=None, type=click.IntRange(min=1), help="Active latents per code [32].")
-@click.option("--hidden", default=None, type=click.IntRange(min=1), help="Latents h [recipe].")
+@click.option("--hidden-dim", default=None, type=click.IntRange(min=1), help="Latents h [recipe].")
+@renamed_option("--hidden", "hidden_dim", type=click.IntRange(min=1))
 @click.option("--fresh", is_flag=True, help="Delete the demo's database and state first.")
 @click.option("--json", "json_out", is_flag=True, help="Machine-readable JSON on stdout only.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.option("--device", default=None, help="Torch device: cpu, cuda, auto.")
 def demo(demo_store: str, demo_uri: str | None, out: str, limit: int, epochs: int | None, k: int | None,
-         hidden: int | None, fresh: bool, json_out: bool, debug: bool, device: str | None) -> None:
+         hidden_dim: int | None, fresh: bool, json_out: bool, debug: bool, device: str | None) -> None:
     """End to end on a real corpus: Python stdlib docstrings -> MiniLM embeddings -> a 'docs'
     collection -> train -> migrate -> verify -> cutover -> searches side by side -> a quality
     and size table and a plot (OUT/quality.png). Offline, a few minutes on a laptop CPU.
@@ -430,7 +346,7 @@ def demo(demo_store: str, demo_uri: str | None, out: str, limit: int, epochs: in
     Example:
       csr-vdb demo --store milvus --out demo_out --limit 2000
     """
-    from csr_vdb.cli.demo import render_demo, run_demo
+    from csr_vdb.cli.demo import run_demo
     from csr_vdb.cli.ui import quiet_client_loggers
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
@@ -444,10 +360,10 @@ def demo(demo_store: str, demo_uri: str | None, out: str, limit: int, epochs: in
     app = App(flags=flags, json=json_out, debug=debug)
     try:
         res = run_demo(app, store_kind=demo_store, uri=demo_uri, out=Path(out), limit=limit, epochs=epochs,
-                       k=k, hidden=hidden, fresh=fresh)
+                       k=k, hidden_dim=hidden_dim, fresh=fresh)
     finally:
         app.close()
-    app.emit(res, lambda: render_demo(res))
+    app.emit(res, lambda: render.render_demo(res))
 
 
 if __name__ == "__main__":  # pragma: no cover

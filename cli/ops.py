@@ -1,36 +1,46 @@
-"""Operations the CLI composes from the library: export to a memmap, train from a store, load models.
+"""Operations the CLI composes from the library: export to a memmap, train from a store, migrate,
+verify and evaluate with a saved encoder.
 
-These functions hold the glue between layers (a store, the core trainer, the migration plan)
-that the core itself may not import; the click commands stay thin and call one of them.
+These functions hold the glue between layers (a store, the core encoder and trainer, the migration
+engine) that the core itself may not import; each click command parses its options and calls one
+of them (or one library function).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from csr_vdb.errors import ConfigError, DataError, StoreError
+from csr_vdb.migrations import (
+    MigrationPlan,
+    MigrationResult,
+    VerifyReport,
+    plan_migration,
+    plans_for,
+    run_migration,
+    verify_migration,
+)
+from csr_vdb.migrations.report import Report
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[..., None]
 
 
-class ExportResult(BaseModel):
+class ExportResult(Report):
     """Files written by `export_collection`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     collection: str = Field(description="Exported collection.")
     path: str = Field(description="The .npy file ([rows, dim]).")
@@ -74,7 +84,7 @@ def export_collection(
         progress: callback ``(done_rows, total_rows)``.
 
     Raises:
-        ConfigError: bad dtype.
+        ConfigError: bad dtype or unknown field.
         CollectionNotFoundError: no such collection.
         DataError: the collection is empty or has no dense vectors.
         StoreError: the collection changed size during the export.
@@ -82,28 +92,46 @@ def export_collection(
     if dtype not in ("float32", "float16"):
         raise ConfigError(f"--dtype must be float32 or float16, got '{dtype}'")
     info = store.describe(collection)
-    dim = info.vector_fields.get(vector_field, 0) if vector_field else info.dimension
     if vector_field and vector_field not in info.vector_fields:
         raise ConfigError(
             f"collection '{collection}' has no vector field '{vector_field}' "
             f"(fields: {', '.join(info.vector_fields) or 'none'})"
         )
+    dim = info.vector_fields[vector_field] if vector_field else info.dimension
     if dim <= 0:
         raise DataError(f"collection '{collection}' has no dense vectors to export")
-    n = store.count(collection)
-    if n == 0:
+    if info.count == 0:
         raise DataError(f"collection '{collection}' is empty")
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
     ids_path, meta_path = _sibling(path, ".ids.txt"), _sibling(path, ".meta.json")
-    ids_tmp = ids_path.with_name(ids_path.name + ".part")
     t0 = time.perf_counter()
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n, dim))
+    pages = store.iter_dense(collection, batch_size=batch_size, vector_field=vector_field)
+    _write_pages(pages, path, ids_path, (info.count, dim), dtype, collection, progress)
+    secs = time.perf_counter() - t0
+    meta = {"collection": info.name, "rows": info.count, "dim": dim, "dtype": dtype, "id_type": info.id_type,
+            "metric": info.metric, "vector_field": vector_field or info.vector_field}
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return ExportResult(
+        collection=collection, path=str(path), ids_path=str(ids_path), meta_path=str(meta_path),
+        rows=info.count, dim=dim, dtype=dtype, id_type=info.id_type, metric=info.metric, seconds=secs,
+        rows_per_s=info.count / secs if secs > 0 else 0.0,
+    )
+
+
+def _write_pages(
+    pages: Any, path: Path, ids_path: Path, shape: tuple[int, int], dtype: str, collection: str,
+    progress: Progress | None,
+) -> None:
+    """Write ``shape[0]`` rows of pages into ``path`` (+ their ids), each through a ``.part`` file
+    renamed into place only when every row arrived; nothing is left behind on failure."""
+    n = shape[0]
+    tmp, ids_tmp = path.with_name(path.name + ".part"), ids_path.with_name(ids_path.name + ".part")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
     done = 0
     try:
         with open(ids_tmp, "w", encoding="utf-8") as fids:
-            for page in store.iter_dense(collection, batch_size=batch_size, vector_field=vector_field):
+            for page in pages:
                 m = len(page.ids)
                 if done + m > n:
                     raise StoreError(f"collection '{collection}' grew during the export ({n} rows expected)")
@@ -126,23 +154,10 @@ def export_collection(
         for p in (tmp, ids_tmp):
             p.unlink(missing_ok=True)
         raise
-    secs = time.perf_counter() - t0
-    meta = {
-        "collection": info.name, "rows": n, "dim": dim, "dtype": dtype, "id_type": info.id_type,
-        "metric": info.metric, "vector_field": vector_field or info.vector_field,
-    }
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return ExportResult(
-        collection=collection, path=str(path), ids_path=str(ids_path), meta_path=str(meta_path),
-        rows=n, dim=dim, dtype=dtype, id_type=info.id_type, metric=info.metric, seconds=secs,
-        rows_per_s=n / secs if secs > 0 else 0.0,
-    )
 
 
-class TrainSummary(BaseModel):
+class TrainSummary(Report):
     """What `train_model` did."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model_dir: str = Field(description="Folder of the saved encoder.")
     source: str = Field(description="Collection name or .npy file trained on.")
@@ -156,71 +171,49 @@ class TrainSummary(BaseModel):
     report: dict[str, Any] = Field(default_factory=dict, description="Final figures of the training report.")
 
 
-def build_configs(
-    input_dim: int,
-    n_rows: int,
-    *,
-    metric: str = "cosine",
-    hidden: int | None = None,
-    k: int | None = None,
-    k_query: int | None = None,
-    query_projection: str | None = None,
-    doc_codes: str | None = None,
-    bias_latent: bool | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    seed: int | None = None,
-    device: str | None = None,
-    source_collection: str | None = None,
-) -> tuple[Any, Any]:
+_MODEL_OVERRIDES = ("hidden_dim", "k", "k_query", "query_projection", "doc_codes", "bias_latent", "source_collection")
+_TRAIN_OVERRIDES = ("epochs", "batch_size", "lr", "seed", "device")
+
+
+def build_configs(input_dim: int, n_rows: int, *, metric: str = "cosine", **overrides: Any) -> tuple[Any, Any]:
     """The recipe's (`csr_vdb.recipes.default_configs`) CSRConfig/TrainConfig with user overrides.
 
+    Args:
+        input_dim: the vectors' dimension.
+        n_rows: rows to train on (the recipe sizes batches and epochs by it).
+        metric: the vectors' metric: a cosine collection is compared on unit vectors, ip / l2 keep
+            the raw scale.
+        overrides: model settings (hidden_dim, k, k_query, query_projection, doc_codes,
+            bias_latent, source_collection) and training settings (epochs, batch_size, lr, seed,
+            device); None means "the recipe's".
+
     Raises:
-        ConfigError: an override is invalid (e.g. k > hidden).
+        ConfigError: an unknown or invalid override (e.g. k > hidden_dim).
     """
     from csr_vdb.config import CSRConfig, TrainConfig
+    from csr_vdb.recipes import default_configs
 
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - set(_MODEL_OVERRIDES) - set(_TRAIN_OVERRIDES))
+    if unknown:
+        raise ConfigError(f"unknown training setting(s): {', '.join(unknown)}")
+    model = {k: given[k] for k in _MODEL_OVERRIDES if k in given}
+    train = {k: given[k] for k in _TRAIN_OVERRIDES if k in given}
+    # the recipe derives other settings (batch, annealing) from k and h: hand them over
+    shape = {k: model[k] for k in ("k", "hidden_dim") if k in model}
+    if "k" in shape and "hidden_dim" not in shape and shape["k"] > 4 * input_dim:
+        shape["hidden_dim"] = 4 * shape["k"]
     try:
-        from csr_vdb.recipes import default_configs
-    except ImportError:  # the recipe module is optional; the configs' own defaults still train
-        default_configs = None
-    try:
-        if default_configs is not None:
-            # the recipe may derive other settings (batch, annealing) from k and h: hand them over
-            given = {name: v for name, v in (("k", k), ("hidden_dim", hidden)) if v is not None}
-            if k is not None and hidden is None and k > 4 * input_dim:
-                given["hidden_dim"] = 4 * k
-            try:
-                accepted = set(inspect.signature(default_configs).parameters)
-            except (TypeError, ValueError):  # pragma: no cover - builtins/C callables
-                accepted = set()
-            cfg, tcfg = default_configs(input_dim, n_rows, **{a: v for a, v in given.items() if a in accepted})
-            model_kw = cfg.model_dump()
-            train_kw = tcfg.model_dump()
-        else:
-            model_kw = {"input_dim": input_dim, "hidden_dim": 4 * input_dim, "k": 32}
-            train_kw = {}
-        model_kw["input_dim"] = input_dim
-        # a cosine collection is compared on unit vectors; ip / l2 keep the raw scale
-        model_kw["normalize"] = "l2" if metric == "cosine" else "none"
-        for key, val in (("hidden_dim", hidden), ("k", k), ("k_query", k_query),
-                         ("query_projection", query_projection), ("doc_codes", doc_codes),
-                         ("bias_latent", bias_latent),
-                         ("source_collection", source_collection)):
-            if val is not None:
-                model_kw[key] = val
-        if bias_latent is None and query_projection == "encoder":
+        cfg, tcfg = default_configs(input_dim, n_rows, **shape)
+        model_kw = {**cfg.model_dump(), "input_dim": input_dim, "normalize": "l2" if metric == "cosine" else "none",
+                    **model}
+        if "bias_latent" not in model and model.get("query_projection") == "encoder":
             # TopK queries never score the bias latent: keep the codes those queries expect
             model_kw["bias_latent"] = False
-        if model_kw.get("k", 0) > model_kw.get("hidden_dim", 0) and hidden is None:
+        if model_kw["k"] > model_kw["hidden_dim"] and "hidden_dim" not in model:
             model_kw["hidden_dim"] = max(model_kw["k"] * 4, model_kw["hidden_dim"])
-        for key, val in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("seed", seed)):
-            if val is not None:
-                train_kw[key] = val
-        if device is not None:
-            train_kw["device"] = device
-        if "batch_size" in train_kw and n_rows > 0:
+        train_kw = {**tcfg.model_dump(), **train}
+        if n_rows > 0:
             # a batch larger than the collection would make an epoch of zero steps
             train_kw["batch_size"] = max(2, min(int(train_kw["batch_size"]), n_rows))
         return CSRConfig(**model_kw), TrainConfig(**train_kw)
@@ -260,7 +253,7 @@ def train_model(
         export_progress: callback ``(done_rows, total_rows)``.
         train_progress: callback ``(step, total_steps, metrics)``.
         metric: the vectors' metric when training from a file ("cosine" default).
-        overrides: `build_configs` keyword overrides (hidden, k, k_query, epochs, ...).
+        overrides: `build_configs` keyword overrides (hidden_dim, k, k_query, epochs, ...).
 
     Raises:
         ConfigError: neither or both sources; invalid settings.
@@ -270,44 +263,114 @@ def train_model(
 
     if (from_npy is None) == (collection is None):
         raise ConfigError("give either --collection or --from-npy")
-    export_s = None
-    export_path: Path | None = None
-    if from_npy is not None:
-        npy = Path(from_npy)
-        if not npy.is_file():
-            raise ConfigError(f"--from-npy file {npy} not found")
-        source_name = str(npy)
-        metric = metric or "cosine"
-    else:
-        info = store.describe(collection)
-        metric = metric or info.metric
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{info.name}")
-        export_path = Path(work_dir) / "exports" / f"{slug}-{os.getpid()}.npy"
-        exp = export_collection(store, collection, export_path, vector_field=vector_field, progress=export_progress)
-        export_s = exp.seconds
-        npy = export_path
-        source_name = collection
-    try:
+    with _training_file(store, collection, from_npy, vector_field, work_dir, keep_export, export_progress) as (
+        npy, file_metric, export_s,
+    ):
         source = NpySource(npy)
         n_rows = int(getattr(source, "n_rows", None) or 0)
-        cfg, tcfg = build_configs(
-            source.dim, n_rows, metric=metric, source_collection=collection, **overrides
-        )
+        cfg, tcfg = build_configs(source.dim, n_rows, metric=metric or file_metric, source_collection=collection,
+                                  **overrides)
         t0 = time.perf_counter()
         result = train_encoder(source, cfg, tcfg, progress=train_progress)
         secs = time.perf_counter() - t0
         result.save(model_dir)  # also writes training_report.json
-    finally:
-        if export_path is not None and not keep_export:
-            for p in (export_path, _sibling(export_path, ".ids.txt"), _sibling(export_path, ".meta.json")):
-                p.unlink(missing_ok=True)
     report = dict(getattr(result, "report", {}) or {})
-    final = {k: v for k, v in report.items() if isinstance(v, (int, float, str, bool)) or v is None}
     return TrainSummary(
-        model_dir=str(model_dir), source=source_name, rows=n_rows, input_dim=cfg.input_dim,
+        model_dir=str(model_dir), source=collection or str(from_npy), rows=n_rows, input_dim=cfg.input_dim,
         hidden_dim=cfg.hidden_dim, k=cfg.k, epochs=tcfg.epochs, seconds=secs, export_seconds=export_s,
-        report=final,
+        report={k: v for k, v in report.items() if isinstance(v, (int, float, str, bool)) or v is None},
     )
+
+
+@contextmanager
+def _training_file(
+    store: Any, collection: str | None, from_npy: str | os.PathLike[str] | None, vector_field: str | None,
+    work_dir: str | os.PathLike[str], keep_export: bool, progress: Progress | None,
+) -> Iterator[tuple[Path, str, float | None]]:
+    """``(.npy file, its metric, export seconds or None)``: ``from_npy``, or an export of
+    ``collection`` under ``work_dir/exports`` that is deleted afterwards unless ``keep_export``."""
+    if from_npy is not None:
+        npy = Path(from_npy)
+        if not npy.is_file():
+            raise ConfigError(f"--from-npy file {npy} not found")
+        yield npy, "cosine", None
+        return
+    info = store.describe(collection)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{info.name}")
+    path = Path(work_dir) / "exports" / f"{slug}-{os.getpid()}.npy"
+    try:
+        exp = export_collection(store, collection, path, vector_field=vector_field, progress=progress)
+        yield path, info.metric, exp.seconds
+    finally:
+        if not keep_export:
+            for p in (path, _sibling(path, ".ids.txt"), _sibling(path, ".meta.json")):
+                p.unlink(missing_ok=True)
+
+
+def migrate_collection(
+    store: Any, plan_options: dict[str, Any], *, device: str | None, **run_options: Any
+) -> tuple[MigrationPlan, MigrationResult]:
+    """Plan a migration with the encoder saved in ``plan_options["model_dir"]``, and run it.
+
+    The store is described once for both steps (`plan_migration`'s `Preflight` goes to the run).
+
+    Args:
+        store: the open store.
+        plan_options: keyword arguments of `csr_vdb.migrations.plan_migration` (store_kind, uri,
+            source, model_dir, ...); the encoder's ``input_dim`` is checked against the source.
+        device: torch device of the encoder (None: CPU).
+        run_options: state_base, resume, dry_run, progress (`csr_vdb.migrations.run_migration`).
+
+    Raises:
+        ModelError: the encoder cannot be loaded; and what planning and running raise.
+    """
+    encoder = load_encoder(plan_options["model_dir"], device)
+    plan, pre = plan_migration(store, **{**plan_options, "model_dir": str(Path(plan_options["model_dir"]).resolve()),
+                                         "model_dim": encoder.config.input_dim})
+    return plan, run_migration(store, plan, encoder.encode, preflight=pre, **run_options)
+
+
+def verify_collection(
+    store: Any, plan: MigrationPlan, *, device: str | None, state_base: str | os.PathLike[str] | None, **options: Any
+) -> VerifyReport:
+    """`csr_vdb.migrations.verify_migration` with the plan's encoder (documents and queries).
+
+    ``options``: sample, min_recall, progress.
+    """
+    encoder = load_encoder(plan.model_dir, device)
+    return verify_migration(store, plan, encoder.encode, encoder.encode_queries, state_base=state_base, **options)
+
+
+def evaluate(
+    store: Any,
+    collection: str,
+    target: str | None,
+    *,
+    model_dir: str | None,
+    state_dir: Path,
+    store_kind: str,
+    uri: str,
+    device: str | None,
+    **options: Any,
+) -> Any:
+    """`csr_vdb.collection_eval.evaluate_collection` of ``collection`` against its sparse target.
+
+    Args:
+        store: the open store.
+        collection: the dense source (the reference).
+        target: the sparse collection (default `csr_vdb.migrations.default_target`).
+        model_dir: the encoder; default the one of this collection's migration.
+        state_dir, store_kind, uri: where that migration is recorded.
+        device: torch device of the encoder.
+        options: sample, top_k, candidates, seed, vector_field, progress, query_projection.
+    """
+    from csr_vdb.collection_eval import evaluate_collection
+    from csr_vdb.migrations import default_target
+
+    store.describe(collection)  # a missing collection is the clearer error (exit 6) than a missing model
+    target = target or default_target(collection)
+    encoder = load_encoder(model_for(model_dir, state_dir, store_kind, uri, collection, target), device)
+    return evaluate_collection(store, collection, target, encoder, device=device, **options)
 
 
 def load_encoder(model_dir: str | os.PathLike[str], device: str | None = None) -> Any:
@@ -325,27 +388,11 @@ def model_for(
     collection: str,
     target: str | None = None,
 ) -> str:
-    """The ``--model`` folder, or the one recorded in a migration plan of this collection.
-
-    A plan matches when it is for this store and URI and ``collection`` is its source, its target
-    or its alias (so searching ``docs_live`` after a cutover finds the model).
-    """
+    """The ``--model`` folder, or the one recorded in the latest migration plan of this collection
+    (as its source, target or alias: `csr_vdb.migrations.plans_for`)."""
     if model:
         return model
-    from csr_vdb.migrations.plan import PLAN_FILE, MigrationPlan, normalize_uri
-
-    want = normalize_uri(uri)
-    found: list[Any] = []
-    for path in sorted(Path(state_dir).glob(f"*/{PLAN_FILE}")):
-        try:
-            plan = MigrationPlan.load(path)
-        except Exception as exc:  # a foreign or damaged file must not hide the others
-            logger.debug("ignoring %s: %s", path, exc)
-            continue
-        if plan.store_kind != store_kind or normalize_uri(plan.uri) != want:
-            continue
-        if collection in (plan.source, plan.target, plan.alias) and (target is None or plan.target == target):
-            found.append(plan)
+    found = plans_for(state_dir, store_kind, uri, collection, target)
     if not found:
         raise ConfigError(f"--model is required: no migration of '{collection}' recorded under {state_dir}")
     return str(found[-1].model_dir)

@@ -1,4 +1,4 @@
-"""`csr-vdb search`: text or vector queries, dense / sparse / sparse+rerank / sparse+re-score, rendered side by side."""
+"""`csr-vdb search`: text or vector queries through dense search, sparse search and the two re-rankings."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from csr_vdb.errors import DataError
+from csr_vdb.errors import ConfigError, DataError
 
-MODES = ("dense", "sparse", "rerank", "rescore")
+MODES = ("dense", "sparse", "rerank", "codes")
+"""What ``--mode all`` runs: dense search, then `Retriever.search` with each of `RERANK`'s settings."""
+
+RERANK: dict[str, bool | str] = {"sparse": False, "rerank": True, "codes": "codes", "rescore": "codes"}
+"""``Retriever.search(rerank=...)`` of each sparse mode ("rescore": the deprecated name of "codes")."""
 
 
 def load_query_vectors(path: str | Path) -> np.ndarray:
@@ -44,10 +48,25 @@ def run_search(
     text_model: str,
     query_projection: str | None = None,
 ) -> dict[str, Any]:
-    """Embed the queries, run the chosen mode(s), return ``{queries, results: {mode: hits}, ms}``."""
+    """Embed the queries, run the chosen mode(s), return ``{queries, results: {mode: hits}, ms}``.
+
+    Args:
+        app: the CLI's `App` (device, state dir and store settings, to find the model).
+        store: the open store.
+        collection: collection or alias to search.
+        query: query texts (embedded with ``text_model``), or empty with ``vectors``.
+        vectors: a ``[q, dim]`` .npy file of query vectors.
+        model_dir: the encoder; default the one of this collection's migration.
+        mode: "dense", a key of `RERANK`, or "all" (`MODES`).
+        top_k, candidates: hits returned, and sparse candidates re-ranked, per query.
+        text_model: the sentence-transformers model that embeds ``query``.
+        query_projection: the encoder's query projection, unless its config's.
+    """
     from csr_vdb.cli.ops import load_encoder, model_for
     from csr_vdb.retriever import Retriever
 
+    if bool(query) == bool(vectors):
+        raise ConfigError("give query text(s) or --vectors FILE.npy (not both)")
     info = store.describe(collection)
     if vectors:
         x = load_query_vectors(vectors)
@@ -62,7 +81,7 @@ def run_search(
         modes = ("sparse", "rerank")  # a lean (--drop-dense) collection has nothing to search densely
     results: dict[str, Any] = {}
     ms: dict[str, float] = {}
-    retriever = None
+    retriever: Any = None
     if any(m != "dense" for m in modes):
         mdir = model_for(model_dir, app.state_dir, app.settings.store, app.settings.uri, collection)
         retriever = Retriever(store, collection, load_encoder(mdir, app.device), device=app.device,
@@ -75,30 +94,7 @@ def run_search(
             xd = check_dense(x, dim=info.dimension, what="query vectors")
             hits = store.search_dense(collection, xd, limit=top_k, with_payload=True)
         else:
-            assert retriever is not None
-            rerank = {"sparse": False, "rerank": True, "rescore": "codes"}[m]
-            hits = retriever.search(x, top_k=top_k, candidates=candidates, rerank=rerank)
+            hits = retriever.search(x, top_k=top_k, candidates=candidates, rerank=RERANK[m])
         ms[m] = (time.perf_counter() - t0) * 1000.0
         results[m] = _hits(hits)
     return {"collection": collection, "queries": labels, "results": results, "ms": ms}
-
-
-def _label(payload: dict[str, Any] | None, show: str | None, width: int = 70) -> str:
-    if not payload:
-        return ""
-    key = show if show else next((k for k in ("name", "title", "text") if k in payload), next(iter(payload), None))
-    text = str(payload.get(key, "")) if key else ""
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def render_results(res: dict[str, Any], show: str | None = None) -> str:
-    """Human rendering: per query, one block per mode (rank, score, id, payload field)."""
-    lines: list[str] = []
-    for qi, q in enumerate(res["queries"]):
-        lines.append(f"query: {q}")
-        for m, per_q in res["results"].items():
-            lines.append(f"  [{m}]  ({res['ms'][m] / max(1, len(res['queries'])):.1f} ms/query)")
-            for rank, h in enumerate(per_q[qi], 1):
-                lines.append(f"    {rank:>2}. {h['score']:8.4f}  {h['id']}  {_label(h['payload'], show)}")
-        lines.append("")
-    return "\n".join(lines).rstrip()

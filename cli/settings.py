@@ -158,15 +158,3 @@ def resolve_settings(
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
-
-
-def parse_shard(value: str) -> tuple[int, int]:
-    """Parse ``i/n`` (0 <= i < n) into (i, n); raises ConfigError."""
-    try:
-        i_s, n_s = value.split("/")
-        i, n = int(i_s), int(n_s)
-    except ValueError:
-        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got '{value}'") from None
-    if n < 1 or not 0 <= i < n:
-        raise ConfigError(f"--shard {value}: need 0 <= i < n")
-    return i, n

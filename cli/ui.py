@@ -17,6 +17,7 @@ import click
 
 from csr_vdb.cli.settings import STORE_CHOICES, CLISettings, resolve_settings
 from csr_vdb.errors import CSRVDBError, StoreError
+from csr_vdb.migrations.plan import parse_shard
 
 logger = logging.getLogger("csr_vdb.cli")
 
@@ -101,6 +102,13 @@ class App:
         )
         self._stores.append(store)
         return store
+
+    def find_plan(self, store: Any, collection: str, target: str | None, shard: str) -> Any:
+        """The saved `MigrationPlan` of ``collection`` (its source) in the configured store and state dir."""
+        from csr_vdb.migrations import find_plan
+
+        s = self.settings
+        return find_plan(self.state_dir, s.store, s.uri, collection, target, shard, store=store)
 
     def close(self) -> None:
         while self._stores:
@@ -208,6 +216,78 @@ def quiet_client_loggers(debug: bool) -> None:
     if not debug:
         for name in ("grpc._server", "grpc", "pymilvus", "milvus_lite"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+class AliasedChoice(click.Choice):
+    """A `click.Choice` that also takes deprecated names of its values, unlisted in ``--help``.
+
+    The old name is passed on as given (so its output keeps its old label) after a warning.
+    """
+
+    def __init__(self, choices: Sequence[str], aliases: dict[str, str]) -> None:
+        super().__init__(choices)
+        self.aliases = aliases
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value in self.aliases:
+            name = param.opts[0] if param is not None else "value"
+            click.echo(f"DeprecationWarning: {name} {value} is deprecated; use {name} {self.aliases[value]}", err=True)
+            return value
+        return super().convert(value, param, ctx)
+
+
+def renamed_option(old: str, new: str, **option: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The deprecated spelling ``old`` of the option whose parameter is ``new``: hidden, still working.
+
+    Click warns when it is used; its value fills ``new`` unless that was given too.
+    """
+    dest = old.lstrip("-").replace("-", "_")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = kwargs.pop(dest)
+            if value is not None and kwargs.get(new) is None:
+                kwargs[new] = value
+            return fn(*args, **kwargs)
+
+        flag = "--" + new.replace("_", "-")
+        return click.option(old, dest, default=None, hidden=True, deprecated=f"Use {flag}.", **option)(wrapper)
+
+    return decorate
+
+
+def _check_shard(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    parse_shard(value, what="--shard")
+    return value
+
+
+def shard_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--shard i/n`` (default 0/1), checked as it is parsed (a `ConfigError`, exit 2, naming --shard)."""
+    return click.option("--shard", default="0/1", show_default=True, callback=_check_shard, help=help)
+
+
+def vector_field_option(help: str = "Dense vector field (default: the first).") -> Callable[..., Any]:
+    """``--vector-field`` (the library's ``vector_field``), with ``--field`` as its deprecated spelling."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = renamed_option("--field", "vector_field")(fn)
+        return click.option("--vector-field", "vector_field", default=None, help=help)(fn)
+
+    return decorate
+
+
+def plan_options(alias_help: str | None, shard_help: str = "Any shard i/n of a sharded migration.") -> Callable[..., Any]:
+    """The options that name a started migration: --collection, --target, --shard (and --alias)."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = shard_option(shard_help)(fn)
+        if alias_help is not None:
+            fn = click.option("--alias", default=None, help=alias_help)(fn)
+        fn = click.option("--target", default=None, help="Target collection [<collection>_csr].")(fn)
+        return click.option("--collection", required=True, help="Source collection of the migration.")(fn)
+
+    return decorate
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:

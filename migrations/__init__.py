@@ -8,13 +8,17 @@ from csr_vdb.migrations.plan import (
     PLAN_FILE,
     VERIFY_FILE,
     MigrationPlan,
-    SourceSchema,
+    default_alias,
+    default_target,
     find_plan,
     parse_shard,
+    plan_migration,
+    plans_for,
     shard_of,
     state_dir,
 )
 from csr_vdb.migrations.runner import MigrationResult, run_migration
+from csr_vdb.migrations.schema import Preflight, SourceSchema
 from csr_vdb.migrations.verify import VerifyReport, verify_migration
 
 __all__ = [
@@ -26,13 +30,18 @@ __all__ = [
     "Journal",
     "MigrationPlan",
     "MigrationResult",
+    "Preflight",
     "SourceSchema",
     "StatusReport",
     "VerifyReport",
     "cutover",
+    "default_alias",
+    "default_target",
     "find_plan",
     "migration_status",
     "parse_shard",
+    "plan_migration",
+    "plans_for",
     "rollback",
     "run_migration",
     "shard_of",

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import time
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from csr_vdb.adapters.base import VectorStore
 from csr_vdb.errors import MigrationError
 from csr_vdb.fileutil import atomic_write_json
 from csr_vdb.migrations.journal import Journal
-from csr_vdb.migrations.plan import CUTOVER_FILE, JOURNAL_FILE, VERIFY_FILE, MigrationPlan, state_dir
-from csr_vdb.migrations.runner import is_locked
+from csr_vdb.migrations.lock import is_locked
+from csr_vdb.migrations.plan import CUTOVER_FILE, JOURNAL_FILE, VERIFY_FILE, MigrationPlan, StateBase, state_dir
+from csr_vdb.migrations.report import PlanReport, Report
 from csr_vdb.migrations.verify import load_verify, shard_journals_state
 
 log = logging.getLogger(__name__)
 
 
-class AliasResult(BaseModel):
+class AliasResult(Report):
     """What `cutover` / `rollback` did to the alias."""
-
-    model_config = ConfigDict(extra="forbid")
 
     action: str = Field(description="cutover | rollback.")
     alias: str = Field(description="The alias moved.")
@@ -34,24 +33,18 @@ class AliasResult(BaseModel):
     verified_at: str | None = Field(None, description="When the verify that allowed the cutover ran.")
 
 
-class StatusReport(BaseModel):
+class StatusReport(PlanReport):
     """Where a migration stands; gathered without writing anything."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    plan_id: str = Field(description="The plan's id.")
     store_kind: str = Field(description="Store kind.")
     uri: str = Field(description="Store location.")
-    source: str = Field(description="Source collection.")
-    target: str = Field(description="Target collection.")
-    shard: str = Field(description="Shard i/n.")
     state: str = Field(description="not started | running | interrupted | failed | complete.")
     rows_total: int = Field(description="Rows in the source (all shards).")
-    rows_scanned: int = Field(description="Source rows read so far (progress of the cursor).")
-    rows_done: int = Field(description="Rows written to the target so far by this shard.")
-    rows_skipped_invalid: int = Field(description="Rows skipped as invalid.")
-    batches: int = Field(description="Batches recorded in the journal.")
-    percent: float = Field(description="rows_scanned / rows_total, in percent.")
+    rows_scanned: int = Field(0, description="Source rows read so far (progress of the cursor).")
+    rows_done: int = Field(0, description="Rows written to the target so far by this shard.")
+    rows_skipped_invalid: int = Field(0, description="Rows skipped as invalid.")
+    batches: int = Field(0, description="Batches recorded in the journal.")
+    percent: float = Field(0.0, description="rows_scanned / rows_total, in percent.")
     rows_per_s: float | None = Field(None, description="Scan rate of the latest run.")
     eta_s: float | None = Field(None, description="Seconds left at that rate (None when unknown or done).")
     last_batch_at: str | None = Field(None, description="When the last batch was recorded (ISO 8601, UTC).")
@@ -60,16 +53,15 @@ class StatusReport(BaseModel):
     verify_ok: bool | None = Field(None, description="Result of the last verify (None: never verified).")
     verified_at: str | None = Field(None, description="When the last verify ran.")
     verify_current: bool = Field(False, description="The last verify matches the journals' current state.")
-    alias: str = Field(description="The plan's alias.")
+    alias: str = Field(description="The alias reported (the plan's unless asked for another).")
     alias_target: str | None = Field(None, description="Collection the alias points to now.")
     state_dir: str = Field(description="Folder of the plan's state files.")
 
 
-def _last_verify(plan: MigrationPlan, state_base) -> dict[str, Any] | None:
+def _last_verify(plan: MigrationPlan, state_base: StateBase) -> dict[str, Any] | None:
     """The newest verify.json of any shard of the plan's split (verify covers the union)."""
     reports = []
-    for i in range(plan.shard_count):
-        p = plan if i == plan.shard_index else plan.for_shard(i)
+    for p in plan.shards():
         folder = state_dir(state_base, p)
         rep = load_verify(folder)
         if rep is not None:
@@ -82,24 +74,54 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
 
 
-def _log_alias(folder, entry: dict[str, Any]) -> None:
-    """Append an alias change to cutover.json (history); a failure only warns: the alias moved."""
-    import json
+def _check_verified(plan: MigrationPlan, report: dict[str, Any] | None, state_base: StateBase) -> None:
+    """Raise `MigrationError` unless ``report`` is a passed verify of the journals as they are now."""
+    if report is None:
+        raise MigrationError(f"cutover refused: '{plan.target}' was never verified (run verify first, or --force)")
+    if report.get("source") != plan.source or report.get("target") != plan.target:
+        raise MigrationError("cutover refused: the last verify was of another migration (run verify again)")
+    if not report.get("ok"):
+        first = (report.get("problems") or ["see verify.json"])[0]
+        raise MigrationError(f"cutover refused: the last verify failed ({first}); fix it or --force")
+    current, _, _, _ = shard_journals_state(plan, state_base)
+    if report.get("journal_state") != current:
+        raise MigrationError("cutover refused: the migration changed since the last verify (run verify again)")
 
-    path = folder / CUTOVER_FILE
-    try:
-        history = json.loads(path.read_text()) if path.exists() else []
-        history.append(entry)
-        atomic_write_json(path, history)
-    except (OSError, ValueError) as exc:
-        log.warning("could not record the alias change in %s: %s", path, exc)
+
+def _point_alias(
+    store: VectorStore,
+    plan: MigrationPlan,
+    alias: str,
+    collection: str,
+    state_base: StateBase,
+    **result: Any,
+) -> AliasResult:
+    """Move ``alias`` to ``collection`` and record the change in the plan's cutover.json history.
+
+    A failure to record only warns: the alias has moved, and the store is what counts.
+    """
+    if alias in store.list_collections():
+        raise MigrationError(f"cannot use '{alias}' as an alias: a collection has that name in {plan.uri}")
+    previous = store.get_alias(alias)
+    store.set_alias(alias, collection)
+    log.info("alias %s: %s -> %s", alias, previous, collection)
+    res = AliasResult(alias=alias, previous=previous, current=collection, **result)
+    folder = state_dir(state_base, plan)
+    if folder.exists():
+        path = folder / CUTOVER_FILE
+        try:
+            history = json.loads(path.read_text()) if path.exists() else []
+            atomic_write_json(path, [*history, {**res.model_dump(), "at": _iso(time.time())}])
+        except (OSError, ValueError) as exc:
+            log.warning("could not record the alias change in %s: %s", path, exc)
+    return res
 
 
 def cutover(
     store: VectorStore,
     plan: MigrationPlan,
     *,
-    state_base: str | os.PathLike[str] | None,
+    state_base: StateBase,
     alias: str | None = None,
     force: bool = False,
 ) -> AliasResult:
@@ -117,50 +139,19 @@ def cutover(
             ``force``); the target does not exist; the alias names a collection.
         StoreError: the store failed.
     """
-    alias = alias or plan.alias
-    folder = state_dir(state_base, plan)
     report = _last_verify(plan, state_base)
     if not force:
-        if report is None:
-            raise MigrationError(
-                f"cutover refused: '{plan.target}' was never verified (run verify first, or --force)"
-            )
-        if report.get("source") != plan.source or report.get("target") != plan.target:
-            raise MigrationError("cutover refused: the last verify was of another migration (run verify again)")
-        if not report.get("ok"):
-            first = (report.get("problems") or ["see verify.json"])[0]
-            raise MigrationError(f"cutover refused: the last verify failed ({first}); fix it or --force")
-        current, _, _, _ = shard_journals_state(plan, state_base)
-        if report.get("journal_state") != current:
-            raise MigrationError(
-                "cutover refused: the migration changed since the last verify (run verify again)"
-            )
+        _check_verified(plan, report, state_base)
     if not store.has_collection(plan.target):
         raise MigrationError(f"cutover refused: target collection '{plan.target}' does not exist in {plan.uri}")
-    if alias in store.list_collections():
-        raise MigrationError(f"cannot use '{alias}' as an alias: a collection has that name in {plan.uri}")
-    previous = store.get_alias(alias)
-    store.set_alias(alias, plan.target)
-    log.info("alias %s: %s -> %s", alias, previous, plan.target)
-    res = AliasResult(
-        action="cutover",
-        alias=alias,
-        previous=previous,
-        current=plan.target,
-        forced=force,
+    return _point_alias(
+        store, plan, alias or plan.alias, plan.target, state_base, action="cutover", forced=force,
         verified_at=report.get("checked_at") if report else None,
     )
-    if folder.exists():
-        _log_alias(folder, {**res.model_dump(), "at": _iso(time.time())})
-    return res
 
 
 def rollback(
-    store: VectorStore,
-    plan: MigrationPlan,
-    *,
-    state_base: str | os.PathLike[str] | None,
-    alias: str | None = None,
+    store: VectorStore, plan: MigrationPlan, *, state_base: StateBase, alias: str | None = None
 ) -> AliasResult:
     """Point the alias back at the source (which the migration never wrote).
 
@@ -168,55 +159,34 @@ def rollback(
         MigrationError: the source no longer exists or the alias names a collection.
         StoreError: the store failed.
     """
-    alias = alias or plan.alias
     if not store.has_collection(plan.source):
         raise MigrationError(f"rollback refused: source collection '{plan.source}' is gone from {plan.uri}")
-    if alias in store.list_collections():
-        raise MigrationError(f"cannot use '{alias}' as an alias: a collection has that name in {plan.uri}")
-    previous = store.get_alias(alias)
-    store.set_alias(alias, plan.source)
-    log.info("alias %s: %s -> %s", alias, previous, plan.source)
-    res = AliasResult(action="rollback", alias=alias, previous=previous, current=plan.source)
-    folder = state_dir(state_base, plan)
-    if folder.exists():
-        _log_alias(folder, {**res.model_dump(), "at": _iso(time.time())})
-    return res
+    return _point_alias(store, plan, alias or plan.alias, plan.source, state_base, action="rollback")
 
 
 def migration_status(
-    store: VectorStore,
-    plan: MigrationPlan,
-    *,
-    state_base: str | os.PathLike[str] | None,
+    store: VectorStore, plan: MigrationPlan, *, state_base: StateBase, alias: str | None = None
 ) -> StatusReport:
-    """Progress, rate, ETA, last verify and alias of one plan; reads only (store and files)."""
+    """Progress, rate, ETA, last verify and the alias (``plan.alias`` unless another is asked for)
+    of one plan; reads only (store and files)."""
     folder = state_dir(state_base, plan)
     jpath = folder / JOURNAL_FILE
+    alias = alias or plan.alias
     total = store.count(plan.source) if store.has_collection(plan.source) else 0
-    target_rows = store.count(plan.target) if store.has_collection(plan.target) else None
-    alias_target = store.get_alias(plan.alias)
-    base: dict[str, Any] = dict(
-        plan_id=plan.plan_id,
+    where = dict(
+        **StatusReport.about(plan),
         store_kind=plan.store_kind,
         uri=plan.uri,
-        source=plan.source,
-        target=plan.target,
-        shard=plan.shard,
         rows_total=total,
-        target_rows=target_rows,
-        alias=plan.alias,
-        alias_target=alias_target,
+        target_rows=store.count(plan.target) if store.has_collection(plan.target) else None,
+        alias=alias,
+        alias_target=store.get_alias(alias),
         state_dir=str(folder),
     )
     if not jpath.exists():
-        return StatusReport(
-            **base, state="not started", rows_scanned=0, rows_done=0, rows_skipped_invalid=0, batches=0, percent=0.0
-        )
+        return StatusReport(**where, state="not started")
     with Journal.open(jpath, readonly=True) as j:
-        meta = j.meta()
-        t = j.totals()
-        runs = j.runs()
-        read, secs = j.run_rate()
+        meta, t, runs, (read, secs) = j.meta(), j.totals(), j.runs(), j.run_rate()
     complete = meta.get("completed_at") is not None
     last = runs[-1] if runs else {}
     if complete:
@@ -231,12 +201,8 @@ def migration_status(
     left = max(total - t.rows_read, 0)
     eta = left / rate if (rate and not complete and left) else None
     report = _last_verify(plan, state_base)
-    current = False
-    if report is not None:
-        fp, _, _, _ = shard_journals_state(plan, state_base)
-        current = report.get("journal_state") == fp
     return StatusReport(
-        **base,
+        **where,
         state=state,
         rows_scanned=t.rows_read,
         rows_done=t.rows_written,
@@ -249,5 +215,5 @@ def migration_status(
         last_error=last.get("message") if last.get("outcome") in ("failed", "interrupted") else None,
         verify_ok=report.get("ok") if report else None,
         verified_at=report.get("checked_at") if report else None,
-        verify_current=current,
+        verify_current=report is not None and report.get("journal_state") == shard_journals_state(plan, state_base)[0],
     )

@@ -7,32 +7,30 @@ import json
 import logging
 import os
 import re
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from csr_vdb.adapters.base import SPARSE_FIELD, VectorStore
-from csr_vdb.errors import (
-    CollectionNotFoundError,
-    ConfigError,
-    DataError,
-    MigrationError,
-    ModelError,
-)
+from csr_vdb.adapters.base import VectorStore
+from csr_vdb.errors import CollectionNotFoundError, ConfigError, DataError, MigrationError, ModelError
 from csr_vdb.fileutil import atomic_write_json, model_checksum
+from csr_vdb.migrations.schema import Preflight, SourceSchema, check_target_schema
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_BASE = Path(".csr-vdb")
 """Where state folders live unless the caller (the CLI's ``--state-dir``) says otherwise."""
 
+StateBase: TypeAlias = str | os.PathLike[str] | None
+"""The base folder of state folders as callers give it: None means `DEFAULT_STATE_BASE`."""
+
 PLAN_FILE = "plan.json"
 JOURNAL_FILE = "journal.sqlite"
 VERIFY_FILE = "verify.json"
-LOCK_FILE = "run.lock"
 CUTOVER_FILE = "cutover.json"
 
 # The fields whose values define a migration: a journal written under one plan_id is never
@@ -49,17 +47,6 @@ _DEFINING_FIELDS = (
     "shard_index",
     "shard_count",
 )
-
-
-class SourceSchema(BaseModel):
-    """The source collection's schema as captured when the plan was made."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    dim: int = Field(description="Dimension of the migrated dense vector field.", ge=1)
-    metric: str = Field(description="Metric of that field (cosine, ip or l2).")
-    id_type: Literal["int", "str"] = Field(description="Primary key type of the collection.")
-    vector_field: str = Field(description="Name of the migrated dense vector field.")
 
 
 class MigrationPlan(BaseModel):
@@ -143,7 +130,7 @@ class MigrationPlan(BaseModel):
             return cls(**data)
         except FileNotFoundError as exc:
             raise MigrationError(f"no migration plan at {path}") from exc
-        except (OSError, ValueError, ValidationError) as exc:
+        except (OSError, TypeError, ValueError) as exc:  # ValidationError is a ValueError
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise MigrationError(f"invalid migration plan {path}: {msg}") from exc
 
@@ -151,149 +138,134 @@ class MigrationPlan(BaseModel):
         """Write the plan atomically as JSON."""
         atomic_write_json(path, self.model_dump())
 
-    # ------------------------------------------------------------------ create
+    def shards(self) -> list[MigrationPlan]:
+        """The plans of every shard of this plan's split, in shard order (this plan among them)."""
+        return [self if i == self.shard_index else self.for_shard(i) for i in range(self.shard_count)]
+
     @classmethod
-    def create(
-        cls,
-        store: VectorStore,
-        *,
-        store_kind: str,
-        uri: str,
-        source: str,
-        model_dir: str | os.PathLike[str],
-        target: str | None = None,
-        vector_field: str | None = None,
-        batch_size: int = 1000,
-        keep_dense: bool = True,
-        shard: str = "0/1",
-        skip_invalid: bool = False,
-        alias: str | None = None,
-        model_dim: int | None = None,
-    ) -> MigrationPlan:
+    def create(cls, store: VectorStore, **options: Any) -> MigrationPlan:
         """Check the store and build a plan; nothing is written anywhere.
 
-        Args:
-            store: the open store holding ``source``.
-            store_kind: "milvus", "qdrant", "qdrant-edge" or "memory".
-            uri: the store's location as given by the user (credentials in a URL are dropped).
-            source: dense collection to migrate.
-            model_dir: folder of the saved encoder (``model.safetensors`` + ``config.json``).
-            target: sparse collection to write; default ``f"{source}_csr"``.
-            vector_field: dense field to encode; default the source's first.
-            batch_size: rows per batch.
-            keep_dense: also copy dense vectors into the target.
-            shard: ``"i/n"``: migrate only the ids whose crc32 hashes to i mod n.
-            skip_invalid: skip and record invalid rows instead of stopping.
-            alias: alias for cutover/rollback; default ``f"{source}_live"``.
-            model_dim: the encoder's ``input_dim``, checked against the collection's dimension.
-
-        Raises:
-            ConfigError: bad shard/batch size/names, or an unknown vector field.
-            CollectionNotFoundError: the source does not exist.
-            DataError: the source is empty.
-            ModelError: model files missing, or ``model_dim`` differs from the collection's.
-            MigrationError: the target exists with another schema.
+        Takes the keyword arguments of `plan_migration` and returns its plan.
         """
-        shard_index, shard_count = parse_shard(shard)
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        target = target or f"{source}_csr"
-        alias = alias or f"{source}_live"
-        clean_uri = normalize_uri(uri)
-        if target == source:
-            raise ConfigError(f"target must differ from the source ('{source}')")
-        if alias in (source, target):
-            raise ConfigError(f"alias '{alias}' must differ from the source and target names")
-
-        if not store.has_collection(source):
-            raise CollectionNotFoundError(f"source collection '{source}' not found in {clean_uri}")
-        info = store.describe(source)
-        if info.count == 0:
-            raise DataError(f"source collection '{source}' in {clean_uri} is empty: nothing to migrate")
-        if not info.vector_fields and info.vector_field is None:
-            raise ConfigError(f"source collection '{source}' in {clean_uri} has no dense vector field")
-        fields = dict(info.vector_fields) or {info.vector_field: info.dimension}
-        field = vector_field or info.vector_field or next(iter(fields))
-        if field not in fields:
-            raise ConfigError(
-                f"collection '{source}' has no vector field '{field}' (fields: {', '.join(fields)})"
-            )
-        dim = int(fields[field])
-        if model_dim is not None and int(model_dim) != dim:
-            raise ModelError(
-                f"model input dimension {model_dim} does not match collection '{source}' "
-                f"field '{field}' dimension {dim}"
-            )
-        if alias in store.list_collections():
-            raise ConfigError(f"alias '{alias}' is the name of an existing collection in {clean_uri}")
-
-        mdir = Path(model_dir).resolve()
-        try:
-            sha = model_checksum(mdir)
-        except OSError as exc:
-            raise ModelError(f"cannot read model files in {mdir}: {exc.strerror or exc}") from exc
-
-        schema = SourceSchema(dim=dim, metric=str(info.metric), id_type=info.id_type, vector_field=field)
-        if store.has_collection(target):
-            check_target_schema(store, target, schema, keep_dense, clean_uri)
-        try:
-            return cls(
-                store_kind=store_kind,  # type: ignore[arg-type]
-                uri=clean_uri,
-                source=source,
-                target=target,
-                vector_field=field,
-                model_dir=str(mdir),
-                model_sha256=sha,
-                batch_size=batch_size,
-                keep_dense=keep_dense,
-                shard_index=shard_index,
-                shard_count=shard_count,
-                skip_invalid=skip_invalid,
-                alias=alias,
-                source_schema=schema,
-            )
-        except ValidationError as exc:
-            raise ConfigError(f"invalid migration plan: {exc.errors()[0]['msg']}") from exc
+        return plan_migration(store, **options)[0]
 
 
-def check_target_schema(
-    store: VectorStore, target: str, schema: SourceSchema, keep_dense: bool, uri: str
-) -> None:
-    """Raise `MigrationError` unless an existing ``target`` has the schema the plan would create."""
-    tinfo = store.describe(target)
-    problems = []
-    if tinfo.sparse_field != SPARSE_FIELD:
-        problems.append(f"no sparse field '{SPARSE_FIELD}'")
-    if tinfo.id_type != schema.id_type:
-        problems.append(f"id type {tinfo.id_type} (source: {schema.id_type})")
-    tfields = dict(tinfo.vector_fields)
-    if keep_dense and tfields.get(schema.vector_field) != schema.dim:
-        problems.append(f"no dense field '{schema.vector_field}' of dimension {schema.dim}")
-    if not keep_dense and tfields:
-        problems.append(f"dense fields {', '.join(tfields)} (plan drops dense vectors)")
-    if problems:
-        raise MigrationError(
-            f"target collection '{target}' already exists in {uri} with another schema: "
-            + "; ".join(problems)
+def default_target(source: str) -> str:
+    """The sparse collection a migration of ``source`` writes unless told otherwise."""
+    return f"{source}_csr"
+
+
+def default_alias(source: str) -> str:
+    """The alias that cutover moves unless told otherwise."""
+    return f"{source}_live"
+
+
+def plan_migration(
+    store: VectorStore,
+    *,
+    store_kind: str,
+    uri: str,
+    source: str,
+    model_dir: str | os.PathLike[str],
+    target: str | None = None,
+    vector_field: str | None = None,
+    batch_size: int = 1000,
+    keep_dense: bool = True,
+    shard: str = "0/1",
+    skip_invalid: bool = False,
+    alias: str | None = None,
+    model_dim: int | None = None,
+) -> tuple[MigrationPlan, Preflight]:
+    """Check the store and build a plan; nothing is written anywhere.
+
+    The source and the target are described once; that `Preflight` comes back with the plan, so
+    a run started right away (``run_migration(..., preflight=...)``) does not look again.
+
+    Args:
+        store: the open store holding ``source``.
+        store_kind: "milvus", "qdrant", "qdrant-edge" or "memory".
+        uri: the store's location as given by the user (credentials in a URL are dropped).
+        source: dense collection to migrate.
+        model_dir: folder of the saved encoder (``model.safetensors`` + ``config.json``).
+        target: sparse collection to write; default `default_target`.
+        vector_field: dense field to encode; default the source's first.
+        batch_size: rows per batch.
+        keep_dense: also copy dense vectors into the target.
+        shard: ``"i/n"``: migrate only the ids whose crc32 hashes to i mod n.
+        skip_invalid: skip and record invalid rows instead of stopping.
+        alias: alias for cutover/rollback; default `default_alias`.
+        model_dim: the encoder's ``input_dim``, checked against the collection's dimension.
+
+    Raises:
+        ConfigError: bad shard/batch size/names, or an unknown vector field.
+        CollectionNotFoundError: the source does not exist.
+        DataError: the source is empty.
+        ModelError: model files missing, or ``model_dim`` differs from the collection's.
+        MigrationError: the target exists with another schema.
+    """
+    shard_index, shard_count = parse_shard(shard)
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    target = target or default_target(source)
+    alias = alias or default_alias(source)
+    clean_uri = normalize_uri(uri)
+    if target == source:
+        raise ConfigError(f"target must differ from the source ('{source}')")
+    if alias in (source, target):
+        raise ConfigError(f"alias '{alias}' must differ from the source and target names")
+
+    pre = Preflight.read(store, source, target)
+    if pre.source.count == 0:
+        raise DataError(f"source collection '{source}' in {clean_uri} is empty: nothing to migrate")
+    schema = SourceSchema.of(pre.source, vector_field)
+    if model_dim is not None and int(model_dim) != schema.dim:
+        raise ModelError(
+            f"model input dimension {model_dim} does not match collection '{source}' "
+            f"field '{schema.vector_field}' dimension {schema.dim}"
         )
+    if alias in store.list_collections():
+        raise ConfigError(f"alias '{alias}' is the name of an existing collection in {clean_uri}")
+    mdir = Path(model_dir).resolve()
+    try:
+        sha = model_checksum(mdir)
+    except OSError as exc:
+        raise ModelError(f"cannot read model files in {mdir}: {exc.strerror or exc}") from exc
+    if pre.target is not None:
+        check_target_schema(pre.target, schema, keep_dense, clean_uri)
+    try:
+        plan = MigrationPlan(
+            store_kind=store_kind, uri=clean_uri, source=source, target=target, alias=alias,  # type: ignore[arg-type]
+            vector_field=schema.vector_field, source_schema=schema, model_dir=str(mdir), model_sha256=sha,
+            batch_size=batch_size, keep_dense=keep_dense, shard_index=shard_index, shard_count=shard_count,
+            skip_invalid=skip_invalid,
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"invalid migration plan: {exc.errors()[0]['msg']}") from exc
+    return plan, pre
 
 
-def parse_shard(shard: str) -> tuple[int, int]:
-    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; raises `ConfigError` otherwise."""
+def parse_shard(shard: str, what: str = "shard") -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``.
+
+    Args:
+        shard: the text to parse.
+        what: how error messages name the setting (the CLI passes ``"--shard"``).
+
+    Raises:
+        ConfigError: anything else.
+    """
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
     if not m:
-        raise ConfigError(f"shard must look like i/n (e.g. 0/4), got '{shard}'")
+        raise ConfigError(f"{what} must look like i/n (e.g. 0/4), got '{shard}'")
     i, n = int(m.group(1)), int(m.group(2))
     if n < 1 or i >= n:
-        raise ConfigError(f"shard {shard}: need n >= 1 and 0 <= i < n")
+        raise ConfigError(f"{what} {shard}: need n >= 1 and 0 <= i < n")
     return i, n
 
 
 def shard_of(id_: object, shard_count: int) -> int:
     """The shard an id belongs to: crc32 of ``str(id)`` mod ``shard_count`` (stable across runs)."""
-    import zlib
-
     return zlib.crc32(str(id_).encode()) % shard_count
 
 
@@ -321,36 +293,70 @@ def state_name(store_kind: str, uri: str, source: str, target: str, shard_index:
     return f"{_slug(source)}__{_slug(target)}__{shard_index}of{shard_count}__{digest}"
 
 
-def state_dir(base: str | os.PathLike[str] | None, plan: MigrationPlan) -> Path:
+def state_dir(base: StateBase, plan: MigrationPlan) -> Path:
     """Folder of one plan's plan.json, journal.sqlite, verify.json and reports (not created here).
 
     Args:
         base: the state base folder (the CLI's ``--state-dir``); None means ``./.csr-vdb``.
         plan: the migration plan.
     """
-    base = Path(base) if base is not None else DEFAULT_STATE_BASE
-    return base / state_name(
-        plan.store_kind, plan.uri, plan.source, plan.target, plan.shard_index, plan.shard_count
-    )
+    name = state_name(plan.store_kind, plan.uri, plan.source, plan.target, plan.shard_index, plan.shard_count)
+    return _base(base) / name
+
+
+def _base(base: StateBase) -> Path:
+    return Path(base) if base is not None else DEFAULT_STATE_BASE
 
 
 def find_plan(
-    base: str | os.PathLike[str] | None,
-    store_kind: str,
-    uri: str,
-    source: str,
-    target: str | None = None,
-    shard: str = "0/1",
+    base: StateBase, store_kind: str, uri: str, source: str, target: str | None = None, shard: str = "0/1",
+    store: VectorStore | None = None,
 ) -> MigrationPlan:
-    """Load the saved plan of a migration; raises `MigrationError` when none was started."""
+    """Load the saved plan of a migration.
+
+    Args:
+        base: the state base folder (None: ``./.csr-vdb``).
+        store_kind, uri, source: the store and the source collection of the migration.
+        target: its target (default `default_target`).
+        shard: its shard ``"i/n"``.
+        store: the open store; when given, a missing source is reported as such first.
+
+    Raises:
+        CollectionNotFoundError: ``store`` is given and has no collection ``source``.
+        MigrationError: no migration of that source, target and shard was started here.
+    """
     i, n = parse_shard(shard)
-    target = target or f"{source}_csr"
-    b = Path(base) if base is not None else DEFAULT_STATE_BASE
-    folder = b / state_name(store_kind, uri, source, target, i, n)
-    path = folder / PLAN_FILE
+    if store is not None and not store.has_collection(source):
+        raise CollectionNotFoundError(f"collection '{source}' not found in {normalize_uri(uri)}")
+    target = target or default_target(source)
+    path = _base(base) / state_name(store_kind, uri, source, target, i, n) / PLAN_FILE
     if not path.exists():
         raise MigrationError(
             f"no migration of '{source}' -> '{target}' (shard {i}/{n}) in {normalize_uri(uri)} "
-            f"found under state dir {b}"
+            f"found under state dir {_base(base)}"
         )
     return MigrationPlan.load(path)
+
+
+def plans_for(
+    base: StateBase, store_kind: str, uri: str, collection: str, target: str | None = None
+) -> list[MigrationPlan]:
+    """Saved plans of this store in which ``collection`` is the source, the target or the alias.
+
+    A search of ``docs_live`` after a cutover finds the migration (and so the model) that made it.
+    Unreadable plan files are skipped with a debug log: a foreign or damaged file must not hide
+    the others. ``target``, when given, keeps only the plans with that target.
+    """
+    want = normalize_uri(uri)
+    found = []
+    for path in sorted(_base(base).glob(f"*/{PLAN_FILE}")):
+        try:
+            plan = MigrationPlan.load(path)
+        except MigrationError as exc:
+            log.debug("ignoring %s: %s", path, exc)
+            continue
+        if plan.store_kind != store_kind or normalize_uri(plan.uri) != want:
+            continue
+        if collection in (plan.source, plan.target, plan.alias) and target in (None, plan.target):
+            found.append(plan)
+    return found

@@ -3,43 +3,37 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from csr_vdb.adapters.base import VectorStore
 from csr_vdb.errors import MigrationError
 from csr_vdb.fileutil import atomic_write_json
 from csr_vdb.migrations.journal import Journal, ids_hash
-from csr_vdb.migrations.plan import JOURNAL_FILE, VERIFY_FILE, MigrationPlan, state_dir
-from csr_vdb.migrations.runner import check_source_unchanged
-from csr_vdb.sparse import SparseVectors
+from csr_vdb.migrations.pipeline import Encode, Progress
+from csr_vdb.migrations.plan import JOURNAL_FILE, VERIFY_FILE, MigrationPlan, StateBase, state_dir
+from csr_vdb.migrations.report import PlanReport
+from csr_vdb.migrations.schema import Preflight, check_source_unchanged
 
 log = logging.getLogger(__name__)
-
-Encode = Callable[[np.ndarray], SparseVectors]
-Progress = Callable[[int, int], None]
 
 _EXAMPLES = 20  # ids listed per kind of mismatch
 _SEARCH_CHUNK = 64
 RECALL_K = 10
 
 
-class VerifyReport(BaseModel):
+class VerifyReport(PlanReport):
     """What `verify_migration` checked and found; ``ok`` is False on any mismatch."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    plan_id: str = Field(description="The plan verified.")
-    source: str = Field(description="Source collection.")
-    target: str = Field(description="Target collection.")
     shard_count: int = Field(description="Shards whose union was verified.")
     ok: bool = Field(description="True when every check passed.")
     problems: list[str] = Field(default_factory=list, description="One line per failed check.")
@@ -72,15 +66,16 @@ class VerifyReport(BaseModel):
     quality_ok: bool = Field(description="recall_at_10 >= min_recall.")
 
 
-def shard_journals_state(plan: MigrationPlan, state_base: str | os.PathLike[str] | None) -> tuple[str, list[str], list[Any], dict[str, Any]]:
+def shard_journals_state(
+    plan: MigrationPlan, state_base: StateBase
+) -> tuple[str, list[str], list[Any], dict[str, Any]]:
     """Read every shard's journal of a split (read-only).
 
     Returns:
         ``(fingerprint, incomplete shards, skipped invalid ids, per-shard info)``.
     """
     prints, incomplete, skipped, info = [], [], [], {}
-    for i in range(plan.shard_count):
-        p = plan if i == plan.shard_index else plan.for_shard(i)
+    for p in plan.shards():
         jpath = state_dir(state_base, p) / JOURNAL_FILE
         if not jpath.exists():
             prints.append("missing")
@@ -99,34 +94,157 @@ def shard_journals_state(plan: MigrationPlan, state_base: str | os.PathLike[str]
             elif meta.get("completed_at") is None:
                 incomplete.append(f"{p.shard} (not complete)")
     # the same for every shard's plan of one split, so any shard may verify and another cut over
-    split_id = plan.for_shard(0).plan_id if plan.shard_index else plan.plan_id
+    split_id = plan.shards()[0].plan_id
     fp = hashlib.sha256("|".join([split_id, *prints]).encode()).hexdigest()[:16]
     return fp, incomplete, skipped, info
 
 
-def _target_pages(store: VectorStore, plan: MigrationPlan) -> Iterator[tuple[Any, np.ndarray, dict]]:
-    for page in store.iter_dense(plan.target, plan.batch_size, vector_field=plan.vector_field):
-        for n, i in enumerate(page.ids):
-            yield i, page.vectors[n], page.payloads[n]
+@dataclass
+class _Found:
+    """How many rows showed one kind of mismatch, and the first of their ids."""
+
+    n: int = 0
+    ids: list[Any] = field(default_factory=list)
+
+    def add(self, i: Any) -> None:
+        self.n += 1
+        if len(self.ids) < _EXAMPLES:
+            self.ids.append(i)
 
 
-def _add(examples: list, ids) -> None:
-    for i in ids:
-        if len(examples) >= _EXAMPLES:
+Row = tuple[Any, Any]  # (dense vector or None, payload)
+
+
+class _RowDiff:
+    """Matches the target's rows with the source's while both are read in step.
+
+    The target is read in step with the source (same store, so the same id order) and the two are
+    matched through small "pending" maps, which stay empty while both agree; no comparison of ids
+    by value is needed (Qdrant orders string ids by their uuid5, not alphabetically). A target
+    that keeps no dense vectors cannot be paged, so its rows are fetched by the source's ids.
+    """
+
+    def __init__(self, store: VectorStore, plan: MigrationPlan, scan_target: bool) -> None:
+        self.store, self.plan = store, plan
+        self.missing, self.extra, self.payload, self.dense = _Found(), _Found(), _Found(), _Found()
+        self.dense_checked = self.ranges = self.ranges_bad = self.expected = 0
+        self._target = self._target_rows() if scan_target else None
+        self._target_done = False
+        self._src_pending: dict[Any, Row] = {}
+        self._tgt_pending: dict[Any, Row] = {}
+        self._taken = 0  # target rows read so far
+
+    def _target_rows(self) -> Iterator[tuple[Any, Any, Any]]:
+        for page in self.store.iter_dense(self.plan.target, self.plan.batch_size, vector_field=self.plan.vector_field):
+            yield from zip(page.ids, page.vectors, page.payloads)
+
+    def page(self, ids: list, vectors: np.ndarray, payloads: list, keep: list[int]) -> None:
+        """Compare one source page (its rows at positions ``keep``: the others were skipped)."""
+        exp_ids = [ids[n] for n in keep]
+        self.expected += len(exp_ids)
+        got = self._target_page(exp_ids)
+        self.ranges += 1
+        if ids_hash([g[0] for g in got]) != ids_hash(exp_ids):
+            self.ranges_bad += 1
+        arrived: dict[Any, Row] = {}
+        for gid, gvec, gpay in got:
+            if gid in self._src_pending:
+                self._compare(gid, self._src_pending.pop(gid), (gvec, gpay))
+            else:
+                arrived[gid] = (gvec, gpay)
+        for n in keep:
+            i, want = ids[n], (vectors[n], payloads[n])
+            if i in arrived:
+                self._compare(i, want, arrived.pop(i))
+            elif i in self._tgt_pending:
+                self._compare(i, want, self._tgt_pending.pop(i))
+            elif self._target is None or self._target_done:
+                self.missing.add(i)  # the target cannot bring this row any more
+            else:
+                # kept only while the target may still bring the row (bounded by the mismatches)
+                self._src_pending[i] = want
+        self._tgt_pending.update(arrived)
+
+    def _target_page(self, exp_ids: list) -> list[tuple[Any, Any, Any]]:
+        if self._target is None:
+            return [(r.id, None, r.payload) for r in self.store.fetch(self.plan.target, exp_ids)] if exp_ids else []
+        got = []
+        while self._taken < self.expected and not self._target_done:
+            row = next(self._target, None)
+            if row is None:
+                self._target_done = True
+                break
+            got.append(row)
+            self._taken += 1
+        return got
+
+    def _compare(self, i: Any, want: Row, got: Row) -> None:
+        if got[1] != want[1]:
+            self.payload.add(i)
+        if got[0] is not None:
+            self.dense_checked += 1
+            if not np.allclose(got[0], want[0], rtol=1e-5, atol=1e-6):
+                self.dense.add(i)
+
+    def finish(self, target_rows: int) -> None:
+        """Read the rest of the target; what is left unmatched is missing or extra."""
+        if self._target is not None:
+            for gid, gvec, gpay in self._target:
+                if gid in self._src_pending:
+                    self._compare(gid, self._src_pending.pop(gid), (gvec, gpay))
+                else:
+                    self._tgt_pending[gid] = (gvec, gpay)
+            for i in self._tgt_pending:
+                self.extra.add(i)
+        for i in self._src_pending:
+            self.missing.add(i)
+        if self._target is None:
+            # Without a scannable target, extras show up only as surplus rows.
+            self.extra.n = max(0, target_rows - (self.expected - self.missing.n))
+
+    def problems(self, target_rows: int) -> list[str]:
+        """One line per failed check."""
+        out = []
+        if target_rows != self.expected:
+            out.append(f"target has {target_rows} rows, expected {self.expected}")
+        if self.missing.n:
+            out.append(f"{self.missing.n} ids missing from the target (e.g. {self.missing.ids[:5]})")
+        if self.extra.n:
+            out.append(f"{self.extra.n} unexpected ids in the target"
+                       + (f" (e.g. {self.extra.ids[:5]})" if self.extra.ids else ""))
+        if self.payload.n:
+            out.append(f"{self.payload.n} payloads differ (e.g. ids {self.payload.ids[:5]})")
+        if self.dense.n:
+            out.append(f"{self.dense.n} dense vectors differ (e.g. ids {self.dense.ids[:5]})")
+        return out
+
+
+class _Reservoir:
+    """A uniform sample of at most ``size`` rows of a stream, drawn a page at a time."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seen = size, 0
+        self.rng = np.random.default_rng(seed)
+        self.ids: list[Any] = []
+        self.vectors: list[np.ndarray] = []
+
+    def add(self, ids: list, vectors: np.ndarray, keep: list[int]) -> None:
+        if not keep or self.size <= 0:
             return
-        examples.append(i)
+        draws = self.rng.integers(0, self.seen + np.arange(len(keep)) + 1)
+        for j, (n, d) in enumerate(zip(keep, draws)):
+            if self.seen + j < self.size:
+                self.ids.append(ids[n])
+                self.vectors.append(np.asarray(vectors[n], np.float32))
+            elif d < self.size:
+                self.ids[d] = ids[n]
+                self.vectors[d] = np.asarray(vectors[n], np.float32)
+        self.seen += len(keep)
 
 
 def verify_migration(
-    store: VectorStore,
-    plan: MigrationPlan,
-    encode: Encode,
-    encode_queries: Encode,
-    *,
-    state_base: str | os.PathLike[str] | None,
-    sample: int = 256,
-    min_recall: float = 0.0,
-    progress: Progress | None = None,
+    store: VectorStore, plan: MigrationPlan, encode: Encode, encode_queries: Encode, *, state_base: StateBase,
+    sample: int = 256, min_recall: float = 0.0, progress: Progress | None = None,
 ) -> VerifyReport:
     """Check the target against the source (all shards) and write ``verify.json``.
 
@@ -150,174 +268,48 @@ def verify_migration(
         A `VerifyReport` (``.ok`` False on any mismatch; the CLI maps that to exit code 8).
 
     Raises:
-        MigrationError: the migration was never run here.
+        MigrationError: the migration was never run here, or its target is gone.
         StoreError: the store failed.
     """
     t0 = time.monotonic()
     folder = state_dir(state_base, plan)
     if not (folder / JOURNAL_FILE).exists():
         raise MigrationError(f"nothing to verify: no journal of '{plan.source}' -> '{plan.target}' in {folder}")
-    check_source_unchanged(store, plan)
+    pre = Preflight.read(store, plan.source, plan.target)
+    check_source_unchanged(pre.source, plan.source_schema, plan.source)
     fingerprint, incomplete, skipped_list, _ = shard_journals_state(plan, state_base)
-    skipped = set(skipped_list)
-    problems: list[str] = []
-    if incomplete:
-        problems.append(f"shards not complete: {', '.join(incomplete)}")
-
-    if not store.has_collection(plan.target):
+    if pre.target is None:
         raise MigrationError(f"target collection '{plan.target}' does not exist in {plan.uri}")
-    tinfo = store.describe(plan.target)
-    scan_target = plan.vector_field in tinfo.vector_fields
-    source_rows = store.count(plan.source)
-    target_rows = store.count(plan.target)
+    skipped = set(skipped_list)
 
-    missing: list[Any] = []
-    extra: list[Any] = []
-    n_missing = n_extra = 0
-    pay_bad: list[Any] = []
-    n_pay = 0
-    dense_bad: list[Any] = []
-    n_dense = dense_checked = 0
-    ranges = ranges_bad = 0
-    expected_rows = 0
+    diff = _RowDiff(store, plan, scan_target=plan.vector_field in pre.target.vector_fields)
+    drawn = _Reservoir(sample, seed=int(plan.plan_id, 16) % 2**32)
     scanned = 0
-
-    rng = np.random.default_rng(int(plan.plan_id, 16) % 2**32)
-    s_ids: list[Any] = []
-    s_vecs: list[np.ndarray] = []
-    seen = 0
-
-    # The target is read in step with the source (same store, so the same id order) and the two
-    # are matched through small "pending" maps, which stay empty while both agree; no comparison
-    # of ids by value is needed (Qdrant orders string ids by their uuid5, not alphabetically).
-    tgt_rows = _target_pages(store, plan) if scan_target else None
-    src_pending: dict[Any, tuple[Any, Any]] = {}
-    tgt_pending: dict[Any, tuple[Any, Any]] = {}
-    consumed_exp = consumed_tgt = gone = 0
-    tgt_done = False
-
-    def compare(i: Any, want: tuple[Any, Any], got: tuple[Any, Any]) -> None:
-        nonlocal n_pay, n_dense, dense_checked
-        if got[1] != want[1]:
-            n_pay += 1
-            _add(pay_bad, [i])
-        if got[0] is not None:
-            dense_checked += 1
-            if not np.allclose(got[0], want[0], rtol=1e-5, atol=1e-6):
-                n_dense += 1
-                _add(dense_bad, [i])
-
     for page in store.iter_dense(plan.source, plan.batch_size, vector_field=plan.vector_field):
         keep = [n for n, i in enumerate(page.ids) if i not in skipped]
-        exp_ids = [page.ids[n] for n in keep]
-        expected_rows += len(exp_ids)
-        consumed_exp += len(exp_ids)
-
-        got: list[tuple[Any, Any, Any]] = []
-        if tgt_rows is not None:
-            while consumed_tgt < consumed_exp and not tgt_done:
-                row = next(tgt_rows, None)
-                if row is None:
-                    tgt_done = True
-                    break
-                got.append(row)
-                consumed_tgt += 1
-        elif exp_ids:
-            got = [(r.id, None, r.payload) for r in store.fetch(plan.target, exp_ids)]
-        ranges += 1
-        if ids_hash([g[0] for g in got]) != ids_hash(exp_ids):
-            ranges_bad += 1
-        got_map = {}
-        for gid, gvec, gpay in got:
-            if gid in src_pending:
-                compare(gid, src_pending.pop(gid), (gvec, gpay))
-            else:
-                got_map[gid] = (gvec, gpay)
-        for n in keep:
-            i = page.ids[n]
-            want = (page.vectors[n], page.payloads[n])
-            if i in got_map:
-                compare(i, want, got_map.pop(i))
-            elif i in tgt_pending:
-                compare(i, want, tgt_pending.pop(i))
-            elif tgt_rows is None or tgt_done:
-                # the target cannot bring this row any more: missing, nothing to keep
-                gone += 1
-                _add(missing, [i])
-            else:
-                # kept only while the target may still bring the row (bounded by the mismatches)
-                src_pending[i] = (page.vectors[n], page.payloads[n])
-        tgt_pending.update(got_map)
-
-        # Reservoir sample over the expected rows, drawn for a whole page at once.
-        if keep and sample > 0:
-            draws = rng.integers(0, seen + np.arange(len(keep)) + 1)
-            for j, (n, d) in enumerate(zip(keep, draws)):
-                if seen + j < sample:
-                    s_ids.append(page.ids[n])
-                    s_vecs.append(np.asarray(page.vectors[n], np.float32))
-                elif d < sample:
-                    s_ids[d] = page.ids[n]
-                    s_vecs[d] = np.asarray(page.vectors[n], np.float32)
-            seen += len(keep)
+        diff.page(page.ids, page.vectors, page.payloads, keep)
+        drawn.add(page.ids, page.vectors, keep)
         scanned += len(page)
         if progress is not None:
-            progress(scanned, source_rows)
+            progress(scanned, pre.source.count)
+    diff.finish(pre.target.count)
 
-    if tgt_rows is not None:
-        for gid, gvec, gpay in tgt_rows:
-            if gid in src_pending:
-                compare(gid, src_pending.pop(gid), (gvec, gpay))
-            else:
-                tgt_pending[gid] = (gvec, gpay)
-        n_extra = len(tgt_pending)
-        _add(extra, list(tgt_pending))
-    n_missing = gone + len(src_pending)
-    _add(missing, list(src_pending))
-    if tgt_rows is None:
-        # Without a scannable target, extras show up only as surplus rows.
-        n_extra = max(0, target_rows - (expected_rows - n_missing))
-
-    count_ok = target_rows == expected_rows
-    if not count_ok:
-        problems.append(f"target has {target_rows} rows, expected {expected_rows}")
-    if n_missing:
-        problems.append(f"{n_missing} ids missing from the target (e.g. {missing[:5]})")
-    if n_extra:
-        problems.append(f"{n_extra} unexpected ids in the target" + (f" (e.g. {extra[:5]})" if extra else ""))
-    if n_pay:
-        problems.append(f"{n_pay} payloads differ (e.g. ids {pay_bad[:5]})")
-    if n_dense:
-        problems.append(f"{n_dense} dense vectors differ (e.g. ids {dense_bad[:5]})")
-
-    # Sampled rows: re-encode and compare with the stored sparse vectors.
-    sparse_bad: list[Any] = []
-    n_sparse = 0
-    recall = None
-    if s_ids:
-        x = np.stack(s_vecs)
-        codes = encode(x)
-        want = codes.to_qdrant()
-        recs = {r.id: r for r in store.fetch(plan.target, s_ids, with_sparse=True)}
-        for i, (wi, wv) in zip(s_ids, want):
-            r = recs.get(i)
-            if r is None:
-                continue  # already counted as missing
-            gi, gv = r.sparse or ([], [])
-            if list(gi) != list(wi) or not np.allclose(gv, wv, rtol=0.0, atol=1e-5):
-                n_sparse += 1
-                _add(sparse_bad, [i])
-        if n_sparse:
-            problems.append(f"{n_sparse} of {len(s_ids)} sampled sparse vectors differ from a re-encode (e.g. ids {sparse_bad[:5]})")
+    problems = [f"shards not complete: {', '.join(incomplete)}"] if incomplete else []
+    problems += diff.problems(pre.target.count)
+    sparse, recall = _Found(), None
+    if drawn.ids:
+        x = np.stack(drawn.vectors)
+        sparse = _compare_codes(store, plan, drawn.ids, x, encode)
+        if sparse.n:
+            problems.append(f"{sparse.n} of {len(drawn.ids)} sampled sparse vectors differ from a re-encode "
+                            f"(e.g. ids {sparse.ids[:5]})")
         recall = _recall(store, plan, x, encode_queries)
     quality_ok = recall is None or recall >= min_recall
     if not quality_ok:
         problems.append(f"recall@{RECALL_K} {recall:.4f} below the threshold {min_recall}")
 
     report = VerifyReport(
-        plan_id=plan.plan_id,
-        source=plan.source,
-        target=plan.target,
+        **VerifyReport.about(plan),
         shard_count=plan.shard_count,
         ok=not problems,
         problems=problems,
@@ -326,25 +318,25 @@ def verify_migration(
         journal_state=fingerprint,
         journals_complete=not incomplete,
         incomplete_shards=incomplete,
-        source_rows=source_rows,
+        source_rows=pre.source.count,
         skipped_invalid=len(skipped),
-        expected_rows=expected_rows,
-        target_rows=target_rows,
-        count_ok=count_ok,
-        ranges_checked=ranges,
-        ranges_mismatched=ranges_bad,
-        n_missing=n_missing,
-        missing_ids=missing,
-        n_extra=n_extra,
-        extra_ids=extra,
-        payload_mismatches=n_pay,
-        payload_mismatch_ids=pay_bad,
-        dense_checked=dense_checked,
-        dense_mismatches=n_dense,
-        dense_mismatch_ids=dense_bad,
-        sample_size=len(s_ids),
-        sparse_mismatches=n_sparse,
-        sparse_mismatch_ids=sparse_bad,
+        expected_rows=diff.expected,
+        target_rows=pre.target.count,
+        count_ok=pre.target.count == diff.expected,
+        ranges_checked=diff.ranges,
+        ranges_mismatched=diff.ranges_bad,
+        n_missing=diff.missing.n,
+        missing_ids=diff.missing.ids,
+        n_extra=diff.extra.n,
+        extra_ids=diff.extra.ids,
+        payload_mismatches=diff.payload.n,
+        payload_mismatch_ids=diff.payload.ids,
+        dense_checked=diff.dense_checked,
+        dense_mismatches=diff.dense.n,
+        dense_mismatch_ids=diff.dense.ids,
+        sample_size=len(drawn.ids),
+        sparse_mismatches=sparse.n,
+        sparse_mismatch_ids=sparse.ids,
         recall_at_10=None if recall is None else round(recall, 4),
         min_recall=min_recall,
         quality_ok=quality_ok,
@@ -355,6 +347,21 @@ def verify_migration(
         raise MigrationError(f"cannot write verify report in {folder}: {exc.strerror or exc}") from exc
     log.info("verify %s -> %s: ok=%s", plan.source, plan.target, report.ok)
     return report
+
+
+def _compare_codes(store: VectorStore, plan: MigrationPlan, ids: list, x: np.ndarray, encode: Encode) -> _Found:
+    """Re-encode the sampled rows ``x`` and compare with the stored sparse vectors (atol 1e-5)."""
+    found = _Found()
+    want = encode(x).to_qdrant()
+    recs = {r.id: r for r in store.fetch(plan.target, ids, with_sparse=True)}
+    for i, (wi, wv) in zip(ids, want):
+        r = recs.get(i)
+        if r is None:
+            continue  # already counted as missing
+        gi, gv = r.sparse or ([], [])
+        if list(gi) != list(wi) or not np.allclose(gv, wv, rtol=0.0, atol=1e-5):
+            found.add(i)
+    return found
 
 
 def _recall(store: VectorStore, plan: MigrationPlan, x: np.ndarray, encode_queries: Encode) -> float:
@@ -374,8 +381,6 @@ def _recall(store: VectorStore, plan: MigrationPlan, x: np.ndarray, encode_queri
 
 def load_verify(folder: Path) -> dict[str, Any] | None:
     """The last verify.json of a state folder, or None."""
-    import json
-
     path = folder / VERIFY_FILE
     if not path.exists():
         return None

@@ -18,7 +18,7 @@ from tests.helpers import clustered
 
 ROWS, DIM = 300, 16
 EMBEDDED = ["milvus", "qdrant-edge"]
-TINY = ["--hidden", "64", "--k", "4", "--epochs", "2"]
+TINY = ["--hidden-dim", "64", "--k", "4", "--epochs", "2"]
 
 
 def adapter_missing(kind: str) -> bool:
@@ -94,3 +94,21 @@ def cli_factory(tmp_path, monkeypatch):
         return Cli(kind, uri, tmp_path), data
 
     return make
+
+
+def trained_source(root: Path, kind: str = "qdrant-edge", rows: int = 150) -> tuple[str, np.ndarray, list[int], Any]:
+    """A source collection under ``root`` and a tiny encoder trained on it in ``root/model`` (the store is
+    closed again); returns ``(uri, vectors, ids, TrainSummary)``."""
+    from csr_vdb.cli.ops import train_model
+
+    if adapter_missing(kind):
+        pytest.skip(f"adapter {kind} not available")
+    uri = uri_for(kind, root)
+    x, ids, _ = make_source(kind, uri, rows)
+    store = open_store(kind, uri)
+    try:
+        summary = train_model(root / "model", store=store, collection="docs", work_dir=root / "state",
+                              hidden_dim=64, k=4, epochs=2, device="cpu")
+    finally:
+        store.close()
+    return uri, x, ids, summary

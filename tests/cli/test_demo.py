@@ -25,7 +25,7 @@ def test_demo_small(tmp_path, monkeypatch, kind):
     out = tmp_path / "out"
     r = CliRunner()
     res = r.invoke(main, ["demo", "--store", kind, "--out", str(out), "--limit", "150", "--epochs", "3",
-                          "--hidden", "256", "--k", "8", "--json"], catch_exceptions=False)
+                          "--hidden-dim", "256", "--k", "8", "--json"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     assert rep == json.loads((out / "report.json").read_text())

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from csr_vdb.cli.main import main
-from csr_vdb.cli.settings import DEFAULT_URIS, parse_shard, resolve_settings
+from csr_vdb.cli.settings import DEFAULT_URIS, resolve_settings
 from csr_vdb.errors import ConfigError
 
 
@@ -76,13 +76,6 @@ def test_invalid_settings_raise_config_error(tmp_path, flags, env, toml, match):
 def test_explicit_config_file_must_exist(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         resolve_settings({}, env={}, config_path=tmp_path / "missing.toml", cwd=tmp_path)
-
-
-def test_parse_shard():
-    assert parse_shard("1/4") == (1, 4)
-    for bad in ("4/4", "x", "1/0", "-1/2"):
-        with pytest.raises(ConfigError):
-            parse_shard(bad)
 
 
 def test_cli_precedence_end_to_end(tmp_path, monkeypatch):

@@ -81,7 +81,7 @@ def test_full_workflow(cli_factory, kind):
     # search through the alias with query vectors: all three modes, model found from the plan
     np.save(cli.cwd / "q.npy", x[:3])
     res = cli.json("search", "--collection", "docs_live", "--vectors", "q.npy", "--mode", "all", "--top-k", "3")
-    assert set(res["results"]) == {"dense", "sparse", "rerank", "rescore"}
+    assert set(res["results"]) == {"dense", "sparse", "rerank", "codes"}
     for qi in range(3):
         assert res["results"]["dense"][qi][0]["id"] == ids[qi]
         assert res["results"]["rerank"][qi][0]["id"] == ids[qi]  # re-rank restores the exact top hit

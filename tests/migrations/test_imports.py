@@ -1,4 +1,4 @@
-"""migrations/ imports only the protocol, errors, sparse, validation, fileutil, pydantic, sqlite3, numpy."""
+"""migrations/ imports only the store contract, errors, sparse, validation, fileutil, pydantic, sqlite3, numpy."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ ALLOWED_CSR = {
     "csr_vdb.sparse",
     "csr_vdb.validation",
     "csr_vdb.fileutil",
+    "csr_vdb.store",  # the store contract, once it moves into the core
 }
 BANNED_TOP = {"torch", "pymilvus", "qdrant_client", "qdrant_edge", "milvus_lite", "click", "tqdm", "scipy"}
 

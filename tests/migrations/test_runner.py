@@ -296,3 +296,113 @@ def test_store_failure_and_interrupt_leave_a_resumable_journal(tmp_path, model_d
     assert st.state == "interrupted" and st.rows_done == 400 and st.rows_per_s and st.eta_s is not None
     res = run_migration(store, plan, ProjectionEncoder(DIM), state_base=base, resume=True)
     assert res.resumed_after == ids[399] and res.rows_done == 600 and store.count("docs_csr") == 600
+
+
+class Counting:
+    """A store proxy that counts the calls the engine makes, by method and collection."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self.calls: dict[tuple[str, str], int] = {}
+
+    def __getattr__(self, name):
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            key = (name, args[0] if args and isinstance(args[0], str) else "")
+            self.calls[key] = self.calls.get(key, 0) + 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+    def n(self, method: str, collection: str = "") -> int:
+        return sum(v for (m, c), v in self.calls.items() if m == method and (not collection or c == collection))
+
+
+@pytest.fixture
+def row_checks(monkeypatch):
+    """Rows passed through each validation: the engine's dense check, any dense check, any sparse check."""
+    import csr_vdb.migrations.pipeline as pipeline
+    import csr_vdb.validation as validation
+    from csr_vdb.sparse import SparseVectors
+
+    seen = {"engine_dense": 0, "dense": 0, "sparse": 0}
+    dense_rows, sparse_rows = validation.invalid_dense_rows, SparseVectors.invalid_rows
+
+    def engine_dense(x):
+        seen["engine_dense"] += len(x)
+        return dense_rows(x)
+
+    def any_dense(x):
+        seen["dense"] += len(x)
+        return dense_rows(x)
+
+    def any_sparse(self, *a, **kw):
+        seen["sparse"] += len(self)
+        return sparse_rows(self, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "invalid_dense_rows", engine_dense)
+    monkeypatch.setattr(validation, "invalid_dense_rows", any_dense)  # check_dense, as the stores' writes use it
+    monkeypatch.setattr(SparseVectors, "invalid_rows", any_sparse)
+    return seen
+
+
+@pytest.fixture
+def schema_checks(monkeypatch):
+    """Calls of the target schema check, wherever the engine makes them."""
+    import csr_vdb.migrations.plan as plan_mod
+    import csr_vdb.migrations.runner as runner_mod
+
+    calls = []
+    for mod in (plan_mod, runner_mod):
+        orig = mod.check_target_schema
+        monkeypatch.setattr(mod, "check_target_schema", lambda *a, _o=orig, **k: (calls.append(a), _o(*a, **k))[1])
+    return calls
+
+
+@pytest.mark.parametrize("keep_dense", [True, False])
+def test_one_pass_per_thing(store, store_kind, tmp_path, model_dir, row_checks, schema_checks, keep_dense):
+    """Planned and run together, the source is described once, and each row validated once by the
+    engine (dense, before encoding); sparse codes once in all, by the store's write."""
+    from csr_vdb.migrations import plan_migration
+
+    n = 300
+    fill_source(store, "docs", n, DIM)
+    row_checks.update(dict.fromkeys(row_checks, 0))  # count from here on (filling the source checked rows too)
+    spy = Counting(store)
+    plan, pre = plan_migration(spy, store_kind=store_kind, uri=store_uri(store_kind, tmp_path), source="docs",
+                               model_dir=model_dir, batch_size=64, keep_dense=keep_dense, model_dim=DIM)
+    assert pre.target is None and pre.source.count == n
+    res = run_migration(spy, plan, ProjectionEncoder(DIM), state_base=tmp_path / "s", preflight=pre)
+    assert res.rows_written == n and store.count("docs_csr") == n
+    assert spy.n("describe", "docs") == 1 and spy.n("describe", "docs_csr") == 0
+    assert spy.n("has_collection", "docs_csr") == 1 and spy.n("count") == 0
+    assert schema_checks == []  # no target to check
+    assert row_checks["engine_dense"] == n
+    assert row_checks["dense"] == (n if keep_dense else 0)  # the write's own check of the dense copy
+    assert row_checks["sparse"] == n
+
+
+def test_one_pass_with_an_existing_target_and_a_dry_run(tmp_path, model_dir, row_checks, schema_checks):
+    from csr_vdb.adapters.memory import MemoryStore
+    from csr_vdb.migrations import plan_migration
+
+    store = MemoryStore()
+    fill_source(store, "docs", 200, DIM)
+    store.create_sparse_collection("docs_csr", like="docs")  # e.g. made by another shard of the split
+    row_checks.update(dict.fromkeys(row_checks, 0))
+    spy = Counting(store)
+    kw = dict(store_kind="memory", uri="memory://", source="docs", model_dir=model_dir, batch_size=50)
+    plan, pre = plan_migration(spy, **kw)
+    dry = run_migration(spy, plan, ProjectionEncoder(DIM), state_base=tmp_path / "s", dry_run=True, preflight=pre)
+    assert dry.rows_written == 200 and store.count("docs_csr") == 0
+    assert spy.n("describe", "docs") == 1 and spy.n("describe", "docs_csr") == 1 and len(schema_checks) == 1
+    assert row_checks["engine_dense"] == 200 and row_checks["sparse"] == 50  # a dry run checks the codes it made
+    res = run_migration(spy, plan, ProjectionEncoder(DIM), state_base=tmp_path / "s", preflight=pre)
+    assert res.rows_written == 200 and not res.target_created
+    assert spy.n("describe") == 2 and len(schema_checks) == 1
+    # a saved plan run on its own is checked against the store again, once
+    again = run_migration(spy, plan, ProjectionEncoder(DIM), state_base=tmp_path / "s", resume=True)
+    assert again.rows_done == 200 and spy.n("describe", "docs") == 2 and len(schema_checks) == 2

@@ -1,0 +1,109 @@
+"""Human renderings of the library's results (``--json`` prints the results themselves)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from csr_vdb.cli.ui import kv, table
+
+
+def render_export(res: Any) -> str:
+    """An `ExportResult`."""
+    return kv({"rows": res.rows, "dim": res.dim, "vectors": res.path, "ids": res.ids_path, "rows/s": res.rows_per_s})
+
+
+def render_train(res: Any) -> str:
+    """A `TrainSummary` with the numeric figures of its training report."""
+    figures = {k: v for k, v in res.report.items() if isinstance(v, (int, float))}
+    return kv({"model": res.model_dir, "rows": res.rows, "input_dim": res.input_dim, "hidden_dim": res.hidden_dim,
+               "k": res.k, "epochs": res.epochs, "train_s": res.seconds, **figures})
+
+
+def render_migration(plan: Any, res: Any) -> str:
+    """A `MigrationResult`; for a dry run, the plan it would carry out."""
+    if res.dry_run:
+        return "dry run: nothing written\n" + kv({
+            "source": plan.source, "target": plan.target, "vector_field": plan.vector_field,
+            "rows": res.rows_total, "would write": res.rows_written, "batch_size": plan.batch_size,
+            "keep_dense": plan.keep_dense, "shard": plan.shard, "alias": plan.alias,
+            "model": plan.model_dir, "plan_id": plan.plan_id})
+    return kv({"source": res.source, "target": res.target, "status": res.status, "resumed": res.resumed,
+               "rows written": res.rows_written, "rows done": res.rows_done,
+               "skipped invalid": res.rows_skipped_invalid, "rows/s": res.rows_per_s, "avg nnz": res.avg_nnz,
+               "state": res.state_dir})
+
+
+def render_verify(rep: Any) -> str:
+    """A `VerifyReport`, one line per problem found."""
+    return kv({"source": rep.source, "target": rep.target, "ok": rep.ok,
+               "rows (source/expected/target)": f"{rep.source_rows}/{rep.expected_rows}/{rep.target_rows}",
+               "missing / extra ids": f"{rep.n_missing} / {rep.n_extra}",
+               "payload mismatches": rep.payload_mismatches, "dense mismatches": rep.dense_mismatches,
+               "sparse mismatches": f"{rep.sparse_mismatches} of {rep.sample_size}",
+               "recall@10 sparse vs dense": rep.recall_at_10}) + "".join(f"\nproblem: {p}" for p in rep.problems)
+
+
+def render_alias(res: Any) -> str:
+    """An `AliasResult`."""
+    return f"alias '{res.alias}': {res.previous or '(new)'} -> {res.current}"
+
+
+def eval_table(rep: Any) -> str:
+    """The dense / sparse / sparse+rerank / sparse+re-score comparison table of a `CollectionEvalReport`."""
+    rows = [
+        ["dense", 1.0, rep.dense_bytes_per_vector, rep.latency_ms["dense"]],
+        ["sparse", rep.recall_sparse, rep.sparse_bytes_per_vector, rep.latency_ms["sparse"]],
+        [f"sparse+rerank@{rep.candidates}", rep.recall_rerank, rep.sparse_bytes_per_vector, rep.latency_ms["rerank"]],
+        [f"sparse+re-score@{rep.candidates} (codes only)", rep.recall_rescore, rep.sparse_bytes_per_vector,
+         rep.latency_ms["rescore"]],
+    ]
+    head = f"{rep.queries} sampled rows of '{rep.source}' as queries; reference: dense search; target '{rep.target}'"
+    return head + "\n" + table(rows, ["mode", f"recall@{rep.top_k}", "bytes/vector", "ms/query"])
+
+
+def _label(payload: dict[str, Any] | None, show: str | None, width: int = 70) -> str:
+    if not payload:
+        return ""
+    key = show if show else next((k for k in ("name", "title", "text") if k in payload), next(iter(payload), None))
+    text = str(payload.get(key, "")) if key else ""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_search(res: dict[str, Any], show: str | None = None) -> str:
+    """Search results: per query, one block per mode (rank, score, id, payload field ``show``)."""
+    lines: list[str] = []
+    for qi, q in enumerate(res["queries"]):
+        lines.append(f"query: {q}")
+        for m, per_q in res["results"].items():
+            lines.append(f"  [{m}]  ({res['ms'][m] / max(1, len(res['queries'])):.1f} ms/query)")
+            for rank, h in enumerate(per_q[qi], 1):
+                lines.append(f"    {rank:>2}. {h['score']:8.4f}  {h['id']}  {_label(h['payload'], show)}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def render_demo(r: dict[str, Any]) -> str:
+    """The demo's report: the run, the side-by-side searches, the quality/size tables."""
+    from csr_vdb.collection_eval import CollectionEvalReport
+
+    lines = [
+        f"demo: {r['rows']} stdlib docstrings, {r['dim']}-d MiniLM, {r['store']} at {r['uri']}",
+        f"model: h={r['model']['hidden_dim']} k={r['model']['k']} epochs={r['model']['epochs']} "
+        f"trained in {r['model']['train_s']} s",
+        f"migration: {r['migration']['rows_written']} rows at {r['migration']['rows_per_s']} rows/s; "
+        f"verify ok={r['verify']['ok']}; alias {r['alias']['name']} -> {r['alias']['points_to']}",
+        "",
+    ]
+    for s in r["searches"]:
+        lines.append(f"query: {s['query']}")
+        lines.append(table([[m, ", ".join(str(n) for n in s[m])] for m in ("dense", "sparse", "rerank")],
+                           ["mode", "top 3"]))
+        lines.append("")
+    lines.append(eval_table(CollectionEvalReport(**r["eval"])))
+    lines.append("")
+    lines.append(table([[c["k"], c["bytes_per_vector"], c["recall"], c.get("recall_rescore", "-"), c["recall_rerank"],
+                         c["pca_recall"]] for c in r["quality_vs_k"]],
+                       ["k", "bytes/vector", "recall@10", "+re-score", "+rerank", "PCA same bytes"]))
+    lines.append(f"\nplot: {r['plot']}   report: {Path(r['plot']).parent / 'report.json'}   total {r['total_s']} s")
+    return "\n".join(lines)
