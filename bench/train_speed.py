@@ -58,7 +58,8 @@ def run_case(spec: dict) -> dict:
     import torch
 
     from csr_vdb.config import CSRConfig, TrainConfig
-    from csr_vdb.training import ArraySource, NpySource, train_encoder
+    from csr_vdb.sources import ArraySource, NpySource
+    from csr_vdb.training import train_encoder
 
     torch.set_num_threads(spec["threads"])
     if spec["source"] == "memory":

@@ -7,9 +7,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import REPO
-from tests.helpers import clustered
+from tests.helpers import clustered, write_banking77_folder, write_beir_folder
 
 
 def _load_bench():
@@ -19,32 +20,21 @@ def _load_bench():
     return mod
 
 
-def _make_data(root):
+def make_data(root):
+    """A Banking77 folder and a small BEIR folder ("tinybeir") of clustered vectors under ``root``."""
     x, y = clustered(400, 16, 8, noise=0.3, seed=3)
-    b = root / "banking77"
-    b.mkdir(parents=True)
-    for split, rows in (("train", slice(0, 300)), ("test", slice(300, 400))):
-        np.save(b / f"{split}_emb.npy", x[rows])
-        lines = ["text,category"] + [f'"text, {i}",label_{lab}' for i, lab in enumerate(y[rows])]
-        (b / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    docs, dlab = clustered(300, 16, 10, noise=0.3, seed=4)
-    s = root / "tinybeir"
-    s.mkdir()
+    write_banking77_folder(root / "banking77", x, y, 300)
+    docs, _ = clustered(300, 16, 10, noise=0.3, seed=4)
     queries = docs[:40] + 0.05 * np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
-    np.save(s / "corpus_emb.npy", docs)
-    np.save(s / "queries_emb.npy", queries.astype(np.float32))
-    (s / "corpus_ids.txt").write_text("".join(f"doc{i}\n" for i in range(300)))
-    (s / "query_ids.txt").write_text("".join(f"q{i}\n" for i in range(40)))
-    rows = ["query-id\tcorpus-id\tscore"] + [f"q{i}\tdoc{i}\t1" for i in range(40)]
-    (s / "qrels_test.tsv").write_text("\n".join(rows) + "\n")
+    write_beir_folder(root / "tinybeir", docs, queries)
 
 
 @pytest.mark.slow
 def test_quality_bench_writes_the_schema(tmp_path, capsys):
-    _make_data(tmp_path / "data")
+    make_data(tmp_path / "data")
     out = tmp_path / "res" / "q.json"
     bench = _load_bench()
-    rc = bench.main(["--data-dir", str(tmp_path / "data"), "--out", str(out), "--ks", "2,4", "--hidden", "64", "--quick"])
+    rc = bench.main(["--data-dir", str(tmp_path / "data"), "--out", str(out), "--ks", "2,4", "--hidden-dim", "64", "--quick"])
     assert rc == 0
     res = json.loads(out.read_text())
     assert set(res) == {"banking77", "tinybeir"}
@@ -65,3 +55,12 @@ def test_quality_bench_writes_the_schema(tmp_path, capsys):
 def test_quality_bench_rejects_an_empty_folder(tmp_path):
     bench = _load_bench()
     assert bench.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o.json")]) == 2
+
+
+def test_train_recipe_follows_the_seed():
+    bench = _load_bench()
+    x, _ = clustered(300, 16, 8, noise=0.3, seed=3)
+    a, b, c = (bench.train_recipe(x, 4, seed=s, hidden_dim=32, steps=3) for s in (0, 0, 1))
+    assert a.config.hidden_dim == 32 and a.config.k == 4
+    assert torch.allclose(a.W_enc, b.W_enc, atol=1e-6)  # same seed: the same model
+    assert not torch.allclose(a.W_enc, c.W_enc, atol=1e-3)  # another seed: another model

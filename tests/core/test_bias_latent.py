@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from csr_vdb.config import CSRConfig, TrainConfig
 from csr_vdb.errors import ConfigError, DataError
-from csr_vdb.evaluation import exact_search, rescored_search
+from csr_vdb.metrics import exact_search, rescored_search
 from csr_vdb.model import CSREncoder
 from csr_vdb.training import train_encoder
 from tests.helpers import clustered

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,15 +12,8 @@ import torch
 from csr_vdb.config import CSRConfig, TrainConfig
 from csr_vdb.errors import ConfigError, DataError
 from csr_vdb.model import REPORT_FILE, CSREncoder
-from csr_vdb.training import (
-    ArraySource,
-    EmbeddingSource,
-    IteratorSource,
-    NpySource,
-    holdout_mask,
-    k_schedule,
-    train_encoder,
-)
+from csr_vdb.sources import ArraySource, EmbeddingSource, IteratorSource, NpySource, holdout_mask
+from csr_vdb.training import k_schedule, train_encoder
 from tests.helpers import clustered
 
 torch.set_num_threads(1)
