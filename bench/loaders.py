@@ -68,6 +68,14 @@ def _load_npy(path: Path) -> np.ndarray:
     return np.array(arr, dtype=np.float32, order="C")
 
 
+def _load_rows(path: Path, names: list[str], what: str) -> np.ndarray:
+    """`_load_npy`, checked to hold one row per entry of ``names`` (ids or labels)."""
+    x = _load_npy(path)
+    if len(x) != len(names):
+        raise DataError(f"{path}: {len(x)} vectors for {len(names)} {what}")
+    return x
+
+
 def _read_ids(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"missing file {path}")
@@ -104,15 +112,10 @@ def load_beir_dir(path: str | Path, split: str = "test") -> BeirData:
         DataError: a missing file, row counts that do not match the id lists, unknown judged query.
     """
     path = Path(path)
-    corpus_x = _load_npy(path / "corpus_emb.npy")
     corpus_ids = _read_ids(path / "corpus_ids.txt")
-    queries_x = _load_npy(path / "queries_emb.npy")
+    corpus_x = _load_rows(path / "corpus_emb.npy", corpus_ids, "ids")
     query_ids = _read_ids(path / "query_ids.txt")
-    if len(corpus_ids) != len(corpus_x) or len(query_ids) != len(queries_x):
-        raise DataError(
-            f"{path}: {len(corpus_x)} corpus vectors for {len(corpus_ids)} ids, "
-            f"{len(queries_x)} query vectors for {len(query_ids)} ids"
-        )
+    queries_x = _load_rows(path / "queries_emb.npy", query_ids, "ids")
     if queries_x.shape[1] != corpus_x.shape[1]:
         raise DataError(f"{path}: queries have dimension {queries_x.shape[1]}, corpus {corpus_x.shape[1]}")
     qrels = read_qrels(path / f"qrels_{split}.tsv")
@@ -150,14 +153,9 @@ def load_banking77_dir(path: str | Path) -> Banking77Data:
     """
     path = Path(path)
     train_labels = _read_labels(path / "train.csv")
+    train_x = _load_rows(path / "train_emb.npy", train_labels, "labels")
     test_labels = _read_labels(path / "test.csv")
-    train_x = _load_npy(path / "train_emb.npy")
-    test_x = _load_npy(path / "test_emb.npy")
-    if len(train_labels) != len(train_x) or len(test_labels) != len(test_x):
-        raise DataError(
-            f"{path}: {len(train_x)} train vectors for {len(train_labels)} labels, "
-            f"{len(test_x)} test vectors for {len(test_labels)} labels"
-        )
+    test_x = _load_rows(path / "test_emb.npy", test_labels, "labels")
     cats = path / "categories.json"
     names = json.loads(cats.read_text(encoding="utf-8")) if cats.is_file() else []
     for lab in sorted(set(train_labels) | set(test_labels)):

@@ -3,7 +3,7 @@
 Usage::
 
     python bench/quality.py --data-dir ../shared/data --out bench/results/quality.json [--ks 8,16,32,64]
-        [--hidden-dim H] [--epochs E | --steps S] [--quick] [--threads 2]
+        [--hidden-dim H] [--epochs E | --steps S] [--quick] [--threads 2] [--model KEY=VALUE] [--train KEY=VALUE]
 
 DIR may hold a ``banking77/`` folder and/or BEIR folders (``corpus_emb.npy, queries_emb.npy,
 corpus_ids.txt, query_ids.txt, qrels_test.tsv``); DIR itself may also be one such folder.
@@ -25,10 +25,13 @@ database row, for the model whose k is closest to 32; ``train_s`` sums the train
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 from bench.baselines import PCA, bytes_matched_dims, truncate  # noqa: E402
 from bench.common import emit, percent_of  # noqa: E402
 from bench.loaders import evaluate_banking77, evaluate_beir, find_datasets, load_dataset  # noqa: E402
+from csr_vdb.config import CSRConfig, TrainConfig  # noqa: E402
 from csr_vdb.model import CSREncoder  # noqa: E402
 from csr_vdb.recipes import default_configs  # noqa: E402
 from csr_vdb.sources import ArraySource  # noqa: E402
@@ -79,30 +83,73 @@ def training_rows(db: np.ndarray, quick: bool) -> np.ndarray:
     return db
 
 
-def train_recipe(
-    train_x: np.ndarray,
-    k: int,
-    *,
-    seed: int = 0,
-    hidden_dim: int | None = None,
-    epochs: int | None = None,
-    steps: int | None = None,
-    quick: bool = False,
-) -> CSREncoder:
-    """Train the recipe (`csr_vdb.recipes.default_configs`) at ``k`` on ``train_x``, with the overrides given."""
+@dataclass(frozen=True)
+class Overrides:
+    """Changes to the recipe asked for on the command line (`add_recipe_arguments`).
+
+    Attributes:
+        hidden_dim: latents h (default: the recipe's 4d).
+        epochs: training epochs (default: the recipe's, about 2000 steps).
+        steps: train about this many steps (overrides ``epochs``).
+        quick: at most `QUICK_ROWS` training rows and 3 epochs.
+        model: `CSRConfig` fields to change (``--model KEY=VALUE``).
+        train: `TrainConfig` fields to change (``--train KEY=VALUE``).
+    """
+
+    hidden_dim: int | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    quick: bool = False
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON (``1e-3``, ``true``, ``null``), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options shared by quality.py and seeds.py: how models are trained, and the CPU threads."""
+    parser.add_argument("--hidden-dim", "--hidden", type=int, default=None, help="latents h (default: the recipe's)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
+    parser.add_argument("--steps", type=int, default=None, help="train about this many steps per model (overrides epochs)")
+    parser.add_argument("--quick", action="store_true", help=f"at most {QUICK_ROWS} training rows and 3 epochs")
+    parser.add_argument("--model", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="change a CSRConfig field of the recipe (repeatable)")
+    parser.add_argument("--train", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="change a TrainConfig field of the recipe (repeatable)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+
+
+def overrides_from(args: argparse.Namespace) -> Overrides:
+    """The `Overrides` of parsed `add_recipe_arguments` options."""
+    return Overrides(args.hidden_dim, args.epochs, args.steps, args.quick, dict(args.model), dict(args.train))
+
+
+def train_recipe(train_x: np.ndarray, k: int, overrides: Overrides = Overrides(), seed: int = 0) -> CSREncoder:
+    """Train the recipe (`csr_vdb.recipes.default_configs`) at ``k`` on ``train_x``, with ``overrides``."""
     model_cfg, train_cfg = default_configs(train_x.shape[1], len(train_x), k=k)
-    if hidden_dim is not None:
-        model_cfg = model_cfg.model_copy(update={"hidden_dim": hidden_dim})
-    updates: dict = {"seed": seed}
-    if epochs is not None:
-        updates["epochs"] = epochs
-    if steps is not None:
+    model_updates = dict(overrides.model)
+    if overrides.hidden_dim is not None:
+        model_updates["hidden_dim"] = overrides.hidden_dim
+    train_updates: dict[str, Any] = {"seed": seed, **overrides.train}
+    if overrides.epochs is not None:
+        train_updates["epochs"] = overrides.epochs
+    if overrides.steps is not None:
         # about ``steps`` optimisation steps whatever the collection size
         per_epoch = -(-len(train_x) // train_cfg.batch_size)
-        updates.update(epochs=max(1, -(-steps // per_epoch)), max_steps=steps)
-    train_cfg = train_cfg.model_copy(update=updates)
-    if quick:
-        train_cfg = train_cfg.model_copy(update={"epochs": min(train_cfg.epochs, 3)})
+        train_updates.update(epochs=max(1, -(-overrides.steps // per_epoch)), max_steps=overrides.steps)
+    if overrides.quick:
+        train_updates["epochs"] = min(train_updates.get("epochs", train_cfg.epochs), 3)
+    model_cfg = CSRConfig(**{**model_cfg.model_dump(), **model_updates})
+    train_cfg = TrainConfig(**{**train_cfg.model_dump(), **train_updates})
     return train_encoder(ArraySource(train_x), model_cfg, train_cfg).encoder
 
 
@@ -127,19 +174,11 @@ def dead_fraction(codes) -> float:
     return 1.0 - len(live) / codes.dim
 
 
-def run_dataset(
-    kind: str,
-    folder: Path,
-    ks: list[int],
-    hidden_dim: int | None,
-    epochs: int | None,
-    quick: bool,
-    steps: int | None = None,
-) -> dict:
+def run_dataset(kind: str, folder: Path, ks: list[int], overrides: Overrides = Overrides()) -> dict:
     """Train one model per k on the database side and score every method on one dataset."""
     db, metric, score = dataset_scorer(kind, folder)
     d = db.shape[1]
-    train_x = training_rows(db, quick)
+    train_x = training_rows(db, overrides.quick)
     out: dict = {"metric": metric, "dense": score()}
     for key in ("csr", "csr_search", "csr_topk", "pca", "trunc", "pca_bytes", "trunc_bytes"):
         out[key] = {}
@@ -148,7 +187,7 @@ def run_dataset(
     out["dead_frac"] = None
     for k in ks:
         start = time.perf_counter()
-        enc = train_recipe(train_x, k, hidden_dim=hidden_dim, epochs=epochs, steps=steps, quick=quick)
+        enc = train_recipe(train_x, k, overrides)
         train_s += time.perf_counter() - start
         for key, value in score_recipe(score, enc).items():
             out[key][k] = value
@@ -189,11 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--ks", default="8,16,32,64", help="comma-separated k values")
-    parser.add_argument("--hidden-dim", "--hidden", type=int, default=None, help="latents h (default: the recipe's)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
-    parser.add_argument("--steps", type=int, default=None, help="train about this many steps per model (overrides epochs)")
-    parser.add_argument("--quick", action="store_true", help="at most 3000 training rows and 3 epochs")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    add_recipe_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
@@ -203,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = {}
     for name, (kind, folder) in datasets.items():
-        results[name] = run_dataset(kind, folder, ks, args.hidden_dim, args.epochs, args.quick, args.steps)
+        results[name] = run_dataset(kind, folder, ks, overrides_from(args))
     emit(results, render(results), args.out)
     return 0
 

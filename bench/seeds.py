@@ -3,7 +3,8 @@
 Usage::
 
     python bench/seeds.py --data-dir ../shared/data --out bench/results/seeds.json [--seeds 0,1,2,3,4]
-        [--k 32] [--hidden-dim H] [--steps S] [--quick] [--threads 2]
+        [--k 32] [--hidden-dim H] [--epochs E | --steps S] [--quick] [--threads 2] [--model KEY=VALUE]
+        [--train KEY=VALUE]
 
 DIR holds a ``banking77/`` folder and/or BEIR folders, or is one such folder (as for quality.py).
 For every data set and seed one model is trained on the database side with
@@ -30,7 +31,15 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 
 from bench.common import emit, percent_of  # noqa: E402
 from bench.loaders import find_datasets  # noqa: E402
-from bench.quality import dataset_scorer, score_recipe, train_recipe, training_rows  # noqa: E402
+from bench.quality import (  # noqa: E402
+    Overrides,
+    add_recipe_arguments,
+    dataset_scorer,
+    overrides_from,
+    score_recipe,
+    train_recipe,
+    training_rows,
+)
 
 METHODS = {
     "csr": "search + re-score (recipe)",
@@ -40,18 +49,16 @@ METHODS = {
 }
 
 
-def run_dataset(
-    kind: str, folder: Path, seeds: list[int], k: int, hidden_dim: int | None, steps: int | None, quick: bool
-) -> dict:
+def run_dataset(kind: str, folder: Path, seeds: list[int], k: int, overrides: Overrides = Overrides()) -> dict:
     """One model per seed on one data set; every method's score per seed and its summary."""
     db, metric, score = dataset_scorer(kind, folder)
-    train_x = training_rows(db, quick)
+    train_x = training_rows(db, overrides.quick)
     out: dict = {"metric": metric, "dense": score(), "k": k, "seeds": seeds, "train_s": {}}
     for key in METHODS:
         out[key] = {}
     for seed in seeds:
         start = time.perf_counter()
-        enc = train_recipe(train_x, k, seed=seed, hidden_dim=hidden_dim, steps=steps, quick=quick)
+        enc = train_recipe(train_x, k, overrides, seed=seed)
         out["train_s"][seed] = round(time.perf_counter() - start, 2)
         for key, value in score_recipe(score, enc).items():
             out[key][seed] = value
@@ -94,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated training seeds")
     parser.add_argument("--k", type=int, default=32, help="active latents per document code")
-    parser.add_argument("--hidden-dim", type=int, default=None, help="latents h (default: the recipe's)")
-    parser.add_argument("--steps", type=int, default=None, help="train about this many steps per model")
-    parser.add_argument("--quick", action="store_true", help="at most 3000 training rows and 3 epochs")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    add_recipe_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no seeds, or no banking77 or BEIR folder under {args.data_dir}", file=sys.stderr)
         return 2
     results = {
-        name: run_dataset(kind, folder, seeds, args.k, args.hidden_dim, args.steps, args.quick)
+        name: run_dataset(kind, folder, seeds, args.k, overrides_from(args))
         for name, (kind, folder) in datasets.items()
     }
     emit(results, render(results), args.out)

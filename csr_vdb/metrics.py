@@ -277,16 +277,7 @@ def ndcg_at_k(
 
     ``DCG = sum_{r=1..k} grade(doc_r) / log2(r + 1)``; the ideal DCG sorts ALL judged-relevant
     documents of the query by grade (not only the retrieved ones), so missing a relevant document
-    costs score. Documents retrieved twice count once.
-
-    Args:
-        run: ``{query_id: [doc_id, ...]}`` ranked best first (missing query = empty ranking).
-        qrels: ``{query_id: {doc_id: grade}}``; grade > 0 is relevant.
-        k: cut-off.
-        query_ids: queries to evaluate; default: every query in ``qrels``.
-
-    Returns:
-        `RankingScore`; queries without a relevant document are skipped and counted.
+    costs score. Documents retrieved twice count once. Arguments and result as `recall_at_k`.
     """
     discount = 1.0 / np.log2(np.arange(2, k + 2))
 

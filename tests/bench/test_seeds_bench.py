@@ -2,35 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.bench.test_quality_bench import make_data
-from tests.conftest import REPO
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_seeds", REPO / "bench" / "seeds.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench import seeds
+from tests.helpers import write_bench_data
 
 
 @pytest.mark.slow
 def test_seeds_bench_scores_every_seed(tmp_path, capsys):
-    make_data(tmp_path / "data")
+    write_bench_data(tmp_path / "data")
     out = tmp_path / "res" / "seeds.json"
-    bench = _load_bench()
     argv = ["--data-dir", str(tmp_path / "data"), "--out", str(out), "--seeds", "0,1", "--k", "4",
             "--hidden-dim", "64", "--quick", "--threads", "1"]
-    assert bench.main(argv) == 0
+    assert seeds.main(argv) == 0
     res = json.loads(out.read_text())
     assert set(res) == {"banking77", "tinybeir"}
     for r in res.values():
         assert r["seeds"] == [0, 1] and r["k"] == 4
-        for key in bench.METHODS:
+        for key in seeds.METHODS:
             assert set(r[key]) == {"0", "1"}
             assert all(0.0 <= v <= 1.0 for v in r[key].values())
             summ = r["summary"][key]
@@ -44,5 +35,4 @@ def test_seeds_bench_scores_every_seed(tmp_path, capsys):
 
 
 def test_seeds_bench_rejects_an_empty_folder(tmp_path):
-    bench = _load_bench()
-    assert bench.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o.json")]) == 2
+    assert seeds.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o.json")]) == 2
