@@ -54,14 +54,17 @@ class LookupEncoder:
         return self.codes[rows]
 
 
+def source_rows(n: int, hidden_dim: int, k: int) -> tuple[list[int], np.ndarray, list[dict], SparseVectors]:
+    """``(ids, dense [n, DIM], payloads, codes)`` of the benchmark's source collection (the data of store_io.py)."""
+    payloads = [{"doc": i, "title": f"document {i}", "lang": "en" if i % 3 else "de"} for i in range(n)]
+    return list(range(n)), make_dense(n, DIM, seed=1), payloads, make_sparse(n, hidden_dim, k, seed=2)
+
+
 def run(args: argparse.Namespace) -> dict:
+    n, bs = args.rows, args.batch_size
+    ids, x, payloads, codes = source_rows(n, args.hidden_dim, args.k)
     tmp = tempfile.mkdtemp(prefix="csr-vdb-migrate-")
     uri = args.uri or default_uri(args.store, tmp)
-    n, bs = args.rows, args.batch_size
-    x = make_dense(n, DIM, seed=1)
-    codes = make_sparse(n, args.hidden_dim, args.k, seed=2)
-    ids = list(range(n))
-    payloads = [{"doc": i, "title": f"document {i}", "lang": "en" if i % 3 else "de"} for i in range(n)]
     store = open_store(args.store, uri)
     src, raw, tgt = f"{args.prefix}_src", f"{args.prefix}_raw", f"{args.prefix}_csr"
     try:

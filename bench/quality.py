@@ -128,6 +128,33 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 
 
+def recipe_parser(description: str) -> argparse.ArgumentParser:
+    """The command line shared by quality.py and seeds.py: ``--data-dir``, ``--out`` and `add_recipe_arguments`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data-dir", required=True, type=Path, help="a banking77/BEIR folder, or a folder of them")
+    parser.add_argument("--out", required=True, type=Path, help="write the results as JSON here")
+    add_recipe_arguments(parser)
+    return parser
+
+
+def run_on_datasets(
+    args: argparse.Namespace, run: Callable[[str, Path], dict], render: Callable[[dict], str]
+) -> int:
+    """``run(kind, folder)`` on every data set under ``--data-dir``; print ``render(results)``, write ``--out``.
+
+    Returns:
+        The exit code: 2 when ``--data-dir`` holds no data set, else 0.
+    """
+    torch.set_num_threads(args.threads)
+    datasets = find_datasets(args.data_dir)
+    if not datasets:
+        print(f"error: no banking77 or BEIR folder under {args.data_dir}", file=sys.stderr)
+        return 2
+    results = {name: run(kind, folder) for name, (kind, folder) in datasets.items()}
+    emit(results, render(results), args.out)
+    return 0
+
+
 def overrides_from(args: argparse.Namespace) -> Overrides:
     """The `Overrides` of parsed `add_recipe_arguments` options."""
     return Overrides(args.hidden_dim, args.epochs, args.steps, args.quick, dict(args.model), dict(args.train))
@@ -224,23 +251,12 @@ def render(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
+    parser = recipe_parser(__doc__.splitlines()[0])
     parser.add_argument("--ks", default="8,16,32,64", help="comma-separated k values")
-    add_recipe_arguments(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
-    datasets = find_datasets(args.data_dir)
-    if not datasets:
-        print(f"error: no banking77 or BEIR folder under {args.data_dir}", file=sys.stderr)
-        return 2
-    results = {}
-    for name, (kind, folder) in datasets.items():
-        results[name] = run_dataset(kind, folder, ks, overrides_from(args))
-    emit(results, render(results), args.out)
-    return 0
+    overrides = overrides_from(args)
+    return run_on_datasets(args, lambda kind, folder: run_dataset(kind, folder, ks, overrides), render)
 
 
 if __name__ == "__main__":

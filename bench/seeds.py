@@ -18,24 +18,22 @@ mean and the range, with the mean as a percentage of dense.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parents[1]))  # the checkout, for the `bench` helpers
 
-from bench.common import emit, percent_of  # noqa: E402
-from bench.loaders import find_datasets  # noqa: E402
+from bench.common import percent_of  # noqa: E402
 from bench.quality import (  # noqa: E402
     Overrides,
-    add_recipe_arguments,
     dataset_scorer,
     overrides_from,
+    recipe_parser,
+    run_on_datasets,
     score_recipe,
     train_recipe,
     training_rows,
@@ -96,25 +94,16 @@ def render(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
+    parser = recipe_parser(__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated training seeds")
     parser.add_argument("--k", type=int, default=32, help="active latents per document code")
-    add_recipe_arguments(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    datasets = find_datasets(args.data_dir)
-    if not datasets or not seeds:
-        print(f"error: no seeds, or no banking77 or BEIR folder under {args.data_dir}", file=sys.stderr)
+    if not seeds:
+        print("error: no seeds given", file=sys.stderr)
         return 2
-    results = {
-        name: run_dataset(kind, folder, seeds, args.k, overrides_from(args))
-        for name, (kind, folder) in datasets.items()
-    }
-    emit(results, render(results), args.out)
-    return 0
+    overrides = overrides_from(args)
+    return run_on_datasets(args, lambda kind, folder: run_dataset(kind, folder, seeds, args.k, overrides), render)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ Vectors = np.ndarray | SparseVectors
 Qrels = Mapping[str, Mapping[str, int]]
 """``{query_id: {doc_id: grade}}``; grade > 0 means relevant (BEIR/trec_eval convention)."""
 
+Run = Mapping[str, Sequence[str]]
+"""``{query_id: [doc_id, ...]}`` ranked best first (a missing query is an empty ranking)."""
+
 
 # --------------------------------------------------------------------------- scoring
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -225,7 +228,7 @@ def one_nn_accuracy(
 
 
 def _mean_over_queries(
-    run: Mapping[str, Sequence[str]],
+    run: Run,
     qrels: Qrels,
     query_ids: Sequence[str] | None,
     per_query: Callable[[Sequence[str], dict[str, int]], float],
@@ -243,12 +246,7 @@ def _mean_over_queries(
     return RankingScore(float(total / evaluated) if evaluated else 0.0, evaluated, skipped)
 
 
-def recall_at_k(
-    run: Mapping[str, Sequence[str]],
-    qrels: Qrels,
-    k: int = 10,
-    query_ids: Sequence[str] | None = None,
-) -> RankingScore:
+def recall_at_k(run: Run, qrels: Qrels, k: int = 10, query_ids: Sequence[str] | None = None) -> RankingScore:
     """Recall@k as BEIR computes it: ``|relevant ∩ top-k| / |relevant|``, averaged over queries.
 
     Args:
@@ -267,12 +265,7 @@ def recall_at_k(
     return _mean_over_queries(run, qrels, query_ids, recall)
 
 
-def ndcg_at_k(
-    run: Mapping[str, Sequence[str]],
-    qrels: Qrels,
-    k: int = 10,
-    query_ids: Sequence[str] | None = None,
-) -> RankingScore:
+def ndcg_at_k(run: Run, qrels: Qrels, k: int = 10, query_ids: Sequence[str] | None = None) -> RankingScore:
     """Standard NDCG@k (trec_eval ``ndcg_cut`` / BEIR): linear gains, log2 discount.
 
     ``DCG = sum_{r=1..k} grade(doc_r) / log2(r + 1)``; the ideal DCG sorts ALL judged-relevant

@@ -193,9 +193,8 @@ class CSREncoder(nn.Module):
                 ``<x, decode(doc code)>``: documents are ranked by how well their reconstruction
                 matches the query, which suits asymmetric retrieval (questions against passages);
                 default ``k`` then ``config.k_query_for("decoder")``. The bias latent is left out:
-                its posting list holds every document (about 10% more postings at k=32, h=1536;
-                raw search 0.89-1.18x on Qdrant Edge, 1.00-1.09x on Milvus Lite with it,
-                ``bench/rescore.py``) and the re-score adds its term exactly.
+                its posting list holds every document, which slows the database's search
+                (measured by ``bench/rescore.py``), and the re-score adds its term exactly.
             signed: decoder-projection queries only: the entries of ``W_dec x`` (with ``bias_latent``
                 also ``<x, b_pre>`` for the bias latent) with their signs, the ``k`` largest in
                 magnitude, by default all ``code_dim`` of them, so that ``<query, doc code>`` is

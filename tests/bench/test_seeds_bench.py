@@ -36,3 +36,8 @@ def test_seeds_bench_scores_every_seed(tmp_path, capsys):
 
 def test_seeds_bench_rejects_an_empty_folder(tmp_path):
     assert seeds.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o.json")]) == 2
+
+
+def test_seeds_bench_needs_a_seed(tmp_path):
+    write_bench_data(tmp_path / "data")
+    assert seeds.main(["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "o.json"), "--seeds", ","]) == 2
