@@ -192,6 +192,7 @@ class _Trainer:
 
     # ------------------------------------------------------------------ setup
     def run(self) -> TrainResult:
+        """Train, restore the best weights when asked, and return the encoder (eval mode) with its report."""
         head_rows = self._init_b_pre()
         self.pairs, self.val_pairs = self._prepare_pairs()
         self.opt = _adam(self.model, self.train)
@@ -332,9 +333,11 @@ class _Trainer:
         return xb[~m], (yb[~m] if yb is not None else None)
 
     def _k_now(self) -> int:
+        """This step's document k (`k_schedule`)."""
         return k_schedule(self.step, self.total_steps, self.config.k, self.train.k_start, self.train.anneal_fraction)
 
     def _kq_now(self) -> int:
+        """This step's query k: ``k_query_for()``, annealed from ``k_start`` like the document k."""
         kq = self.config.k_query_for()
         if not self.train.k_start:
             return kq

@@ -1,4 +1,4 @@
-"""csr_vdb.errors: one hierarchy, a distinct exit code per class, rows named in one line."""
+"""csr_vdb.errors: one hierarchy, a distinct exit code per class, rows named in one line (CLI exit codes: tests/cli)."""
 
 from __future__ import annotations
 
