@@ -29,25 +29,19 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # the checkout, for the `bench` helpers
 
+from bench.common import ProjectionEncoder, emit, placeholder_model  # noqa: E402
 from csr_vdb.adapters import open_store  # noqa: E402
 from csr_vdb.migrations import Journal, MigrationPlan, run_migration, state_dir, verify_migration  # noqa: E402
-from csr_vdb.sparse import SparseVectors  # noqa: E402
 
-DIM, HIDDEN, K = 64, 1024, 16
+DIM, HIDDEN_DIM, K = 64, 1024, 16
 
 
-class ProjectionEncoder:
-    """Deterministic numpy stand-in for a CSR encoder: |x W| top-k."""
-
-    def __init__(self, dim: int) -> None:
-        self.w = np.random.default_rng(7).normal(size=(dim, HIDDEN)).astype(np.float32)
-
-    def __call__(self, x: np.ndarray) -> SparseVectors:
-        z = np.abs(np.asarray(x, np.float32) @ self.w)
-        idx = np.argpartition(-z, K - 1, axis=1)[:, :K]
-        return SparseVectors(idx, np.take_along_axis(z, idx, axis=1), HIDDEN)
+def encoder() -> ProjectionEncoder:
+    """The stand-in encoder every worker and the final check use (same weights each time)."""
+    return ProjectionEncoder(DIM, HIDDEN_DIM, K, seed=7)
 
 
 def _plan(store, args) -> MigrationPlan:
@@ -61,7 +55,7 @@ def worker(args) -> int:
     try:
         plan = _plan(store, args)
         resume = (state_dir(args.state, plan) / "journal.sqlite").exists()
-        run_migration(store, plan, ProjectionEncoder(DIM), state_base=args.state, resume=resume)
+        run_migration(store, plan, encoder(), state_base=args.state, resume=resume)
     finally:
         store.close()
     return 0
@@ -99,10 +93,7 @@ def run(args) -> dict:
     tmp = tempfile.mkdtemp(prefix="csr-vdb-crash-")
     args.uri = args.uri or {"milvus": f"{tmp}/crash.db", "qdrant-edge": f"{tmp}/edge"}[args.store]
     args.state = Path(tmp) / "state"
-    args.model_dir = Path(tmp) / "model"
-    args.model_dir.mkdir()
-    (args.model_dir / "model.safetensors").write_bytes(b"crash-bench")
-    (args.model_dir / "config.json").write_text("{}")
+    args.model_dir = placeholder_model(Path(tmp) / "model", b"crash-bench")
     rng = np.random.default_rng(0)
     n = args.rows
     x = rng.normal(size=(n, DIM)).astype(np.float32)
@@ -160,7 +151,7 @@ def run(args) -> dict:
                 seen += page.ids
                 got.update(zip(page.ids, page.payloads))
             plan = _plan(store, args)
-            enc = ProjectionEncoder(DIM)
+            enc = encoder()
             rep = verify_migration(store, plan, enc, enc, state_base=args.state, sample=128)
             with Journal.open(state_dir(args.state, plan) / "journal.sqlite", readonly=True) as j:
                 written = j.totals().rows_written
@@ -219,10 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(args)
     res = run(args)
-    print(table(res))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    emit(res, table(res), args.out)
     return 0 if res["ok"] else 1
 
 

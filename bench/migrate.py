@@ -17,7 +17,6 @@ rows/s (target >= 0.8), with and without the final flush (Qdrant Edge's optimize
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import sys
@@ -27,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # the checkout, for the `bench` helpers
 
-from store_io import make_dense, make_sparse  # noqa: E402
-
+from bench.common import ProjectionEncoder, emit, placeholder_model  # noqa: E402
+from bench.store_io import make_dense, make_sparse  # noqa: E402
 from csr_vdb.adapters import open_store  # noqa: E402
 from csr_vdb.migrations import MigrationPlan, run_migration  # noqa: E402
 from csr_vdb.sparse import SparseVectors  # noqa: E402
@@ -55,27 +54,17 @@ class LookupEncoder:
         return self.codes[rows]
 
 
-class ProjectionEncoder:
-    """A numpy stand-in for a CSR encoder: ReLU(x W) top-k with a fixed random W [dim, hidden]."""
-
-    def __init__(self, dim: int, hidden: int, k: int, seed: int = 0) -> None:
-        self.w = np.random.default_rng(seed).normal(size=(dim, hidden)).astype(np.float32)
-        self.k = k
-
-    def __call__(self, x: np.ndarray) -> SparseVectors:
-        z = np.abs(x @ self.w)
-        idx = np.argpartition(-z, self.k - 1, axis=1)[:, : self.k]
-        return SparseVectors(idx, np.take_along_axis(z, idx, axis=1), self.w.shape[1])
+def source_rows(n: int, hidden_dim: int, k: int) -> tuple[list[int], np.ndarray, list[dict], SparseVectors]:
+    """``(ids, dense [n, DIM], payloads, codes)`` of the benchmark's source collection (the data of store_io.py)."""
+    payloads = [{"doc": i, "title": f"document {i}", "lang": "en" if i % 3 else "de"} for i in range(n)]
+    return list(range(n)), make_dense(n, DIM, seed=1), payloads, make_sparse(n, hidden_dim, k, seed=2)
 
 
 def run(args: argparse.Namespace) -> dict:
+    n, bs = args.rows, args.batch_size
+    ids, x, payloads, codes = source_rows(n, args.hidden_dim, args.k)
     tmp = tempfile.mkdtemp(prefix="csr-vdb-migrate-")
     uri = args.uri or default_uri(args.store, tmp)
-    n, bs = args.rows, args.batch_size
-    x = make_dense(n, DIM, seed=1)
-    codes = make_sparse(n, args.hidden, args.k, seed=2)
-    ids = list(range(n))
-    payloads = [{"doc": i, "title": f"document {i}", "lang": "en" if i % 3 else "de"} for i in range(n)]
     store = open_store(args.store, uri)
     src, raw, tgt = f"{args.prefix}_src", f"{args.prefix}_raw", f"{args.prefix}_csr"
     try:
@@ -98,14 +87,11 @@ def run(args: argparse.Namespace) -> dict:
         store.flush(raw)
         raw_s = time.perf_counter() - t
 
-        model = Path(tmp) / "model"
-        model.mkdir()
-        (model / "model.safetensors").write_bytes(b"bench")  # the plan only checksums these files
-        (model / "config.json").write_text("{}")
+        model = placeholder_model(Path(tmp) / "model")
         if args.encode == "lookup":
             encode = LookupEncoder(stored, codes)
         else:
-            encode = ProjectionEncoder(DIM, args.hidden, args.k)
+            encode = ProjectionEncoder(DIM, args.hidden_dim, args.k, seed=0)
         plan = MigrationPlan.create(
             store, store_kind=args.store, uri=uri, source=src, target=tgt, model_dir=model, batch_size=bs
         )
@@ -125,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
         "rows": n,
         "batch_size": bs,
         "encode": args.encode,
-        "hidden": args.hidden,
+        "hidden_dim": args.hidden_dim,
         "k": args.k,
         "source_load_s": round(load_s, 2),
         "raw_insert_s": round(raw_s, 2),
@@ -162,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uri", help="store location (default: a temporary file/folder, removed afterwards)")
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--hidden", type=int, default=16384, help="sparse dimension h")
+    p.add_argument("--hidden-dim", "--hidden", type=int, default=16384, help="dimension h of the codes")
     p.add_argument("--k", type=int, default=32, help="non-zeros per sparse vector")
     p.add_argument("--encode", choices=["lookup", "projection"], default="lookup")
     p.add_argument("--prefix", default="bench_migrate", help="collection name prefix")
@@ -170,10 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the result as JSON here")
     args = p.parse_args(argv)
     res = run(args)
-    print(table([res]))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    emit(res, table([res]), args.out)
     return 0
 
 

@@ -3,7 +3,7 @@
 Usage::
 
     python bench/quality.py --data-dir ../shared/data --out bench/results/quality.json [--ks 8,16,32,64]
-        [--hidden H] [--epochs E | --steps S] [--quick] [--threads 2]
+        [--hidden-dim H] [--epochs E | --steps S] [--quick] [--threads 2] [--model KEY=VALUE] [--train KEY=VALUE]
 
 DIR may hold a ``banking77/`` folder and/or BEIR folders (``corpus_emb.npy, queries_emb.npy,
 corpus_ids.txt, query_ids.txt, qrels_test.tsv``); DIR itself may also be one such folder.
@@ -13,7 +13,7 @@ Codes are scored by dot products (what the databases compute), with the recipe's
 documents with the bias latent, decoder-projection queries; `csr_vdb.recipes`). ``csr`` is the
 search a `csr_vdb.retriever.Retriever` runs on a collection that kept only its sparse codes: the
 database's sparse search (non-negative query weights) returns 100 candidates, which are re-scored
-exactly from their codes with the signed query (`csr_vdb.evaluation.rescored_search`); no dense
+exactly from their codes with the signed query (`csr_vdb.metrics.rescored_search`); no dense
 vector is used. ``csr_search`` is that first stage alone (the database's own ranking, no re-scoring);
 ``csr_topk`` scores the same model the paper's way, TopK codes on both sides. Every document code
 has k non-zeros. PCA is fitted on the database side. ``pca``/``trunc``
@@ -28,34 +28,171 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from csr_vdb.evaluation import (
-    PCA,
-    bytes_matched_dims,
-    dataset_kind,
-    evaluate_banking77,
-    evaluate_beir,
-    load_banking77_dir,
-    load_beir_dir,
-    percent_of,
-    truncate,
-)
-from csr_vdb.recipes import default_configs
-from csr_vdb.training import ArraySource, train_encoder
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # the checkout, for the `bench` helpers
+
+from bench.baselines import PCA, bytes_matched_dims, truncate  # noqa: E402
+from bench.common import emit, percent_of  # noqa: E402
+from bench.loaders import evaluate_banking77, evaluate_beir, find_datasets, load_dataset  # noqa: E402
+from csr_vdb.config import CSRConfig, TrainConfig  # noqa: E402
+from csr_vdb.model import CSREncoder  # noqa: E402
+from csr_vdb.recipes import default_configs  # noqa: E402
+from csr_vdb.sources import ArraySource  # noqa: E402
+from csr_vdb.training import train_encoder  # noqa: E402
+
+Scorer = Callable[..., float]
+"""``score(f_doc=None, f_query=None, scorer=..., f_rescore=None)``: the data set's metric for one method."""
+
+QUICK_ROWS = 3000
 
 
-def find_datasets(root: Path) -> dict[str, tuple[str, Path]]:
-    """``{name: (kind, folder)}`` for DIR itself or its immediate sub-folders."""
-    found: dict[str, tuple[str, Path]] = {}
-    for folder in [root] + sorted(p for p in root.iterdir() if p.is_dir()):
-        kind = dataset_kind(folder)
-        if kind is not None:
-            found[folder.name] = (kind, folder)
-    return found
+def dataset_scorer(kind: str, folder: Path) -> tuple[np.ndarray, str, Scorer]:
+    """``(database rows, metric name, score)`` for a Banking77 or BEIR folder.
+
+    ``score()`` without encoders is the dense baseline; with them, documents are encoded by
+    ``f_doc``, queries by ``f_query`` (default ``f_doc``) and, with ``f_rescore``, the 100 best
+    candidates of that search are re-scored by ``f_rescore``'s codes (`csr_vdb.metrics.rescored_search`).
+    """
+    data = load_dataset(kind, folder)
+    if kind == "banking77":
+
+        def score(f_doc=None, f_query=None, scorer="cosine", f_rescore=None):
+            # 1-NN compares test rows (queries) to training rows (documents)
+            return evaluate_banking77(data, f_doc, scorer, encode_queries=f_query, rescore_queries=f_rescore)
+
+        return data.train_x, "1nn_accuracy", score
+
+    def score(f_doc=None, f_query=None, scorer="dot", f_rescore=None):
+        return evaluate_beir(data, f_doc, f_query, k=10, scorer=scorer, rescore_queries=f_rescore)["ndcg@10"]
+
+    return data.corpus_x, "ndcg@10", score
+
+
+def training_rows(db: np.ndarray, quick: bool) -> np.ndarray:
+    """The database rows a model trains on (``--quick``: a fixed sample of `QUICK_ROWS`)."""
+    if quick and len(db) > QUICK_ROWS:
+        return db[np.random.default_rng(0).choice(len(db), QUICK_ROWS, replace=False)]
+    return db
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Changes to the recipe asked for on the command line (`add_recipe_arguments`).
+
+    Attributes:
+        hidden_dim: latents h (default: the recipe's 4d).
+        epochs: training epochs (default: the recipe's, about 2000 steps).
+        steps: train about this many steps (overrides ``epochs``).
+        quick: at most `QUICK_ROWS` training rows and 3 epochs.
+        model: `CSRConfig` fields to change (``--model KEY=VALUE``).
+        train: `TrainConfig` fields to change (``--train KEY=VALUE``).
+    """
+
+    hidden_dim: int | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    quick: bool = False
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON (``1e-3``, ``true``, ``null``), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options shared by quality.py and seeds.py: how models are trained, and the CPU threads."""
+    parser.add_argument("--hidden-dim", "--hidden", type=int, default=None, help="latents h (default: the recipe's)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
+    parser.add_argument("--steps", type=int, default=None, help="train about this many steps per model (overrides epochs)")
+    parser.add_argument("--quick", action="store_true", help=f"at most {QUICK_ROWS} training rows and 3 epochs")
+    parser.add_argument("--model", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="change a CSRConfig field of the recipe (repeatable)")
+    parser.add_argument("--train", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="change a TrainConfig field of the recipe (repeatable)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+
+
+def recipe_parser(description: str) -> argparse.ArgumentParser:
+    """The command line shared by quality.py and seeds.py: ``--data-dir``, ``--out`` and `add_recipe_arguments`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data-dir", required=True, type=Path, help="a banking77/BEIR folder, or a folder of them")
+    parser.add_argument("--out", required=True, type=Path, help="write the results as JSON here")
+    add_recipe_arguments(parser)
+    return parser
+
+
+def run_on_datasets(
+    args: argparse.Namespace, run: Callable[[str, Path], dict], render: Callable[[dict], str]
+) -> int:
+    """``run(kind, folder)`` on every data set under ``--data-dir``; print ``render(results)``, write ``--out``.
+
+    Returns:
+        The exit code: 2 when ``--data-dir`` holds no data set, else 0.
+    """
+    torch.set_num_threads(args.threads)
+    datasets = find_datasets(args.data_dir)
+    if not datasets:
+        print(f"error: no banking77 or BEIR folder under {args.data_dir}", file=sys.stderr)
+        return 2
+    results = {name: run(kind, folder) for name, (kind, folder) in datasets.items()}
+    emit(results, render(results), args.out)
+    return 0
+
+
+def overrides_from(args: argparse.Namespace) -> Overrides:
+    """The `Overrides` of parsed `add_recipe_arguments` options."""
+    return Overrides(args.hidden_dim, args.epochs, args.steps, args.quick, dict(args.model), dict(args.train))
+
+
+def train_recipe(train_x: np.ndarray, k: int, overrides: Overrides = Overrides(), seed: int = 0) -> CSREncoder:
+    """Train the recipe (`csr_vdb.recipes.default_configs`) at ``k`` on ``train_x``, with ``overrides``."""
+    model_cfg, train_cfg = default_configs(train_x.shape[1], len(train_x), k=k)
+    model_updates = dict(overrides.model)
+    if overrides.hidden_dim is not None:
+        model_updates["hidden_dim"] = overrides.hidden_dim
+    train_updates: dict[str, Any] = {"seed": seed, **overrides.train}
+    if overrides.epochs is not None:
+        train_updates["epochs"] = overrides.epochs
+    if overrides.steps is not None:
+        # about ``steps`` optimisation steps whatever the collection size
+        per_epoch = -(-len(train_x) // train_cfg.batch_size)
+        train_updates.update(epochs=max(1, -(-overrides.steps // per_epoch)), max_steps=overrides.steps)
+    if overrides.quick:
+        train_updates["epochs"] = min(train_updates.get("epochs", train_cfg.epochs), 3)
+    model_cfg = CSRConfig(**{**model_cfg.model_dump(), **model_updates})
+    train_cfg = TrainConfig(**{**train_cfg.model_dump(), **train_updates})
+    return train_encoder(ArraySource(train_x), model_cfg, train_cfg).encoder
+
+
+def score_recipe(score: Scorer, enc: CSREncoder) -> dict[str, float]:
+    """The ways of searching with one trained model, scored by the data set's metric.
+
+    ``csr``: the database's sparse search, then the exact re-score of its 100 candidates (signed
+    query); ``csr_search``: the search alone; ``csr_topk``: the same weights with TopK codes on both
+    sides (the paper's CSR).
+    """
+    topk = enc.with_config(doc_codes="topk", bias_latent=False, query_projection="encoder")
+    return {
+        "csr": score(enc.encode, enc.encode_queries, "dot", lambda a: enc.encode_queries(a, signed=True)),
+        "csr_search": score(enc.encode, enc.encode_queries, "dot"),
+        "csr_topk": score(topk.encode, topk.encode_queries, "dot"),
+    }
 
 
 def dead_fraction(codes) -> float:
@@ -64,61 +201,23 @@ def dead_fraction(codes) -> float:
     return 1.0 - len(live) / codes.dim
 
 
-def run_dataset(
-    kind: str, folder: Path, ks: list[int], hidden: int | None, epochs: int | None, quick: bool, steps: int | None = None
-) -> dict:
+def run_dataset(kind: str, folder: Path, ks: list[int], overrides: Overrides = Overrides()) -> dict:
     """Train one model per k on the database side and score every method on one dataset."""
-    if kind == "banking77":
-        data = load_banking77_dir(folder)
-        db = data.train_x
-        metric = "1nn_accuracy"
-
-        def score(f_doc=None, f_query=None, scorer="cosine", f_rescore=None):
-            if f_doc is None:
-                return evaluate_banking77(data, scorer=scorer)
-            # 1-NN compares test rows (queries) to training rows (documents)
-            return _one_nn(data, f_doc, f_query or f_doc, scorer, f_rescore)
-    else:
-        data = load_beir_dir(folder)
-        db = data.corpus_x
-        metric = "ndcg@10"
-
-        def score(f_doc=None, f_query=None, scorer="dot", f_rescore=None):
-            return evaluate_beir(data, f_doc, f_query, k=10, scorer=scorer, rescore_queries=f_rescore)["ndcg@10"]
-
-    n, d = db.shape
-    train_x = db
-    if quick and n > 3000:
-        train_x = db[np.random.default_rng(0).choice(n, 3000, replace=False)]
+    db, metric, score = dataset_scorer(kind, folder)
+    d = db.shape[1]
+    train_x = training_rows(db, overrides.quick)
     out: dict = {"metric": metric, "dense": score()}
-    out["csr"], out["pca"], out["trunc"], out["pca_bytes"], out["trunc_bytes"] = {}, {}, {}, {}, {}
-    out["csr_search"], out["csr_topk"] = {}, {}
+    for key in ("csr", "csr_search", "csr_topk", "pca", "trunc", "pca_bytes", "trunc_bytes"):
+        out[key] = {}
     train_s = 0.0
     dead_k = min(ks, key=lambda k: abs(k - 32))
     out["dead_frac"] = None
     for k in ks:
-        model_cfg, train_cfg = default_configs(d, len(train_x), k=k)
-        updates = {}
-        if hidden is not None:
-            updates["hidden_dim"] = hidden
-        model_cfg = model_cfg.model_copy(update=updates)
-        if epochs is not None:
-            train_cfg = train_cfg.model_copy(update={"epochs": epochs})
-        if steps is not None:
-            # about ``steps`` optimisation steps whatever the collection size
-            per_epoch = -(-len(train_x) // train_cfg.batch_size)
-            train_cfg = train_cfg.model_copy(update={"epochs": max(1, -(-steps // per_epoch)), "max_steps": steps})
-        if quick:
-            train_cfg = train_cfg.model_copy(update={"epochs": min(train_cfg.epochs, 3)})
         start = time.perf_counter()
-        enc = train_encoder(ArraySource(train_x), model_cfg, train_cfg).encoder
+        enc = train_recipe(train_x, k, overrides)
         train_s += time.perf_counter() - start
-        # the database's sparse search, then the exact re-score of its 100 candidates (signed query)
-        out["csr"][k] = score(enc.encode, enc.encode_queries, "dot", lambda a, e=enc: e.encode_queries(a, signed=True))
-        out["csr_search"][k] = score(enc.encode, enc.encode_queries, "dot")
-        # same weights, TopK codes for documents and queries (the paper's CSR)
-        topk = enc.with_config(doc_codes="topk", bias_latent=False, query_projection="encoder")
-        out["csr_topk"][k] = score(topk.encode, topk.encode_queries, "dot")
+        for key, value in score_recipe(score, enc).items():
+            out[key][k] = value
         if k == dead_k:
             out["dead_frac"] = dead_fraction(enc.encode(db))
         for key, m in (("pca", k), ("pca_bytes", bytes_matched_dims(k))):
@@ -130,15 +229,6 @@ def run_dataset(
                 out[key][k] = score(lambda a, m=m: truncate(a, m), None, "dot")
     out["train_s"] = round(train_s, 2)
     return out
-
-
-def _one_nn(data, f_doc, f_query, scorer: str, f_rescore=None) -> float:
-    from csr_vdb.evaluation import one_nn_accuracy, rescored_search
-
-    if f_rescore is None:
-        return one_nn_accuracy(f_doc(data.train_x), data.train_y, f_query(data.test_x), data.test_y, scorer=scorer)
-    _, rows = rescored_search(f_query(data.test_x), f_rescore(data.test_x), f_doc(data.train_x), 1, candidates=100)
-    return float((np.asarray(data.train_y)[rows[:, 0]] == np.asarray(data.test_y)).mean())
 
 
 def render(results: dict) -> str:
@@ -161,29 +251,12 @@ def render(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
+    parser = recipe_parser(__doc__.splitlines()[0])
     parser.add_argument("--ks", default="8,16,32,64", help="comma-separated k values")
-    parser.add_argument("--hidden", type=int, default=None, help="latents h (default: the recipe's)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
-    parser.add_argument("--steps", type=int, default=None, help="train about this many steps per model (overrides epochs)")
-    parser.add_argument("--quick", action="store_true", help="at most 3000 training rows and 3 epochs")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
-    datasets = find_datasets(args.data_dir)
-    if not datasets:
-        print(f"error: no banking77 or BEIR folder under {args.data_dir}", file=sys.stderr)
-        return 2
-    results = {}
-    for name, (kind, folder) in datasets.items():
-        results[name] = run_dataset(kind, folder, ks, args.hidden, args.epochs, args.quick, args.steps)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, sort_keys=False))
-    print(render(results))
-    return 0
+    overrides = overrides_from(args)
+    return run_on_datasets(args, lambda kind, folder: run_dataset(kind, folder, ks, overrides), render)
 
 
 if __name__ == "__main__":

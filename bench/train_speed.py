@@ -28,6 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # the checkout, for the `bench` helpers
+
+from bench.common import write_json  # noqa: E402
+
 
 def clustered_rows(n: int, dim: int, clusters: int, seed: int, dtype=np.float32, chunk: int = 100_000):
     """Yield ``[m, dim]`` chunks of unit vectors around ``clusters`` random centres."""
@@ -58,7 +63,8 @@ def run_case(spec: dict) -> dict:
     import torch
 
     from csr_vdb.config import CSRConfig, TrainConfig
-    from csr_vdb.training import ArraySource, NpySource, train_encoder
+    from csr_vdb.sources import ArraySource, NpySource
+    from csr_vdb.training import train_encoder
 
     torch.set_num_threads(spec["threads"])
     if spec["source"] == "memory":
@@ -111,8 +117,9 @@ def run_case(spec: dict) -> dict:
 
 
 def spawn(spec: dict, flag: str = "--child") -> dict:
-    # the environment passes through unchanged: OMP_WAIT_POLICY=PASSIVE (forced here until the
-    # third session) measured 15-20% slower than libgomp's default on an idle machine
+    """Run one case (or the file generator) in a child process and return the JSON it prints."""
+    # the environment passes through unchanged: on an idle machine OMP_WAIT_POLICY=PASSIVE is
+    # slower than libgomp's default, so the case runs as a user's training would
     out = subprocess.run([sys.executable, __file__, flag, json.dumps(spec)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"case {spec['name']} failed:\n{out.stderr[-3000:]}")
@@ -191,8 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         cpu_rate, rss = r["rows_per_cpu_s_x_threads"], r["peak_rss_mb"]
         print(f"{r['case']:<24}{per_epoch:>26}{cpu_rate:>18.0f}{rss:>13.0f}{load:>12}{fvu:>7}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"results": results}, indent=2) + "\n")
+        write_json(args.out, {"results": results})
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": "csr_vdb.config",
     "CSREncoder": "csr_vdb.model",
     "train_encoder": "csr_vdb.training",
-    "ArraySource": "csr_vdb.training",
-    "NpySource": "csr_vdb.training",
-    "IteratorSource": "csr_vdb.training",
+    "ArraySource": "csr_vdb.sources",
+    "NpySource": "csr_vdb.sources",
+    "IteratorSource": "csr_vdb.sources",
     "SparseIndex": "csr_vdb.scoring",
     "Reranker": "csr_vdb.scoring",
     "Retriever": "csr_vdb.retriever",
@@ -72,4 +72,5 @@ if TYPE_CHECKING:  # static analysers see the real symbols
     from csr_vdb.scoring import Reranker, SparseIndex
     from csr_vdb.sparse import SparseVectors
     from csr_vdb.text import TextEmbedder, load_text_model
-    from csr_vdb.training import ArraySource, IteratorSource, NpySource, train_encoder
+    from csr_vdb.sources import ArraySource, IteratorSource, NpySource
+    from csr_vdb.training import train_encoder

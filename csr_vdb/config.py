@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -10,9 +11,8 @@ Positives = Literal["neighbors", "noise", "labels", "pairs", "none"]
 QueryProjection = Literal["encoder", "decoder"]
 
 #: Default query non-zeros of the decoder projection, in units of k (capped at hidden_dim). Chosen on
-#: SciFact's 809 *train* queries (h=1536, k=32; top-100 + exact dense re-rank, % of dense NDCG@10):
-#: 128 -> 97.8%, 256 -> 98.9%, 384 -> 99.4%, 512 -> 99.5%, 768 -> 99.5% (plateau); sparse-only
-#: 0.531 -> 0.546. More non-zeros make a database's inverted-index search touch more posting lists.
+#: SciFact's *train* queries, where quality stopped rising at this width; more non-zeros make a
+#: database's inverted-index search walk more posting lists.
 DECODER_QUERY_K_FACTOR = 16
 
 
@@ -42,15 +42,9 @@ class CSRConfig(BaseModel):
             "question -> passage). Default query k for 'decoder' is min(16 k, hidden_dim)."
         ),
     )
-    k_aux: int = Field(
-        default=512,
-        gt=0,
-        description="Dead latents used by the auxiliary loss (clamped to hidden_dim at run time).",
-    )
+    k_aux: int = Field(512, gt=0, description="Dead latents used by the auxiliary loss (clamped to hidden_dim).")
     dead_threshold: int = Field(
-        default=10_000,
-        gt=0,
-        description="A latent is dead after this many training ROWS without a positive activation.",
+        10_000, gt=0, description="A latent is dead after this many training ROWS without a positive activation."
     )
     normalize: Literal["none", "l2"] = Field(
         default="l2", description="Input normalisation before encoding: 'l2' for cosine collections, 'none' otherwise."
@@ -61,9 +55,9 @@ class CSRConfig(BaseModel):
             "How documents are encoded. 'topk': the encoder's TopK code (as in training). 'pursuit': the k decoder "
             "atoms chosen by non-negative orthogonal matching pursuit among the doc's `pursuit_candidates` most "
             "correlated atoms, coefficients fitted by non-negative least squares (csr_vdb.pursuit): a better "
-            "k-sparse reconstruction (SciFact FVU 0.216 -> 0.136), which is what decoder-projection queries score "
-            "against; with normalize_codes the code is scaled so that its reconstruction (without b_pre) has unit "
-            "norm. Slower to encode (~17k docs/s on 2 CPU cores vs ~56k for TopK)."
+            "k-sparse reconstruction, which is what decoder-projection queries score against; with "
+            "normalize_codes the code is scaled so that its reconstruction (without b_pre) has unit norm. "
+            "Slower to encode than TopK."
         ),
     )
     pursuit_candidates: int = Field(
@@ -105,22 +99,30 @@ class CSRConfig(BaseModel):
         """Dimension of the sparse codes: ``hidden_dim``, plus one for the bias latent."""
         return self.hidden_dim + int(self.bias_latent)
 
-    @property
-    def query_k(self) -> int:
-        """The k of TopK query codes (``k_query`` or ``k``); used by training's query-side codes."""
-        return self.k_query if self.k_query is not None else self.k
+    def k_query_for(self, projection: QueryProjection = "encoder", k: int | None = None) -> int:
+        """The query k in effect: non-zeros of a query code made with ``projection``.
 
-    def query_k_for(self, projection: str, k: int | None = None) -> int:
-        """Default non-zeros of a query code made with ``projection`` ("encoder" or "decoder").
-
-        With ``k`` (a document k other than the model's, e.g. in a k sweep) the width follows that
-        k and ``k_query`` is not used.
+        ``k_query`` when set; otherwise ``k`` for the encoder projection (TopK query codes, also
+        training's query side) and ``min(DECODER_QUERY_K_FACTOR * k, hidden_dim)`` for the decoder
+        projection. With ``k`` (a document k other than the model's, e.g. in a k sweep) the width
+        follows that k and ``k_query`` is not used.
         """
         if k is None:
             if self.k_query is not None:
                 return self.k_query
             k = self.k
         return k if projection == "encoder" else min(DECODER_QUERY_K_FACTOR * k, self.hidden_dim)
+
+    @property
+    def query_k(self) -> int:
+        """Deprecated: ``k_query_for()``."""
+        warnings.warn("CSRConfig.query_k is deprecated; use k_query_for()", DeprecationWarning, stacklevel=2)
+        return self.k_query_for()
+
+    def query_k_for(self, projection: str, k: int | None = None) -> int:
+        """Deprecated: `k_query_for`."""
+        warnings.warn("CSRConfig.query_k_for is deprecated; use k_query_for", DeprecationWarning, stacklevel=2)
+        return self.k_query_for(projection, k)  # type: ignore[arg-type]
 
 
 class TrainConfig(BaseModel):
@@ -129,9 +131,7 @@ class TrainConfig(BaseModel):
     Defaults: Adam lr 4e-4 (the official CSR code; the paper's 4e-5 is slow on small
     collections), eps 6.25e-10 (paper), batch 1024, 10 epochs, beta_aux 1/32, gamma 1,
     mined nearest-neighbour positives inside the batch, InfoNCE on code cosines at temperature 0.05.
-    Measured on Banking77 (MiniLM, h=1536, k=32, 10 epochs, 1-NN accuracy with code dot / cosine):
-    no contrastive 0.872 / 0.899; dot similarity t=0.1 0.887 / 0.895 (FVU 0.66);
-    cosine t=0.1 0.891 / 0.907 (FVU 0.33); cosine t=0.05 0.900 / 0.906 (FVU 0.34).
+    `csr_vdb.recipes.default_configs` gives the measured recipe for a collection.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -160,7 +160,7 @@ class TrainConfig(BaseModel):
         default="cosine",
         description=(
             "Code similarity inside the contrastive loss. 'cosine' keeps InfoNCE from inflating code norms "
-            "(with 'dot' it fights reconstruction: Banking77 FVU 0.66 vs 0.33)."
+            "(with 'dot' it fights reconstruction)."
         ),
     )
     neighbor_pool: int = Field(

@@ -1,19 +1,30 @@
 """CSR training loss (arXiv 2503.01776): L(k) + L(4k)/8 + beta * L_aux + gamma * L_contrastive.
 
-Each term is a function here; `csr_loss` combines them for one batch. Terms are *normalized* MSEs
-(fraction of variance unexplained), so their scale does not depend on the embedding model.
+Each term is a function here; `ContrastiveLoss` builds the contrastive term for the configured
+positives and `csr_loss` combines the terms for one batch. Reconstruction terms are *normalized*
+MSEs (fraction of variance unexplained), so their scale does not depend on the embedding model.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from csr_vdb.config import TrainConfig
+from csr_vdb.errors import ConfigError
 from csr_vdb.kernels import selected_linear, sparse_similarity, topk_indices
 from csr_vdb.model import CSREncoder
+
+TERM_NAMES = ("loss", "reconstruction_loss_k", "reconstruction_loss_4k", "auxiliary_loss", "contrastive_loss")
+"""Names of `LossTerms`' scalars, in `LossTerms.stacked` order (``loss`` is the weighted total)."""
+
+Codes = tuple[torch.Tensor, torch.Tensor]
+"""Sparse codes of a batch: ``(indices [n, w], values [n, w])``."""
 
 
 def normalized_mse(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -154,9 +165,9 @@ def nearest_neighbors(x: torch.Tensor, pool: torch.Tensor | None = None) -> torc
     """
     cand = x if pool is None or pool.shape[0] == 0 else torch.cat([x, pool])
     if x.device.type == "cpu" and x.dtype == torch.float32 and _fast_bf16_cpu():
-        # bfloat16 products: 2.5x faster on CPUs with bf16 instructions (AVX512-BF16/AMX); the
+        # bfloat16 products: much faster on CPUs with bf16 instructions (AVX512-BF16/AMX); the
         # positive only has to be a near neighbour, and a near tie may go either way
-        sims = (x.bfloat16() @ cand.bfloat16().T).float()  # argmax over float32 is 2.5x faster
+        sims = (x.bfloat16() @ cand.bfloat16().T).float()  # argmax over float32 is faster than over bf16
     else:
         sims = x @ cand.T
     sims.fill_diagonal_(float("-inf"))
@@ -172,6 +183,109 @@ def _fast_bf16_cpu() -> bool:
         return False
 
 
+class ContrastiveLoss:
+    """The contrastive term of one batch for ``TrainConfig.positives`` (InfoNCE / SupCon on the codes).
+
+    Positives: ``"neighbors"``, each row's dense nearest neighbour in the batch or in a pool of the
+    ``neighbor_pool`` most recent rows; ``"noise"``, a noisy, dropped-out view of the row;
+    ``"labels"``, the rows sharing its label (SupCon); ``"pairs"``, the document of a (query,
+    document) pair against the batch's other documents; ``"none"`` (or ``gamma == 0``) gives 0.
+    Similarities are code dot products or cosines divided by ``temperature``.
+
+    Args:
+        model: the encoder being trained (its TopK codes of other rows are differentiable).
+        train: the training settings.
+        generator: CPU generator of the noise views.
+    """
+
+    def __init__(self, model: CSREncoder, train: TrainConfig, generator: torch.Generator) -> None:
+        self.model = model
+        self.train = train
+        self.mode = train.positives if train.gamma > 0 else "none"
+        self.cosine = train.similarity == "cosine"
+        self.gen = generator
+        self.pool: torch.Tensor | None = None
+
+    def codes(self, x: torch.Tensor, k: int) -> Codes:
+        """Top-k codes ``(indices [n, k], values [n, k])`` of preprocessed rows (differentiable)."""
+        return self.model.topk_codes(x, k)
+
+    def sim(self, a: Codes, b: Codes) -> torch.Tensor:
+        """Code similarities / temperature, ``[n_a, n_b]``."""
+        h = self.model.config.hidden_dim
+        return code_similarity(a[0], a[1], b[0], b[1], h, self.cosine, scale=1.0 / self.train.temperature)
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        idx: torch.Tensor,
+        vals: torch.Tensor,
+        labels: torch.Tensor | None,
+        k: int,
+        kq: int,
+        pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+        update_pool: bool = True,
+    ) -> torch.Tensor:
+        """The term for a preprocessed batch ``x [n, input_dim]`` and its top-k codes ``(idx, vals)``.
+
+        Args:
+            labels: ``[n]`` labels (``"labels"`` mode).
+            k: document k (codes of positives and pair documents).
+            kq: query k (pair queries).
+            pairs: this step's ``(queries [m, input_dim], docs [m, input_dim])`` (``"pairs"`` mode).
+            update_pool: add ``x`` to the neighbour pool and mine it; False (validation) mines
+                inside the batch only, so the result does not depend on training state.
+
+        Raises:
+            ConfigError: ``"labels"`` mode without labels.
+        """
+        if self.mode == "none" or (self.mode == "pairs" and pairs is None):
+            return x.new_zeros(())
+        if self.mode == "pairs":
+            return self.pairs_loss(pairs, k, kq)
+        z = (idx, vals)
+        if self.mode == "labels":
+            if labels is None:
+                raise ConfigError("positives='labels' needs a source with labels, e.g. ArraySource(x, labels)")
+            return supcon_loss(self.sim(z, z), labels)
+        if self.mode == "noise":
+            return self._noise_loss(x, z, k)
+        return self._neighbors_loss(x, z, k, update_pool)
+
+    def pairs_loss(self, pairs: tuple[torch.Tensor, torch.Tensor], k: int, kq: int) -> torch.Tensor:
+        """In-batch negatives: query i's positive is document i, every other document a negative."""
+        q, d = pairs
+        logits = self.sim(self.codes(q, kq), self.codes(d, k))
+        return info_nce(logits, torch.arange(q.shape[0], device=q.device))
+
+    def _noise_loss(self, x: torch.Tensor, z: Codes, k: int) -> torch.Tensor:
+        n, dim = x.shape
+        noise = torch.randn(n, dim, generator=self.gen, device="cpu").to(x.device)
+        keep = (torch.rand(n, dim, generator=self.gen, device="cpu") > 0.1).to(x.device)
+        view = self.model.preprocess((x + noise * (self.train.noise_std / math.sqrt(dim))) * keep / 0.9)
+        return info_nce(self.sim(z, self.codes(view, k)), torch.arange(n, device=x.device))
+
+    def _neighbors_loss(self, x: torch.Tensor, z: Codes, k: int, update_pool: bool) -> torch.Tensor:
+        n = x.shape[0]
+        pool = self.pool if self.train.neighbor_pool > 0 and update_pool else None
+        nn_idx = nearest_neighbors(x, pool)
+        cand = z
+        targets = nn_idx
+        if pool is not None and pool.shape[0]:
+            from_pool = nn_idx >= n
+            if from_pool.any():
+                # codes only for the pool rows that are someone's positive
+                uniq, inv = torch.unique(nn_idx[from_pool] - n, return_inverse=True)
+                pi, pv = self.codes(pool[uniq], k)
+                cand = (torch.cat([z[0], pi]), torch.cat([z[1], pv]))
+                targets = nn_idx.clone()
+                targets[from_pool] = n + inv
+        if update_pool and self.train.neighbor_pool > 0:
+            fresh = x.detach()
+            self.pool = fresh if self.pool is None else torch.cat([fresh, self.pool])[: self.train.neighbor_pool]
+        return info_nce(mask_self_(self.sim(z, cand)), targets)
+
+
 @dataclass
 class LossTerms:
     """One batch's loss: the weighted total plus each (unweighted) term, and the top-k codes."""
@@ -184,9 +298,9 @@ class LossTerms:
     indices: torch.Tensor
     values: torch.Tensor
 
-    def as_floats(self) -> dict[str, float]:
-        """The scalar terms as Python floats (one device sync)."""
-        vals = torch.stack(
+    def stacked(self) -> torch.Tensor:
+        """The scalar terms, detached, as one ``[5]`` tensor in `TERM_NAMES` order (no device sync)."""
+        return torch.stack(
             [
                 self.total.detach(),
                 self.reconstruction_loss_k.detach(),
@@ -194,9 +308,38 @@ class LossTerms:
                 self.auxiliary_loss.detach(),
                 self.contrastive_loss.detach(),
             ]
-        ).tolist()
-        names = ("loss", "reconstruction_loss_k", "reconstruction_loss_4k", "auxiliary_loss", "contrastive_loss")
-        return dict(zip(names, vals))
+        )
+
+    def as_floats(self) -> dict[str, float]:
+        """The scalar terms as Python floats (one device sync)."""
+        return dict(zip(TERM_NAMES, self.stacked().tolist()))
+
+
+def csr_loss(
+    model: CSREncoder,
+    x: torch.Tensor,
+    k: int,
+    k_aux: int,
+    contrastive: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    beta_aux: float = 1 / 32,
+    gamma: float = 1.0,
+) -> LossTerms:
+    """The CSR loss of a preprocessed batch ``x [n, input_dim]``.
+
+    Args:
+        model: the encoder.
+        x: the batch.
+        k: active latents (the k of this step, with annealing).
+        k_aux: dead latents of the auxiliary loss.
+        contrastive: the contrastive term given the batch's top-k codes ``(indices, values)``.
+        beta_aux: weight of the auxiliary loss.
+        gamma: weight of the contrastive term.
+    """
+    recon_k, recon_4k, aux, idx, vals = reconstruction_terms(model, x, k, k_aux)
+    cl = contrastive(idx, vals)
+    # total = L(k) + L(4k)/8 + beta * L_aux + gamma * L_contrastive
+    total = recon_k + recon_4k / 8 + beta_aux * aux + gamma * cl
+    return LossTerms(total, recon_k, recon_4k, aux, cl, idx, vals)
 
 
 def reconstruction_terms(

@@ -184,7 +184,7 @@ class CSREncoder(nn.Module):
 
         Args:
             x: ``[n, input_dim]`` (or ``[input_dim]``) float16/32/64 numpy array or torch tensor.
-            k: non-zeros; default ``config.k`` for documents, ``config.query_k_for`` for queries.
+            k: non-zeros; default ``config.k`` for documents, ``config.k_query_for`` for queries.
             kind: "doc" or "query" (selects the default k and, for queries, the projection).
             batch_size: rows per forward pass.
             projection: queries only; ``None`` = ``config.query_projection``. ``"encoder"``: the TopK
@@ -192,10 +192,9 @@ class CSREncoder(nn.Module):
                 (``x`` preprocessed), so that ``<query, doc code>`` is the positive-query part of
                 ``<x, decode(doc code)>``: documents are ranked by how well their reconstruction
                 matches the query, which suits asymmetric retrieval (questions against passages);
-                default ``k`` then ``config.query_k_for("decoder")``. The bias latent is left out:
-                its posting list holds every document (about 10% more postings at k=32, h=1536;
-                raw search 0.89-1.18x on Qdrant Edge, 1.00-1.09x on Milvus Lite with it,
-                ``bench/rescore.py``) and the re-score adds its term exactly.
+                default ``k`` then ``config.k_query_for("decoder")``. The bias latent is left out:
+                its posting list holds every document, which slows the database's search
+                (measured by ``bench/rescore.py``), and the re-score adds its term exactly.
             signed: decoder-projection queries only: the entries of ``W_dec x`` (with ``bias_latent``
                 also ``<x, b_pre>`` for the bias latent) with their signs, the ``k`` largest in
                 magnitude, by default all ``code_dim`` of them, so that ``<query, doc code>`` is
@@ -232,7 +231,7 @@ class CSREncoder(nn.Module):
         if signed and projection != "decoder":
             raise DataError("signed codes are decoder-projection queries (kind='query', projection='decoder')")
         if k is None:
-            k = cfg.k if kind == "doc" else (cfg.code_dim if signed else cfg.query_k_for(projection))
+            k = cfg.k if kind == "doc" else (cfg.code_dim if signed else cfg.k_query_for(projection))
         bias_slot = kind == "doc" and cfg.bias_latent
         low = 2 if bias_slot else 1
         width = cfg.code_dim if signed else cfg.hidden_dim
@@ -461,6 +460,6 @@ class CSREncoder(nn.Module):
         c = self.config
         return (
             f"input_dim={c.input_dim}, hidden_dim={c.hidden_dim}, k={c.k}, "
-            f"k_query={c.query_k_for(c.query_projection)}, query_projection={c.query_projection}, "
+            f"k_query={c.k_query_for(c.query_projection)}, query_projection={c.query_projection}, "
             f"doc_codes={c.doc_codes}, bias_latent={c.bias_latent}"
         )

@@ -3,16 +3,15 @@
 The TopK encoder picks a document's k latents in one shot and sets their values to its
 pre-activations. The decoder atoms can reconstruct the same embedding better with k latents chosen
 greedily and fitted jointly: each step adds the atom most correlated with what is still
-unexplained, then refits all chosen coefficients by non-negative least squares. On SciFact
-(MiniLM, h=1536, k=32, one model) the reconstruction error (FVU) drops from 0.216 (TopK) to 0.136,
-and sparse-only NDCG@10 with decoder-projection queries from 0.547 to 0.621; 0.599-0.621 over five
-training seeds (see ``bench/README.md``).
+unexplained, then refits all chosen coefficients by non-negative least squares. A better k-sparse
+reconstruction is what decoder-projection queries score against, so retrieval improves with it
+(bench/README.md, quality: ``csr`` against ``csr_topk``).
 
 Everything after one dense product works on the dictionary's Gram matrix ``W W^T``:
 correlations of the residual are ``c0 - G[:, S] z`` and the refit needs ``G[S, S]`` only, so a
 step costs ``O(C * |S|)`` per document instead of ``O(C * d)``. Candidates are each document's
 ``C`` atoms most correlated with it. Batched over documents in torch; on CPU the per-document
-loop runs in C (`csr_vdb.native.pursuit`, ~10x faster) when a compiler is available.
+loop runs in C (`csr_vdb.native.pursuit`, much faster) when a compiler is available.
 """
 
 from __future__ import annotations

@@ -1,258 +1,65 @@
-"""Streaming trainer for `CSREncoder`: embedding sources (arrays, .npy memmaps, iterators) and `train_encoder`."""
+"""The trainer: `train_encoder` fits a `CSREncoder` to a stream of embeddings (arXiv 2503.01776, CSRv2 k-annealing).
+
+It reads batches from an `csr_vdb.sources.EmbeddingSource` and knows nothing about databases or
+files; the loss terms live in `csr_vdb.losses`, the glibc heap tuning in `csr_vdb.allocator`.
+"""
 
 from __future__ import annotations
 
-import functools
-import hashlib
+import importlib
 import logging
 import math
-import mmap
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 
+from csr_vdb import allocator
 from csr_vdb.config import CSRConfig, TrainConfig
-from csr_vdb.errors import ConfigError, DataError, describe_rows
-from csr_vdb.losses import (
-    code_similarity,
-    info_nce,
-    mask_self_,
-    nearest_neighbors,
-    reconstruction_terms,
-    supcon_loss,
-    update_dead_counts_,
-)
+from csr_vdb.errors import ConfigError, DataError
+from csr_vdb.losses import TERM_NAMES, ContrastiveLoss, csr_loss, reconstruction_terms, update_dead_counts_
 from csr_vdb.model import CSREncoder, resolve_device
-from csr_vdb.validation import invalid_dense_rows
+from csr_vdb.sources import (
+    FINGERPRINT_ROWS,
+    ArraySource,
+    EmbeddingSource,
+    check_rows,
+    data_fingerprint,
+    holdout_mask,
+    split_batch,
+)
 
 logger = logging.getLogger(__name__)
 
-Batch = np.ndarray | torch.Tensor | tuple[np.ndarray, np.ndarray]
 ProgressCallback = Callable[[int, int | None, dict[str, float]], None]
+"""``progress(step, total_steps or None, metrics)``."""
 
-TERM_NAMES = ("loss", "reconstruction_loss_k", "reconstruction_loss_4k", "auxiliary_loss", "contrastive_loss")
-"""Loss curves kept in the training report (``loss`` is the weighted total)."""
+CURVE_NAMES = ("step", *TERM_NAMES, "k", "dead_fraction", "lr")
+"""Loss curves kept in the training report, one entry every ``log_every`` steps."""
 
-FINGERPRINT_ROWS = 1024
-"""Rows (in source order) hashed into the data fingerprint."""
-
-
-# ----------------------------------------------------------------------------- sources
-@runtime_checkable
-class EmbeddingSource(Protocol):
-    """A re-iterable stream of dense embeddings, read once per epoch.
-
-    Attributes:
-        dim: embedding dimension.
-        n_rows: number of rows, or None when unknown (a database stream).
-
-    ``batches`` yields ``[m, dim]`` float arrays (numpy or torch), or ``(vectors, labels)`` tuples
-    when the source carries labels (``positives="labels"``). Batches may be smaller than
-    ``batch_size`` (the last one). Sources validate rows as they read them and raise `DataError`
-    naming the offending rows.
-    """
-
-    dim: int
-    n_rows: int | None
-
-    def batches(self, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> Iterator[Batch]: ...
+_MOVED = {
+    **{
+        name: "csr_vdb.sources"
+        for name in ("NpySource", "IteratorSource", "Batch")
+    },
+    **{name: "csr_vdb.allocator" for name in ("RELEASE_HEAP_EVERY",)},
+}
 
 
-def _check_rows(x: np.ndarray, offset: np.ndarray | int, what: str) -> None:
-    """Raise DataError naming source rows (``offset`` + position, or explicit row numbers)."""
-    problems = invalid_dense_rows(x)
-    if not problems:
-        return
-    reason, rows = next(iter(problems.items()))
-    if isinstance(offset, np.ndarray):
-        names = [int(offset[r]) for r in rows]
-    else:
-        names = [int(offset) + r for r in rows]
-    raise DataError(f"{what} contain {reason} at rows {describe_rows(names)}", names)
+def __getattr__(name: str) -> Any:
+    """Names that moved out of this module still import from here, with a `DeprecationWarning`."""
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"csr_vdb.training.{name} moved to {module}.{name}", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(module), name)
 
 
-class ArraySource:
-    """An in-memory ``[n, dim]`` array (optionally with ``[n]`` labels), reshuffled every epoch.
-
-    Args:
-        x: ``[n, dim]`` float16/32/64 numpy array or tensor (kept as given; batches are cast to float32).
-        labels: ``[n]`` integer labels for ``positives="labels"``.
-
-    Raises:
-        DataError: empty input, not 2-D, NaN/inf or all-zero rows (named), labels of another length.
-    """
-
-    def __init__(self, x: np.ndarray | torch.Tensor, labels: np.ndarray | None = None) -> None:
-        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-            raise DataError(f"training vectors must be a non-empty 2-D array, got shape {arr.shape}")
-        for start in range(0, arr.shape[0], 65536):
-            _check_rows(np.asarray(arr[start : start + 65536], dtype=np.float32), start, "training vectors")
-        self._x = arr
-        self._labels = None
-        if labels is not None:
-            lab = np.asarray(labels)
-            if lab.shape != (arr.shape[0],):
-                raise DataError(f"labels must have shape ({arr.shape[0]},), got {lab.shape}")
-            self._labels = lab.astype(np.int64)
-        self.dim = int(arr.shape[1])
-        self.n_rows: int | None = int(arr.shape[0])
-
-    def batches(self, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> Iterator[Batch]:
-        n = self._x.shape[0]
-        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else None
-        for start in range(0, n, batch_size):
-            sel = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
-            xb = np.asarray(self._x[sel], dtype=np.float32)
-            yield (xb, self._labels[sel]) if self._labels is not None else xb
-
-
-class NpySource:
-    """A ``.npy`` file ``[n, dim]`` (float16/32/64) streamed through a read-only memmap.
-
-    The file is never loaded whole: each epoch reads contiguous blocks of ``block_rows`` rows in a
-    random order, ``buffer_blocks`` at a time, shuffles the rows inside that buffer, and tells the
-    kernel it may drop the pages already read (so the resident set stays at the buffer size even for
-    a file larger than RAM).
-
-    Args:
-        path: the ``.npy`` file.
-        block_rows: rows per contiguous read.
-        buffer_blocks: blocks mixed together before batches are cut.
-
-    Raises:
-        DataError: missing/unreadable file, not a 2-D float array; bad rows while streaming.
-    """
-
-    def __init__(self, path: str | Path, block_rows: int = 8192, buffer_blocks: int = 8) -> None:
-        self.path = Path(path)
-        try:
-            arr = np.load(self.path, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read embeddings file {self.path}: {exc}") from exc
-        if arr.ndim != 2 or arr.shape[0] == 0 or arr.dtype.kind != "f":
-            raise DataError(f"{self.path} must hold a non-empty 2-D float array, got {arr.dtype} {arr.shape}")
-        self._arr = arr
-        self.dim = int(arr.shape[1])
-        self.n_rows: int | None = int(arr.shape[0])
-        self.block_rows = max(1, int(block_rows))
-        self.buffer_blocks = max(1, int(buffer_blocks))
-
-    def _release(self, start: int, stop: int) -> None:
-        """Drop the mapped pages of rows [start, stop) from this process's resident set."""
-        mm = getattr(self._arr, "_mmap", None)
-        if mm is None or not hasattr(mm, "madvise"):
-            return
-        row_bytes = self._arr.dtype.itemsize * self.dim
-        base = self._arr.offset
-        lo = (base + start * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
-        hi = base + stop * row_bytes
-        try:
-            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-        except (OSError, ValueError):  # pragma: no cover - best effort only
-            pass
-
-    def _read_into(self, out: np.ndarray, start: int, stop: int) -> None:
-        """Copy rows [start, stop) into ``out`` (float32), validate them, release their pages."""
-        np.copyto(out, self._arr[start:stop], casting="unsafe")
-        self._release(start, stop)
-        _check_rows(out, start, f"embeddings in {self.path.name}")
-
-    def batches(self, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> Iterator[Batch]:
-        n = self._arr.shape[0]
-        starts = np.arange(0, n, self.block_rows)
-        rng = np.random.default_rng([seed, epoch])
-        if shuffle:
-            starts = rng.permutation(starts)
-        per = self.buffer_blocks if shuffle else 1
-        # one float32 buffer reused for the whole epoch: per-block temporaries fragment the heap of a
-        # long run (measured: +100 MB resident per buffer refill on a 2M-row file)
-        buf = np.empty((per * self.block_rows + batch_size, self.dim), np.float32)
-        held = 0
-        for g in range(0, len(starts), per):
-            for s in starts[g : g + per]:
-                s = int(s)
-                e = min(s + self.block_rows, n)
-                self._read_into(buf[held : held + e - s], s, e)
-                held += e - s
-            order = rng.permutation(held) if shuffle else np.arange(held)
-            full = held // batch_size * batch_size
-            for start in range(0, full, batch_size):
-                yield buf[order[start : start + batch_size]]  # fancy indexing: a fresh array
-            rest = order[full:]
-            buf[: rest.size] = buf[rest]
-            held = rest.size
-        if held:
-            yield buf[:held].copy()
-
-
-class IteratorSource:
-    """A stream re-created every epoch by ``factory()`` (e.g. pages read from a database).
-
-    Incoming arrays of any size are re-cut into batches; with ``shuffle`` rows are mixed inside a
-    buffer of ``shuffle_buffer`` rows (an approximate shuffle that needs no random access).
-
-    Args:
-        factory: returns a fresh iterator of ``[m, dim]`` arrays.
-        dim: embedding dimension.
-        n_rows: total rows if known (lets the trainer plan steps and k-annealing).
-        shuffle_buffer: rows mixed together when shuffling.
-    """
-
-    def __init__(
-        self,
-        factory: Callable[[], Iterator[np.ndarray]],
-        dim: int,
-        n_rows: int | None = None,
-        shuffle_buffer: int = 65536,
-    ) -> None:
-        if dim <= 0:
-            raise DataError(f"dim must be positive, got {dim}")
-        self._factory = factory
-        self.dim = int(dim)
-        self.n_rows = n_rows
-        self.shuffle_buffer = max(1, int(shuffle_buffer))
-
-    def batches(self, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> Iterator[Batch]:
-        rng = np.random.default_rng([seed, epoch])
-        limit = max(self.shuffle_buffer, batch_size) if shuffle else batch_size
-        parts: list[np.ndarray] = []
-        held = 0
-        seen = 0
-        for chunk in self._factory():
-            if isinstance(chunk, torch.Tensor):
-                chunk = chunk.detach().cpu().numpy()
-            arr = np.asarray(chunk, dtype=np.float32)
-            if arr.ndim == 1:
-                arr = arr[None, :]
-            if arr.ndim != 2 or arr.shape[1] != self.dim:
-                raise DataError(f"stream yielded an array of shape {arr.shape}, expected [m, {self.dim}]")
-            _check_rows(arr, seen, "streamed vectors")
-            seen += arr.shape[0]
-            parts.append(arr)
-            held += arr.shape[0]
-            if held >= limit:
-                buf = np.concatenate(parts)
-                if shuffle:
-                    buf = buf[rng.permutation(buf.shape[0])]
-                full = buf.shape[0] // batch_size * batch_size
-                for start in range(0, full, batch_size):
-                    yield buf[start : start + batch_size]
-                parts, held = [buf[full:]], buf.shape[0] - full
-        if held:
-            buf = np.concatenate(parts)
-            if shuffle:
-                buf = buf[rng.permutation(buf.shape[0])]
-            for start in range(0, buf.shape[0], batch_size):
-                yield buf[start : start + batch_size]
-
-
-# ------------------------------------------------------------------------------ helpers
 def k_schedule(step: int, total_steps: int | None, k: int, k_start: int | None, anneal_fraction: float = 0.7) -> int:
     """CSRv2 k-annealing: ``k_t = round(k0 (1 - p) + k p)`` with ``p = min(1, step / (f * total))``.
 
@@ -265,40 +72,6 @@ def k_schedule(step: int, total_steps: int | None, k: int, k_start: int | None, 
         return k_start
     p = min(1.0, step / (anneal_fraction * total_steps))
     return int(round(k_start * (1 - p) + k * p))
-
-
-def holdout_mask(x: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """``[n]`` bool: rows held out for validation, decided by the row's content (order-independent).
-
-    A stream may be re-read in another order every epoch, so the split hashes each row's values
-    (a random projection's fractional digits): the same row always lands on the same side.
-    """
-    if fraction <= 0:
-        return np.zeros(x.shape[0], dtype=bool)
-    r = np.random.default_rng([seed, 7919]).standard_normal(x.shape[1])
-    u = np.modf(np.abs(x.astype(np.float64) @ r) * 1e6)[0]
-    return u < fraction
-
-
-def data_fingerprint(first_rows: np.ndarray, n_rows: int, dim: int) -> str:
-    """sha256 of the first rows (float32 bytes, source order) + row count + dim."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(first_rows, dtype=np.float32).tobytes())
-    h.update(f"|n={n_rows}|dim={dim}".encode())
-    return h.hexdigest()
-
-
-def _split(batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
-    if isinstance(batch, tuple):
-        x, y = batch
-        return _as_np(x), np.asarray(y)
-    return _as_np(batch), None
-
-
-def _as_np(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().to("cpu", torch.float32).numpy()
-    return np.asarray(x, dtype=np.float32)
 
 
 @dataclass
@@ -314,157 +87,6 @@ class TrainResult:
         return self.encoder.save(directory)
 
 
-class _Contrastive:
-    """Builds the contrastive term for one batch according to ``TrainConfig.positives``."""
-
-    def __init__(
-        self,
-        model: CSREncoder,
-        train: TrainConfig,
-        pairs: tuple[torch.Tensor, torch.Tensor] | None,
-        generator: torch.Generator,
-    ) -> None:
-        self.model = model
-        self.train = train
-        self.mode = train.positives if train.gamma > 0 else "none"
-        self.cosine = train.similarity == "cosine"
-        self.pairs = pairs
-        self.gen = generator
-        self.pool: torch.Tensor | None = None
-
-    def codes(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k codes ``(indices [n, k], values [n, k])`` of preprocessed rows (differentiable)."""
-        return self.model.topk_codes(x, k)
-
-    def sim(self, a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Code similarities / temperature, ``[n_a, n_b]``."""
-        h = self.model.config.hidden_dim
-        return code_similarity(a[0], a[1], b[0], b[1], h, self.cosine, scale=1.0 / self.train.temperature)
-
-    def __call__(
-        self,
-        x: torch.Tensor,
-        idx: torch.Tensor,
-        vals: torch.Tensor,
-        labels: torch.Tensor | None,
-        k: int,
-        kq: int,
-        pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
-        update_pool: bool = True,
-    ) -> torch.Tensor:
-        mode = self.mode
-        if mode == "none":
-            return x.new_zeros(())
-        if mode == "pairs":
-            if pairs is None:
-                return x.new_zeros(())
-            q, d = pairs
-            # in-batch negatives: query i's positive is doc i, every other doc is a negative
-            logits = self.sim(self.codes(q, kq), self.codes(d, k))
-            return info_nce(logits, torch.arange(q.shape[0], device=q.device))
-        z = (idx, vals)
-        if mode == "labels":
-            if labels is None:
-                raise ConfigError("positives='labels' needs a source with labels, e.g. ArraySource(x, labels)")
-            return supcon_loss(self.sim(z, z), labels)
-        if mode == "noise":
-            n, dim = x.shape
-            noise = torch.randn(n, dim, generator=self.gen, device="cpu").to(x.device)
-            keep = (torch.rand(n, dim, generator=self.gen, device="cpu") > 0.1).to(x.device)
-            view = self.model.preprocess((x + noise * (self.train.noise_std / math.sqrt(dim))) * keep / 0.9)
-            return info_nce(self.sim(z, self.codes(view, k)), torch.arange(n, device=x.device))
-        # "neighbors": each row's dense nearest neighbour (in the batch or the pool of recent rows)
-        n = x.shape[0]
-        # validation (update_pool=False) mines inside its own batch only, so it does not depend on training state
-        pool = self.pool if self.train.neighbor_pool > 0 and update_pool else None
-        nn_idx = nearest_neighbors(x, pool)
-        cand = z
-        targets = nn_idx
-        if pool is not None and pool.shape[0]:
-            from_pool = nn_idx >= n
-            if from_pool.any():
-                uniq, inv = torch.unique(nn_idx[from_pool] - n, return_inverse=True)
-                pi, pv = self.codes(pool[uniq], k)
-                cand = (torch.cat([idx, pi]), torch.cat([vals, pv]))
-                targets = nn_idx.clone()
-                targets[from_pool] = n + inv
-        if update_pool and self.train.neighbor_pool > 0:
-            fresh = x.detach()
-            self.pool = fresh if self.pool is None else torch.cat([fresh, self.pool])[: self.train.neighbor_pool]
-        return info_nce(mask_self_(self.sim(z, cand)), targets)
-
-
-def _adam(model: CSREncoder, train: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, fused where torch supports it (one kernel per step: 1 ms vs 6 ms on CPU at h=1536, d=384)."""
-    kw = dict(lr=train.lr, eps=train.eps, weight_decay=train.weight_decay)
-    try:
-        return torch.optim.Adam(model.parameters(), fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(model.parameters(), **kw)
-
-
-@torch.no_grad()
-def _remove_parallel_decoder_grad_(model: CSREncoder) -> None:
-    """Project out the gradient component along each unit-norm decoder atom (it would only change
-    the norm, which `normalize_decoder_` undoes anyway; after Gao et al. 2024)."""
-    g = model.W_dec.grad
-    if g is None:
-        return
-    w = model.W_dec
-    g.sub_((g * w).sum(dim=1, keepdim=True) * w)
-
-
-#: Steps between two `_release_free_heap` calls while training.
-RELEASE_HEAP_EVERY = 100
-
-
-@functools.cache
-def _glibc() -> Any:
-    """glibc through ctypes (None where the C library has no ``mallopt``/``malloc_trim``)."""
-    try:
-        import ctypes
-        import ctypes.util
-
-        name = ctypes.util.find_library("c")
-        lib = ctypes.CDLL(name) if name else None
-    except OSError:  # pragma: no cover - non-glibc platforms
-        logger.debug("no glibc malloc tuning", exc_info=True)
-        return None
-    return lib if lib is not None and hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None
-
-
-@functools.cache
-def _tune_heap_for_training() -> None:
-    """Keep training temporaries on the heap instead of fresh page-faulted mappings (glibc; once).
-
-    A step allocates the same 1-6 MB temporaries every time. With glibc's defaults many of them
-    come from ``mmap`` or from heap memory just trimmed back to the OS, and each first touch of a
-    page faults: ~1,100 faults and ~9 ms of a 60 ms step (1024 rows, h=1536, 2 threads). Raising the
-    mmap threshold to 64 MiB and the trim threshold to 512 MiB (``mallopt``) brings that to ~250 faults;
-    `_release_free_heap` every `RELEASE_HEAP_EVERY` steps keeps the resident set flat on long streams.
-    Process-wide and not undone after training (glibc cannot restore its adaptive thresholds); a
-    no-op where glibc is not the allocator. Cached: it runs once per process.
-    """
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
-
-
-def _release_free_heap() -> None:
-    """Give free heap pages back to the OS (glibc ``malloc_trim(0)``); a no-op elsewhere.
-
-    Without it the heap fragments and the resident set creeps up (~30 MB per 100 steps of 1024
-    rows, ~0.6 GB over a 2M-row epoch); trimming every `RELEASE_HEAP_EVERY` steps keeps it flat
-    (+3 MB per 100 steps) at no measurable cost. (The earlier remedy, serving every allocation
-    >= 1 MiB with a fresh ``mmap``, page-faulted every temporary anew and cost 40% of the step time.)
-    """
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-# ------------------------------------------------------------------------------ trainer
 def train_encoder(
     source: EmbeddingSource | np.ndarray | torch.Tensor,
     config: CSRConfig,
@@ -500,7 +122,7 @@ def train_encoder(
         DataError: bad rows in the source, an empty source.
     """
     train = train or TrainConfig()
-    _tune_heap_for_training()
+    allocator.tune_heap_for_training()
     if isinstance(source, (np.ndarray, torch.Tensor)):
         source = ArraySource(source)
     if isinstance(val_source, (np.ndarray, torch.Tensor)):
@@ -518,304 +140,378 @@ def train_encoder(
     if train.threads:
         torch.set_num_threads(train.threads)
     try:
-        return _train(source, config, train, progress, val_source, pairs)
+        return _Trainer(source, config, train, progress, val_source, pairs).run()
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(
-    source: EmbeddingSource,
-    config: CSRConfig,
-    train: TrainConfig,
-    progress: ProgressCallback | None,
-    val_source: EmbeddingSource | None,
-    pairs_np: tuple[np.ndarray, np.ndarray] | None,
-) -> TrainResult:
-    t_start = time.perf_counter()
-    device = resolve_device(train.device)
-    torch.manual_seed(train.seed)
-    gen = torch.Generator().manual_seed(train.seed)
-    model = CSREncoder(config, device=device)
-    bs = train.batch_size
-    holdout = val_source is None and train.val_fraction > 0
-    val_fraction = train.val_fraction
-    if holdout and source.n_rows:
-        # never hold out far more rows than validation keeps
-        val_fraction = min(val_fraction, max(train.max_val_rows * 1.25 / source.n_rows, 1e-6))
-    hseed = train.seed
+class _Trainer:
+    """One training run: setup, the epoch loop, validation with early stopping, the report.
 
-    # ---- fingerprint (source order) and b_pre = data mean (shuffled rows, training side of the split)
-    head = []
-    got = 0
-    for b in source.batches(min(FINGERPRINT_ROWS, bs), shuffle=False, seed=train.seed, epoch=0):
-        xb, _ = _split(b)
-        head.append(xb[: FINGERPRINT_ROWS - got])
-        got += head[-1].shape[0]
-        if got >= FINGERPRINT_ROWS:
-            break
-    if not got:
-        raise DataError("the training source yielded no rows")
-    head_rows = np.concatenate(head)
-    acc = torch.zeros(config.input_dim, dtype=torch.float64)
-    cnt = 0
-    for b in source.batches(bs, shuffle=True, seed=train.seed, epoch=0):
-        xb, _ = _split(b)
-        if holdout:
-            xb = xb[~holdout_mask(xb, val_fraction, hseed)]
-        if xb.shape[0]:
-            acc += model.preprocess(torch.from_numpy(xb)).sum(0, dtype=torch.float64)
-            cnt += xb.shape[0]
-        if cnt >= train.init_rows:
-            break
-    if cnt == 0:
-        raise DataError("the training source has no rows left after the validation hold-out")
-    with torch.no_grad():
-        model.b_pre.copy_((acc / cnt).to(torch.float32))
+    Steps, in `run` order: `_init_b_pre` (fingerprint rows and the data mean), `_prepare_pairs`,
+    `_plan_steps`, then per epoch `_run_epoch` (hold-out, `_step`, `_log`, `_evaluate`), and `_report`.
+    """
 
-    pairs_t = None
-    val_pairs_t = None
-    if pairs_np is not None and train.positives == "pairs":
-        q = torch.from_numpy(np.asarray(pairs_np[0], dtype=np.float32))
-        d = torch.from_numpy(np.asarray(pairs_np[1], dtype=np.float32))
-        if q.ndim != 2 or q.shape != d.shape or q.shape[1] != config.input_dim or q.shape[0] < 2:
-            raise DataError(
-                f"pairs must be two [m >= 2, {config.input_dim}] arrays, got {tuple(q.shape)} and {tuple(d.shape)}"
-            )
+    def __init__(
+        self,
+        source: EmbeddingSource,
+        config: CSRConfig,
+        train: TrainConfig,
+        progress: ProgressCallback | None,
+        val_source: EmbeddingSource | None,
+        pairs: tuple[np.ndarray, np.ndarray] | None,
+    ) -> None:
+        self.t_start = time.perf_counter()
+        self.source, self.config, self.train = source, config, train
+        self.progress, self.val_source, self.pairs_np = progress, val_source, pairs
+        self.device = resolve_device(train.device)
+        torch.manual_seed(train.seed)
+        self.gen = torch.Generator().manual_seed(train.seed)
+        self.model = CSREncoder(config, device=self.device)
+        self.bs = train.batch_size
+        self.holdout = val_source is None and train.val_fraction > 0
+        self.val_fraction = train.val_fraction
+        if self.holdout and source.n_rows:
+            # never hold out far more rows than validation keeps
+            self.val_fraction = min(self.val_fraction, max(train.max_val_rows * 1.25 / source.n_rows, 1e-6))
+        self.k_aux = min(config.k_aux, config.hidden_dim)
+        self.total_steps: int | None = None
+        self.step = 0
+        self.rows_epoch0 = 0
+        self.val_rows: list[np.ndarray] = []
+        self.val_labels: list[np.ndarray] = []
+        self.n_val_kept = 0
+        self.curves: dict[str, list[float]] = {name: [] for name in CURVE_NAMES}
+        self.evals: list[dict[str, Any]] = []
+        self.epochs_info: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"val_loss": math.inf, "step": 0, "state": None}
+        self.bad_evals = 0
+        self.stopped_early = False
+        self.window = torch.zeros(len(TERM_NAMES), dtype=torch.float64, device=self.device)
+        self.window_n = 0
+
+    # ------------------------------------------------------------------ setup
+    def run(self) -> TrainResult:
+        """Train, restore the best weights when asked, and return the encoder (eval mode) with its report."""
+        head_rows = self._init_b_pre()
+        self.pairs, self.val_pairs = self._prepare_pairs()
+        self.opt = _adam(self.model, self.train)
+        self.contrast = ContrastiveLoss(self.model, self.train, self.gen)
+        self.total_steps = self._plan_steps()
+        self.model.train()
+        epoch = 0
+        for epoch in range(self.train.epochs):
+            if self._run_epoch(epoch):
+                break
+        if self.train.eval_every and (not self.evals or self.evals[-1]["step"] != self.step):
+            self._evaluate(epoch)
+        if self.restored_best:
+            self.model.load_state_dict(self.best["state"])
+        self.model.eval()
+        allocator.release_free_heap()
+        return TrainResult(self.model, self._report(head_rows))
+
+    def _init_b_pre(self) -> np.ndarray:
+        """Set ``b_pre`` to the mean of up to ``init_rows`` shuffled training rows; return the fingerprint rows.
+
+        The fingerprint hashes the first rows in source order; the mean skips held-out rows.
+        """
+        train = self.train
+        head = []
+        got = 0
+        for b in self.source.batches(min(FINGERPRINT_ROWS, self.bs), shuffle=False, seed=train.seed, epoch=0):
+            xb, _ = split_batch(b)
+            head.append(xb[: FINGERPRINT_ROWS - got])
+            got += head[-1].shape[0]
+            if got >= FINGERPRINT_ROWS:
+                break
+        if not got:
+            raise DataError("the training source yielded no rows")
+        acc = torch.zeros(self.config.input_dim, dtype=torch.float64)
+        cnt = 0
+        for b in self.source.batches(self.bs, shuffle=True, seed=train.seed, epoch=0):
+            xb, _ = split_batch(b)
+            if self.holdout:
+                xb = xb[~holdout_mask(xb, self.val_fraction, train.seed)]
+            if xb.shape[0]:
+                acc += self.model.preprocess(torch.from_numpy(xb)).sum(0, dtype=torch.float64)
+                cnt += xb.shape[0]
+            if cnt >= train.init_rows:
+                break
+        if cnt == 0:
+            raise DataError("the training source has no rows left after the validation hold-out")
+        with torch.no_grad():
+            self.model.b_pre.copy_((acc / cnt).to(torch.float32))
+        return np.concatenate(head)
+
+    def _prepare_pairs(self) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``(training pairs, validation pairs)``, preprocessed, for ``positives="pairs"``; else ``(None, None)``.
+
+        With at least 50 pairs, ``val_fraction`` of them (at least 2) are held out for validation.
+        """
+        if self.pairs_np is None or self.train.positives != "pairs":
+            return None, None
+        dim = self.config.input_dim
+        q = torch.from_numpy(np.asarray(self.pairs_np[0], dtype=np.float32))
+        d = torch.from_numpy(np.asarray(self.pairs_np[1], dtype=np.float32))
+        if q.ndim != 2 or q.shape != d.shape or q.shape[1] != dim or q.shape[0] < 2:
+            raise DataError(f"pairs must be two [m >= 2, {dim}] arrays, got {tuple(q.shape)} and {tuple(d.shape)}")
         for name, arr in (("pair queries", q.numpy()), ("pair docs", d.numpy())):
-            _check_rows(arr, 0, name)
-        q, d = model.preprocess(q.to(device)), model.preprocess(d.to(device))
-        perm = torch.randperm(q.shape[0], generator=gen).to(device)
-        n_val_pairs = int(q.shape[0] * train.val_fraction) if q.shape[0] >= 50 else 0
-        if n_val_pairs >= 2:
-            val_pairs_t = (q[perm[:n_val_pairs]], d[perm[:n_val_pairs]])
-            q, d = q[perm[n_val_pairs:]], d[perm[n_val_pairs:]]
-        pairs_t = (q, d)
+            check_rows(arr, 0, name)
+        q, d = self.model.preprocess(q.to(self.device)), self.model.preprocess(d.to(self.device))
+        perm = torch.randperm(q.shape[0], generator=self.gen).to(self.device)
+        n_val = int(q.shape[0] * self.train.val_fraction) if q.shape[0] >= 50 else 0
+        if n_val < 2:
+            return (q, d), None
+        return (q[perm[n_val:]], d[perm[n_val:]]), (q[perm[:n_val]], d[perm[:n_val]])
 
-    opt = _adam(model, train)
-    contrast = _Contrastive(model, train, pairs_t, gen)
-    k_aux = min(config.k_aux, config.hidden_dim)
-    kq_target = config.query_k
+    def _plan_steps(self) -> int | None:
+        """Total optimisation steps when the source's length is known (k-annealing, lr decay), else ``max_steps``."""
+        total = None
+        if self.source.n_rows:
+            n_train = max(1, round(self.source.n_rows * (1 - (self.val_fraction if self.holdout else 0.0))))
+            total = self.train.epochs * math.ceil(n_train / self.bs)
+        if self.train.max_steps:
+            total = min(total, self.train.max_steps) if total else self.train.max_steps
+        return total
 
-    n_train_est = None
-    if source.n_rows:
-        n_train_est = max(1, round(source.n_rows * (1 - (val_fraction if holdout else 0.0))))
-    total_steps = None
-    if n_train_est:
-        total_steps = train.epochs * math.ceil(n_train_est / bs)
-    if train.max_steps:
-        total_steps = min(total_steps, train.max_steps) if total_steps else train.max_steps
-
-    val_rows: list[np.ndarray] = []
-    val_labels: list[np.ndarray] = []
-    n_val_kept = 0
-    curves: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "step", "loss", "reconstruction_loss_k", "reconstruction_loss_4k",
-            "auxiliary_loss", "contrastive_loss", "k", "dead_fraction", "lr",
-        )
-    }
-    evals: list[dict[str, Any]] = []
-    epochs_info: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"val_loss": math.inf, "step": 0, "state": None}
-    bad_evals = 0
-    stop = False
-    stopped_early = False
-    step = 0
-    window = torch.zeros(5, dtype=torch.float64, device=device)
-    window_n = 0
-    rows_epoch0 = 0
-    train_rows_total = 0
-    model.train()
-
-    def evaluate(epoch: int) -> float | None:
-        nonlocal bad_evals, stopped_early
-        k_now = k_schedule(step, total_steps, config.k, train.k_start, train.anneal_fraction)
-        metrics = _validate(model, train, contrast, val_batches(), k_now, kq_now(), val_pairs_t)
-        if metrics is None:
-            return None
-        metrics.update(step=step, epoch=epoch)
-        evals.append(metrics)
-        logger.info("step %d val_loss %.5f val_fvu %.4f", step, metrics["val_loss"], metrics["val_fvu"])
-        if progress is not None:
-            progress(step, total_steps, {f"{k}": float(v) for k, v in metrics.items()})
-        vl = metrics["val_loss"]
-        if vl < best["val_loss"] - train.min_delta * abs(best["val_loss"]) or best["state"] is None:
-            best.update(val_loss=vl, step=step, state={k: v.detach().clone() for k, v in model.state_dict().items()})
-            bad_evals = 0
-        else:
-            bad_evals += 1
-            if train.patience is not None and bad_evals >= train.patience:
-                stopped_early = True
-        return vl
-
-    def val_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        if val_source is not None:
-            for b in val_source.batches(bs, shuffle=False, seed=train.seed, epoch=0):
-                xb, yb = _split(b)
-                yield (
-                    model.preprocess(torch.from_numpy(xb).to(device)),
-                    torch.from_numpy(yb).to(device) if yb is not None else None,
-                )
-            return
-        if not val_rows:
-            return
-        xs = np.concatenate(val_rows)
-        ys = np.concatenate(val_labels) if val_labels else None
-        for start in range(0, xs.shape[0], bs):
-            yield (
-                model.preprocess(torch.from_numpy(xs[start : start + bs]).to(device)),
-                torch.from_numpy(ys[start : start + bs]).to(device) if ys is not None else None,
-            )
-
-    def kq_now() -> int:
-        if not train.k_start:
-            return kq_target
-        return k_schedule(step, total_steps, kq_target, train.k_start, train.anneal_fraction)
-
-    for epoch in range(train.epochs):
+    # ------------------------------------------------------------------ the loop
+    def _run_epoch(self, epoch: int) -> bool:
+        """One pass over the source; returns whether training stops (early stopping, ``max_steps``)."""
+        train = self.train
         t_epoch = time.perf_counter()
-        rows_epoch = 0
-        steps_epoch = 0
-        for b in source.batches(bs, shuffle=True, seed=train.seed, epoch=epoch):
-            xb, yb = _split(b)
-            if xb.ndim != 2 or xb.shape[1] != config.input_dim:
-                raise DataError(f"source yielded a batch of shape {xb.shape}, expected [m, {config.input_dim}]")
+        rows, steps = 0, 0
+        stop = False
+        for b in self.source.batches(self.bs, shuffle=True, seed=train.seed, epoch=epoch):
+            xb, yb = split_batch(b)
+            if xb.ndim != 2 or xb.shape[1] != self.config.input_dim:
+                raise DataError(f"source yielded a batch of shape {xb.shape}, expected [m, {self.config.input_dim}]")
             if epoch == 0:
-                rows_epoch0 += xb.shape[0]
-            if holdout:
-                m = holdout_mask(xb, val_fraction, hseed)
-                if m.any():
-                    if epoch == 0 and n_val_kept < train.max_val_rows:
-                        take = np.flatnonzero(m)[: train.max_val_rows - n_val_kept]
-                        val_rows.append(xb[take])
-                        if yb is not None:
-                            val_labels.append(yb[take])
-                        n_val_kept += take.size
-                    xb = xb[~m]
-                    yb = yb[~m] if yb is not None else None
+                self.rows_epoch0 += xb.shape[0]
+            if self.holdout:
+                xb, yb = self._hold_out(xb, yb, epoch)
             if xb.shape[0] < 2:
                 continue
-            x = model.preprocess(torch.from_numpy(xb).to(device, non_blocking=True))
-            labels = torch.from_numpy(yb).to(device) if yb is not None else None
-            k_t = k_schedule(step, total_steps, config.k, train.k_start, train.anneal_fraction)
-            kq_t = kq_now()
-            recon_k, recon_4k, aux, idx, vals = reconstruction_terms(model, x, k_t, k_aux)
-            pair_batch = None
-            if pairs_t is not None:
-                m_pairs = pairs_t[0].shape[0]
-                pb = min(train.pairs_batch_size or bs, m_pairs)
-                sel = torch.randperm(m_pairs, generator=gen)[:pb].to(device)
-                pair_batch = (pairs_t[0][sel], pairs_t[1][sel])
-            cl = contrast(x, idx, vals, labels, k_t, kq_t, pair_batch)
-            # total = L(k) + L(4k)/8 + beta * L_aux + gamma * L_contrastive
-            total = recon_k + recon_4k / 8 + train.beta_aux * aux + train.gamma * cl
-            if train.lr_decay == "cosine" and total_steps:
-                frac = min(step, total_steps) / total_steps
-                for group in opt.param_groups:
-                    group["lr"] = train.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            _remove_parallel_decoder_grad_(model)
-            opt.step()
-            model.normalize_decoder_()
-            update_dead_counts_(model, idx, vals)
-            step += 1
-            if step % RELEASE_HEAP_EVERY == 0:
-                _release_free_heap()
-            steps_epoch += 1
-            rows_epoch += xb.shape[0]
-            window += torch.stack([t.detach() for t in (total, recon_k, recon_4k, aux, cl)]).double()
-            window_n += 1
-            if step % train.log_every == 0 or step == total_steps:
-                vals_w = (window / window_n).tolist()
-                dead = float(model.dead_mask().float().mean())
-                for name, v in zip(TERM_NAMES, vals_w):
-                    curves[name].append(v)
-                curves["step"].append(step)
-                curves["k"].append(k_t)
-                curves["dead_fraction"].append(dead)
-                curves["lr"].append(opt.param_groups[0]["lr"])
-                window.zero_()
-                window_n = 0
-                if progress is not None:
-                    metrics = {"loss": vals_w[0], "fvu": vals_w[1], "k": k_t, "dead_fraction": dead, "epoch": epoch}
-                    progress(step, total_steps, metrics)
-            if train.eval_every and step % train.eval_every == 0:
-                evaluate(epoch)
-                model.train()
-                if stopped_early:
-                    stop = True
-            if train.max_steps and step >= train.max_steps:
+            self._step(xb, yb, epoch)
+            steps += 1
+            rows += xb.shape[0]
+            if train.eval_every and self.step % train.eval_every == 0:
+                self._evaluate(epoch)
+                self.model.train()
+                stop = self.stopped_early
+            if train.max_steps and self.step >= train.max_steps:
                 stop = True
             if stop:
                 break
-        train_rows_total += rows_epoch
         secs = time.perf_counter() - t_epoch
-        epochs_info.append(
-            {"epoch": epoch, "rows": rows_epoch, "steps": steps_epoch, "seconds": round(secs, 4),
-             "rows_per_s": round(rows_epoch / secs, 1) if secs > 0 else None}
+        self.epochs_info.append(
+            {"epoch": epoch, "rows": rows, "steps": steps, "seconds": round(secs, 4),
+             "rows_per_s": round(rows / secs, 1) if secs > 0 else None}
         )
-        if epoch == 0 and steps_epoch == 0:
+        if epoch == 0 and steps == 0:
             raise DataError("the training source yielded no usable rows (all held out or fewer than 2)")
-        if epoch == 0 and total_steps is None:
+        if epoch == 0 and self.total_steps is None:
             # a stream of unknown length: now we know the epoch size, plan the rest (k-annealing)
-            total_steps = train.epochs * steps_epoch
-        if not train.eval_every and not stopped_early:
-            evaluate(epoch)
-            model.train()
-            if stopped_early:
-                stop = True
-        if stop:
-            break
+            self.total_steps = train.epochs * steps
+        if not train.eval_every and not self.stopped_early:
+            self._evaluate(epoch)
+            self.model.train()
+            stop = stop or self.stopped_early
+        return stop
 
-    if train.eval_every and (not evals or evals[-1]["step"] != step):
-        evaluate(epoch)
-    if train.restore_best and best["state"] is not None and best["step"] != step:
-        model.load_state_dict(best["state"])
-    model.eval()
-    _release_free_heap()
+    def _hold_out(self, xb: np.ndarray, yb: np.ndarray | None, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Drop the batch's held-out rows, keeping them (first epoch, up to ``max_val_rows``) for validation."""
+        m = holdout_mask(xb, self.val_fraction, self.train.seed)
+        if not m.any():
+            return xb, yb
+        if epoch == 0 and self.n_val_kept < self.train.max_val_rows:
+            take = np.flatnonzero(m)[: self.train.max_val_rows - self.n_val_kept]
+            self.val_rows.append(xb[take])
+            if yb is not None:
+                self.val_labels.append(yb[take])
+            self.n_val_kept += take.size
+        return xb[~m], (yb[~m] if yb is not None else None)
 
-    n_rows = source.n_rows or rows_epoch0
-    fp = data_fingerprint(head_rows, n_rows, config.input_dim)
-    model.config = config.model_copy(update={"data_fingerprint": fp})
-    final = evals[-1] if evals else None
-    last_train_fvu = curves["reconstruction_loss_k"][-1] if curves["reconstruction_loss_k"] else None
-    best_eval = next((e for e in evals if e["step"] == best["step"]), None) if evals else None
-    report: dict[str, Any] = {
-        "method": "CSR (arXiv 2503.01776) + CSRv2 k-annealing",
-        "config": model.config.model_dump(mode="json"),
-        "train_config": train.model_dump(mode="json"),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "n_rows": n_rows,
-        "train_rows_per_epoch": epochs_info[0]["rows"],
-        "val_rows": n_val_kept if holdout else None,
-        "val_fraction_used": val_fraction if holdout else 0.0,
-        "steps": step,
-        "total_steps_planned": total_steps,
-        "epochs_completed": len(epochs_info),
-        "stopped_early": stopped_early,
-        "best_step": best["step"] if best["state"] is not None else None,
-        "best_val_loss": best["val_loss"] if best["state"] is not None else None,
-        "restored_best": bool(train.restore_best and best["state"] is not None and best["step"] != step),
-        "final_fvu": (best_eval or final or {}).get("val_fvu", last_train_fvu),
-        "final_dead_fraction": float(model.dead_mask().float().mean()),
-        "epochs": epochs_info,
-        "curves": curves,
-        "validation": evals,
-        "data_fingerprint": fp,
-        "seconds": round(time.perf_counter() - t_start, 3),
-    }
-    model.training_report = report
-    return TrainResult(model, report)
+    def _k_now(self) -> int:
+        """This step's document k (`k_schedule`)."""
+        return k_schedule(self.step, self.total_steps, self.config.k, self.train.k_start, self.train.anneal_fraction)
+
+    def _kq_now(self) -> int:
+        """This step's query k: ``k_query_for()``, annealed from ``k_start`` like the document k."""
+        kq = self.config.k_query_for()
+        if not self.train.k_start:
+            return kq
+        return k_schedule(self.step, self.total_steps, kq, self.train.k_start, self.train.anneal_fraction)
+
+    def _pair_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This step's random sample of training pairs (``pairs_batch_size``, default the batch size)."""
+        if self.pairs is None:
+            return None
+        m = self.pairs[0].shape[0]
+        sel = torch.randperm(m, generator=self.gen)[: min(self.train.pairs_batch_size or self.bs, m)].to(self.device)
+        return self.pairs[0][sel], self.pairs[1][sel]
+
+    def _step(self, xb: np.ndarray, yb: np.ndarray | None, epoch: int) -> None:
+        """One optimisation step on a batch of training rows."""
+        train, model = self.train, self.model
+        x = model.preprocess(torch.from_numpy(xb).to(self.device, non_blocking=True))
+        labels = torch.from_numpy(yb).to(self.device) if yb is not None else None
+        k_t, kq_t = self._k_now(), self._kq_now()
+        pair_batch = self._pair_batch()
+        terms = csr_loss(
+            model, x, k_t, self.k_aux,
+            lambda idx, vals: self.contrast(x, idx, vals, labels, k_t, kq_t, pair_batch),
+            beta_aux=train.beta_aux, gamma=train.gamma,
+        )
+        if train.lr_decay == "cosine" and self.total_steps:
+            frac = min(self.step, self.total_steps) / self.total_steps
+            for group in self.opt.param_groups:
+                group["lr"] = train.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+        self.opt.zero_grad(set_to_none=True)
+        terms.total.backward()
+        _remove_parallel_decoder_grad_(model)
+        self.opt.step()
+        model.normalize_decoder_()
+        update_dead_counts_(model, terms.indices, terms.values)
+        self.step += 1
+        if self.step % allocator.RELEASE_HEAP_EVERY == 0:
+            allocator.release_free_heap()
+        self.window += terms.stacked().double()
+        self.window_n += 1
+        if self.step % train.log_every == 0 or self.step == self.total_steps:
+            self._log(k_t, epoch)
+
+    def _log(self, k_t: int, epoch: int) -> None:
+        """Append the mean terms since the last entry to the curves and report progress."""
+        means = (self.window / self.window_n).tolist()
+        dead = float(self.model.dead_mask().float().mean())
+        for name, v in zip(TERM_NAMES, means):
+            self.curves[name].append(v)
+        self.curves["step"].append(self.step)
+        self.curves["k"].append(k_t)
+        self.curves["dead_fraction"].append(dead)
+        self.curves["lr"].append(self.opt.param_groups[0]["lr"])
+        self.window.zero_()
+        self.window_n = 0
+        if self.progress is not None:
+            metrics = {"loss": means[0], "fvu": means[1], "k": k_t, "dead_fraction": dead, "epoch": epoch}
+            self.progress(self.step, self.total_steps, metrics)
+
+    # ------------------------------------------------------------------ validation
+    def _evaluate(self, epoch: int) -> None:
+        """Validate, keep the best weights, and count evaluations without improvement (early stopping)."""
+        train = self.train
+        metrics = _validate(self.model, train, self.contrast, self._val_batches(), self._k_now(), self._kq_now(),
+                            self.val_pairs)
+        if metrics is None:
+            return
+        metrics.update(step=self.step, epoch=epoch)
+        self.evals.append(metrics)
+        logger.info("step %d val_loss %.5f val_fvu %.4f", self.step, metrics["val_loss"], metrics["val_fvu"])
+        if self.progress is not None:
+            self.progress(self.step, self.total_steps, {f"{k}": float(v) for k, v in metrics.items()})
+        best = self.best
+        vl = metrics["val_loss"]
+        if vl < best["val_loss"] - train.min_delta * abs(best["val_loss"]) or best["state"] is None:
+            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            best.update(val_loss=vl, step=self.step, state=state)
+            self.bad_evals = 0
+        else:
+            self.bad_evals += 1
+            if train.patience is not None and self.bad_evals >= train.patience:
+                self.stopped_early = True
+
+    def _val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Preprocessed validation batches (with labels or None): ``val_source``, else the held-out rows."""
+        if self.val_source is not None:
+            batches = (split_batch(b) for b in self.val_source.batches(self.bs, shuffle=False, seed=self.train.seed, epoch=0))
+        elif self.val_rows:
+            xs = np.concatenate(self.val_rows)
+            ys = np.concatenate(self.val_labels) if self.val_labels else None
+            batches = (
+                (xs[s : s + self.bs], ys[s : s + self.bs] if ys is not None else None)
+                for s in range(0, xs.shape[0], self.bs)
+            )
+        else:
+            return
+        for xb, yb in batches:
+            yield (
+                self.model.preprocess(torch.from_numpy(xb).to(self.device)),
+                torch.from_numpy(yb).to(self.device) if yb is not None else None,
+            )
+
+    # ------------------------------------------------------------------ report
+    @property
+    def restored_best(self) -> bool:
+        """Whether the returned weights are those of an earlier, better evaluation."""
+        best = self.best
+        return bool(self.train.restore_best and best["state"] is not None and best["step"] != self.step)
+
+    def _report(self, head_rows: np.ndarray) -> dict[str, Any]:
+        """Fill in the data fingerprint and build the training report (also kept on the encoder)."""
+        model, config, train, best = self.model, self.config, self.train, self.best
+        n_rows = self.source.n_rows or self.rows_epoch0
+        fp = data_fingerprint(head_rows, n_rows, config.input_dim)
+        model.config = config.model_copy(update={"data_fingerprint": fp})
+        evals = self.evals
+        final = evals[-1] if evals else None
+        fvu_curve = self.curves["reconstruction_loss_k"]
+        best_eval = next((e for e in evals if e["step"] == best["step"]), None) if evals else None
+        has_best = best["state"] is not None
+        report: dict[str, Any] = {
+            "method": "CSR (arXiv 2503.01776) + CSRv2 k-annealing",
+            "config": model.config.model_dump(mode="json"),
+            "train_config": train.model_dump(mode="json"),
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "n_rows": n_rows,
+            "train_rows_per_epoch": self.epochs_info[0]["rows"],
+            "val_rows": self.n_val_kept if self.holdout else None,
+            "val_fraction_used": self.val_fraction if self.holdout else 0.0,
+            "steps": self.step,
+            "total_steps_planned": self.total_steps,
+            "epochs_completed": len(self.epochs_info),
+            "stopped_early": self.stopped_early,
+            "best_step": best["step"] if has_best else None,
+            "best_val_loss": best["val_loss"] if has_best else None,
+            "restored_best": self.restored_best,
+            "final_fvu": (best_eval or final or {}).get("val_fvu", fvu_curve[-1] if fvu_curve else None),
+            "final_dead_fraction": float(model.dead_mask().float().mean()),
+            "epochs": self.epochs_info,
+            "curves": self.curves,
+            "validation": evals,
+            "data_fingerprint": fp,
+            "seconds": round(time.perf_counter() - self.t_start, 3),
+        }
+        model.training_report = report
+        return report
+
+
+def _adam(model: CSREncoder, train: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, fused where torch supports it (one kernel per step instead of one per parameter)."""
+    kw = dict(lr=train.lr, eps=train.eps, weight_decay=train.weight_decay)
+    try:
+        return torch.optim.Adam(model.parameters(), fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(model.parameters(), **kw)
+
+
+@torch.no_grad()
+def _remove_parallel_decoder_grad_(model: CSREncoder) -> None:
+    """Project out the gradient component along each unit-norm decoder atom (it would only change
+    the norm, which `normalize_decoder_` undoes anyway; after Gao et al. 2024)."""
+    g = model.W_dec.grad
+    if g is None:
+        return
+    w = model.W_dec
+    g.sub_((g * w).sum(dim=1, keepdim=True) * w)
 
 
 @torch.no_grad()
 def _validate(
     model: CSREncoder,
     train: TrainConfig,
-    contrast: _Contrastive,
+    contrast: ContrastiveLoss,
     batches: Iterator[tuple[torch.Tensor, torch.Tensor | None]],
     k: int,
     kq: int,
@@ -845,8 +541,7 @@ def _validate(
             return None
         rk, r4, cl = sums / rows
         if contrast.mode == "pairs" and val_pairs is not None:
-            q0 = val_pairs[0]
-            cl = float(contrast(q0, q0, q0, None, k, kq, val_pairs, update_pool=False))  # pairs mode reads only pairs
+            cl = float(contrast.pairs_loss(val_pairs, k, kq))
         loss = rk + r4 / 8 + train.gamma * cl
         return {"val_loss": float(loss), "val_fvu": float(rk), "val_fvu_4k": float(r4), "val_contrastive": float(cl)}
     finally:

@@ -1,4 +1,4 @@
-"""Shared fixtures: real-data location, Docker detection, tiny builders."""
+"""Shared fixtures: the real-data folder (skip without it) and the CUDA skip; tiny builders are in tests/helpers.py."""
 
 from __future__ import annotations
 

@@ -1,8 +1,13 @@
-"""Tiny builders for tests: clustered data, small configs."""
+"""Tiny builders for tests: clustered data, a tiny encoder, data folders, the numpy stand-in encoder."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from bench.common import ProjectionEncoder
+
+__all__ = ["TINY", "ProjectionEncoder", "clustered", "fast_train", "tiny_config", "tiny_encoder",
+           "write_banking77_folder", "write_beir_folder", "write_bench_data"]
 
 
 def clustered(n: int = 512, dim: int = 8, clusters: int = 8, noise: float = 0.15, seed: int = 0):
@@ -13,3 +18,76 @@ def clustered(n: int = 512, dim: int = 8, clusters: int = 8, noise: float = 0.15
     x = centres[labels] + noise * rng.normal(size=(n, dim))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), labels
+
+
+TINY = {"input_dim": 8, "hidden_dim": 32, "k": 2}
+"""The dimensions of the tiny test encoders."""
+
+
+def tiny_config(**changes):
+    """A `CSRConfig` with the `TINY` dimensions unless ``changes`` say otherwise."""
+    from csr_vdb.config import CSRConfig
+
+    return CSRConfig(**{**TINY, **changes})
+
+
+def tiny_encoder(seed: int = 0, **changes):
+    """An untrained `CSREncoder` of `tiny_config` on the CPU, weights drawn after ``torch.manual_seed(seed)``."""
+    import torch
+
+    from csr_vdb.model import CSREncoder
+
+    torch.manual_seed(seed)
+    return CSREncoder(tiny_config(**changes), device="cpu")
+
+
+def fast_train(**changes):
+    """A short CPU `TrainConfig` (3 epochs of 128 rows, seed 0, a curve entry every step) unless ``changes`` say otherwise."""
+    from csr_vdb.config import TrainConfig
+
+    return TrainConfig(**{"epochs": 3, "batch_size": 128, "device": "cpu", "seed": 0, "log_every": 1, **changes})
+
+
+def write_beir_folder(
+    path, docs, queries, qrels: dict[str, dict[str, int]] | None = None, doc_prefix: str = "doc"
+) -> None:
+    """A BEIR folder (embeddings, ids, ``qrels_test.tsv``) with documents ``<doc_prefix><i>`` and queries ``q<i>``.
+
+    Without ``qrels``, query i's only relevant document is document i.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    np.save(path / "corpus_emb.npy", np.asarray(docs, np.float32))
+    np.save(path / "queries_emb.npy", np.asarray(queries, np.float32))
+    (path / "corpus_ids.txt").write_text("".join(f"{doc_prefix}{i}\n" for i in range(len(docs))))
+    (path / "query_ids.txt").write_text("".join(f"q{i}\n" for i in range(len(queries))))
+    if qrels is None:
+        qrels = {f"q{i}": {f"{doc_prefix}{i}": 1} for i in range(len(queries))}
+    rows = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q, judged in qrels.items() for d, g in judged.items()]
+    (path / "qrels_test.tsv").write_text("\n".join(rows) + "\n")
+
+
+def write_banking77_folder(path, x, labels, n_train: int) -> None:
+    """A Banking77 folder: rows ``[:n_train]`` are the training split, the rest the test split (labels ``label_<y>``)."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", slice(0, n_train)), ("test", slice(n_train, len(x)))):
+        np.save(path / f"{split}_emb.npy", np.asarray(x[rows], np.float32))
+        lines = ["text,category"] + [f'"text, {i}",label_{lab}' for i, lab in enumerate(labels[rows])]
+        (path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+
+
+def write_bench_data(root) -> None:
+    """Under ``root``: a Banking77 folder (300 train + 100 test rows, 8 labels) and a small BEIR folder ``tinybeir``."""
+    from pathlib import Path
+
+    root = Path(root)
+    x, y = clustered(400, 16, 8, noise=0.3, seed=3)
+    write_banking77_folder(root / "banking77", x, y, 300)
+    docs, _ = clustered(300, 16, 10, noise=0.3, seed=4)
+    queries = docs[:40] + 0.05 * np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
+    write_beir_folder(root / "tinybeir", docs, queries)

@@ -2,49 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
-import numpy as np
 import pytest
+import torch
 
-from tests.conftest import REPO
-from tests.helpers import clustered
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "bench" / "quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _make_data(root):
-    x, y = clustered(400, 16, 8, noise=0.3, seed=3)
-    b = root / "banking77"
-    b.mkdir(parents=True)
-    for split, rows in (("train", slice(0, 300)), ("test", slice(300, 400))):
-        np.save(b / f"{split}_emb.npy", x[rows])
-        lines = ["text,category"] + [f'"text, {i}",label_{lab}' for i, lab in enumerate(y[rows])]
-        (b / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    docs, dlab = clustered(300, 16, 10, noise=0.3, seed=4)
-    s = root / "tinybeir"
-    s.mkdir()
-    queries = docs[:40] + 0.05 * np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
-    np.save(s / "corpus_emb.npy", docs)
-    np.save(s / "queries_emb.npy", queries.astype(np.float32))
-    (s / "corpus_ids.txt").write_text("".join(f"doc{i}\n" for i in range(300)))
-    (s / "query_ids.txt").write_text("".join(f"q{i}\n" for i in range(40)))
-    rows = ["query-id\tcorpus-id\tscore"] + [f"q{i}\tdoc{i}\t1" for i in range(40)]
-    (s / "qrels_test.tsv").write_text("\n".join(rows) + "\n")
+from bench import quality
+from tests.helpers import clustered, write_bench_data
 
 
 @pytest.mark.slow
 def test_quality_bench_writes_the_schema(tmp_path, capsys):
-    _make_data(tmp_path / "data")
+    write_bench_data(tmp_path / "data")
     out = tmp_path / "res" / "q.json"
-    bench = _load_bench()
-    rc = bench.main(["--data-dir", str(tmp_path / "data"), "--out", str(out), "--ks", "2,4", "--hidden", "64", "--quick"])
+    rc = quality.main(["--data-dir", str(tmp_path / "data"), "--out", str(out), "--ks", "2,4", "--hidden-dim", "64", "--quick"])
     assert rc == 0
     res = json.loads(out.read_text())
     assert set(res) == {"banking77", "tinybeir"}
@@ -63,5 +34,33 @@ def test_quality_bench_writes_the_schema(tmp_path, capsys):
 
 
 def test_quality_bench_rejects_an_empty_folder(tmp_path):
-    bench = _load_bench()
-    assert bench.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o.json")]) == 2
+    assert quality.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o.json")]) == 2
+
+
+def test_train_recipe_follows_the_seed():
+    x, _ = clustered(300, 16, 8, noise=0.3, seed=3)
+    small = quality.Overrides(hidden_dim=32, steps=3)
+    a, b, c = (quality.train_recipe(x, 4, small, seed=s) for s in (0, 0, 1))
+    assert a.config.hidden_dim == 32 and a.config.k == 4
+    assert torch.allclose(a.W_enc, b.W_enc, atol=1e-6)  # same seed: the same model
+    assert not torch.allclose(a.W_enc, c.W_enc, atol=1e-3)  # another seed: another model
+
+
+def test_recipe_overrides_from_the_command_line():
+    parser = quality.argparse.ArgumentParser()
+    quality.add_recipe_arguments(parser)
+    args = parser.parse_args(["--hidden", "32", "--steps", "3", "--model", "doc_codes=topk", "--train", "lr=1e-3",
+                              "--train", "positives=noise"])
+    over = quality.overrides_from(args)
+    assert over == quality.Overrides(hidden_dim=32, steps=3, model={"doc_codes": "topk"},
+                                     train={"lr": 0.001, "positives": "noise"})
+    x, _ = clustered(300, 16, 8, noise=0.3, seed=3)
+    enc = quality.train_recipe(x, 4, over)
+    assert (enc.config.hidden_dim, enc.config.doc_codes) == (32, "topk")
+    report = enc.training_report
+    assert report["steps"] == 3 and report["train_config"]["lr"] == 0.001
+    assert report["train_config"]["positives"] == "noise"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--train", "lr"])  # not KEY=VALUE
+    with pytest.raises(ValueError, match="no_such_field"):
+        quality.train_recipe(x, 4, quality.Overrides(steps=1, train={"no_such_field": 1}))

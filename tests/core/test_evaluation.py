@@ -1,243 +1,29 @@
-"""Tests for csr_vdb.evaluation: hand-computed metrics, exact search, readers, baselines, real figures."""
+"""csr_vdb.evaluation: the deprecated names still import, from their new homes, with a DeprecationWarning."""
 
 from __future__ import annotations
 
-import json
-import math
-
-import numpy as np
 import pytest
 
-from csr_vdb.errors import ConfigError, DataError
-from csr_vdb.evaluation import (
-    PCA,
-    dataset_kind,
-    evaluate_banking77,
-    evaluate_beir,
-    exact_search,
-    load_banking77_dir,
-    load_beir_dir,
-    ndcg_at_k,
-    one_nn_accuracy,
-    rankings,
-    read_qrels,
-    recall_at_k,
-    truncate,
-)
-from csr_vdb.sparse import SparseVectors
-from tests.helpers import clustered
-
-L2 = math.log2
+import bench.baselines
+import bench.loaders
+import csr_vdb.evaluation as evaluation
+import csr_vdb.metrics as metrics
 
 
-# ------------------------------------------------------------------ NDCG / recall by hand
-def test_ndcg_binary_by_hand():
-    qrels = {"q": {"a": 1, "b": 1}}
-    run = {"q": ["x", "a", "y", "b"]}
-    dcg = 1 / L2(3) + 1 / L2(5)
-    idcg = 1 / L2(2) + 1 / L2(3)
-    assert ndcg_at_k(run, qrels, 10).value == pytest.approx(dcg / idcg)
+@pytest.mark.parametrize("name", ["ndcg_at_k", "recall_at_k", "exact_search", "rescored_search", "one_nn_accuracy"])
+def test_metric_names_come_from_csr_vdb_metrics(name):
+    with pytest.warns(DeprecationWarning, match=f"moved to csr_vdb.metrics.{name}"):
+        assert getattr(evaluation, name) is getattr(metrics, name)
 
 
-def test_ndcg_graded_linear_gain_and_ideal_over_all_judged():
-    # grade 2 doc retrieved second, grade 1 doc retrieved first, a grade-3 doc never retrieved
-    qrels = {"q": {"a": 1, "b": 2, "c": 3, "z": 0}}
-    run = {"q": ["a", "b", "z"]}
-    dcg = 1 / L2(2) + 2 / L2(3)
-    idcg = 3 / L2(2) + 2 / L2(3) + 1 / L2(4)  # all judged-relevant docs, not just the retrieved
-    assert ndcg_at_k(run, qrels, 10).value == pytest.approx(dcg / idcg)
+def test_loaders_and_baselines_come_from_bench():
+    with pytest.warns(DeprecationWarning, match="bench.loaders.load_beir_dir"):
+        from csr_vdb.evaluation import load_beir_dir
+    assert load_beir_dir is bench.loaders.load_beir_dir
+    with pytest.warns(DeprecationWarning, match="bench.baselines.PCA"):
+        assert evaluation.PCA is bench.baselines.PCA
 
 
-def test_ndcg_cutoff_and_duplicates():
-    qrels = {"q": {"a": 1}}
-    assert ndcg_at_k({"q": ["x", "y", "a"]}, qrels, 2).value == 0.0
-    # a duplicated doc id must not earn gain twice nor push the rest down
-    res = ndcg_at_k({"q": ["a", "a"]}, {"q": {"a": 1, "b": 1}}, 10).value
-    assert res == pytest.approx(1 / (1 + 1 / L2(3)))
-
-
-def test_queries_without_relevant_docs_are_skipped_and_counted():
-    qrels = {"q1": {"a": 1}, "q2": {"b": 0}, "q3": {}}
-    run = {"q1": ["a"], "q2": ["b"]}
-    res = ndcg_at_k(run, qrels, 10)
-    assert (res.value, res.n_evaluated, res.n_skipped) == (1.0, 1, 2)
-    rec = recall_at_k(run, qrels, 10)
-    assert (rec.value, rec.n_evaluated, rec.n_skipped) == (1.0, 1, 2)
-
-
-def test_missing_ranking_scores_zero():
-    res = ndcg_at_k({}, {"q1": {"a": 1}, "q2": {"b": 1}}, 10, query_ids=["q1", "q2"])
-    assert (res.value, res.n_evaluated) == (0.0, 2)
-
-
-def test_recall_by_hand():
-    qrels = {"q1": {"a": 1, "b": 1, "c": 1, "d": 1}, "q2": {"e": 2}}
-    run = {"q1": ["a", "x", "b", "c"], "q2": ["y", "e"]}
-    assert recall_at_k(run, qrels, 3).value == pytest.approx((2 / 4 + 1) / 2)
-    assert recall_at_k(run, qrels, 1).value == pytest.approx((1 / 4 + 0) / 2)
-
-
-# ------------------------------------------------------------------ exact search, 1-NN
-def test_exact_search_dense_matches_brute_force_and_breaks_ties_by_row():
-    x, _ = clustered(200, 8, 4, seed=1)
-    q = x[:13] + 0.01
-    scores, rows = exact_search(q, x, 5, chunk_size=4)
-    full = q @ x.T
-    np.testing.assert_allclose(scores, -np.sort(-full, axis=1)[:, :5], rtol=1e-5)
-    np.testing.assert_allclose(np.take_along_axis(full, rows, 1), scores, rtol=1e-5)
-    db = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], np.float32)
-    _, r = exact_search(np.array([[1.0, 0.0]], np.float32), db, 3)
-    assert r.tolist() == [[0, 2, 1]]
-
-
-@pytest.mark.parametrize("metric", ["dot", "cosine"])
-def test_exact_search_sparse_equals_dense(metric):
-    rng = np.random.default_rng(0)
-    dense = np.where(rng.random((60, 40)) < 0.15, rng.random((60, 40)), 0).astype(np.float32)
-    dense[:, 0] += 0.01  # no empty row
-    sv = SparseVectors.from_dense(dense)
-    s1, r1 = exact_search(sv[:9], sv, 7, metric=metric, chunk_size=2)
-    s2, r2 = exact_search(dense[:9], dense, 7, metric=metric)
-    np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-6)
-    assert (r1 == r2).all()
-
-
-def test_exact_search_rejects_mixed_or_mismatched_inputs():
-    sv = SparseVectors.from_dense(np.eye(4, dtype=np.float32))
-    with pytest.raises(DataError):
-        exact_search(np.eye(4, dtype=np.float32), sv, 1)
-    with pytest.raises(DataError):
-        exact_search(np.ones((2, 3), np.float32), np.ones((5, 4), np.float32), 1)
-    with pytest.raises(ConfigError):
-        exact_search(np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32), 1, metric="l1")
-
-
-def test_one_nn_accuracy_by_hand_and_sparse():
-    train = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
-    test = np.array([[0.9, 0.1, 0], [0.1, 0.2, 0.9], [0, 1, 0.2], [0.6, 0.5, 0]], np.float32)
-    # nearest: 0, 2, 1, 0 -> labels a, c, b, a vs truth a, c, c, b -> 2/4
-    acc = one_nn_accuracy(train, ["a", "b", "c"], test, ["a", "c", "c", "b"])
-    assert acc == 0.5
-    sparse = one_nn_accuracy(
-        SparseVectors.from_dense(train), ["a", "b", "c"], SparseVectors.from_dense(test), ["a", "c", "c", "b"]
-    )
-    assert sparse == 0.5
-    with pytest.raises(DataError):
-        one_nn_accuracy(train, ["a"], test, ["a"] * 4)
-
-
-def test_cosine_differs_from_dot_when_norms_differ():
-    train = np.array([[10.0, 1.0], [0.0, 1.0]], np.float32)
-    test = np.array([[0.1, 1.0]], np.float32)
-    assert one_nn_accuracy(train, [0, 1], test, [1], scorer="cosine") == 1.0
-    assert one_nn_accuracy(train, [0, 1], test, [1], scorer="dot") == 0.0
-
-
-# ------------------------------------------------------------------ baselines
-def test_pca_recovers_the_planted_subspace_and_ranks_by_variance():
-    rng = np.random.default_rng(0)
-    basis = np.linalg.qr(rng.normal(size=(10, 10)))[0]
-    coeffs = rng.normal(size=(500, 10)) * np.array([5.0, 3.0] + [0.01] * 8)
-    x = (coeffs @ basis.T + 2.0).astype(np.float32)
-    pca = PCA.fit(x, 2)
-    proj = np.abs(pca.components @ basis[:, :2])
-    assert np.allclose(np.diag(proj), 1.0, atol=1e-2)
-    out = pca.transform(x)
-    assert out.shape == (500, 2)
-    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
-    with pytest.raises(ConfigError):
-        PCA.fit(x, 11)
-
-
-def test_truncate_keeps_first_dims_renormalised():
-    x = np.array([[3.0, 4.0, 100.0]], np.float32)
-    np.testing.assert_allclose(truncate(x, 2), [[0.6, 0.8]], rtol=1e-6)
-    with pytest.raises(ConfigError):
-        truncate(x, 0)
-
-
-# ------------------------------------------------------------------ readers
-def _write_beir(path, x_docs, x_queries, qrels_rows):
-    path.mkdir()
-    np.save(path / "corpus_emb.npy", x_docs)
-    np.save(path / "queries_emb.npy", x_queries)
-    (path / "corpus_ids.txt").write_text("".join(f"d{i}\n" for i in range(len(x_docs))))
-    (path / "query_ids.txt").write_text("".join(f"q{i}\n" for i in range(len(x_queries))))
-    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in qrels_rows]
-    (path / "qrels_test.tsv").write_text("\n".join(lines) + "\n")
-
-
-def test_load_beir_dir_keeps_judged_queries_and_evaluates(tmp_path):
-    docs = np.eye(4, dtype=np.float32)
-    queries = np.array([[1, 0.1, 0, 0], [0, 0, 0, 1], [0, 1, 0, 0]], np.float32)
-    _write_beir(tmp_path / "b", docs, queries, [("q0", "d0", 1), ("q2", "d3", 2)])
-    data = load_beir_dir(tmp_path / "b")
-    assert data.query_ids == ["q0", "q2"] and data.queries_x.shape == (2, 4)
-    assert data.qrels == {"q0": {"d0": 1}, "q2": {"d3": 2}}
-    assert dataset_kind(tmp_path / "b") == "beir"
-    res = evaluate_beir(data, k=10, depth=2)
-    # q0 finds d0 first (ndcg 1); q2 = e1 ties d0, d2, d3 at 0 after d1 -> d3 at rank 4 (> depth 2)
-    assert res["ndcg@10"] == pytest.approx((1 + 1 / L2(5)) / 2)
-    assert res["recall@2"] == pytest.approx(0.5)
-    assert res["n_queries"] == 2 and res["n_skipped"] == 0
-
-
-def test_load_beir_dir_errors(tmp_path):
-    _write_beir(tmp_path / "b", np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32), [("q9", "d0", 1)])
-    with pytest.raises(DataError, match="without an embedding"):
-        load_beir_dir(tmp_path / "b")
-    (tmp_path / "b" / "corpus_ids.txt").write_text("d0\n")
-    with pytest.raises(DataError, match="ids"):
-        load_beir_dir(tmp_path / "b")
-    with pytest.raises(DataError, match="missing"):
-        load_beir_dir(tmp_path / "nothing")
-    (tmp_path / "bad.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\thigh\n")
-    with pytest.raises(DataError, match="not a number"):
-        read_qrels(tmp_path / "bad.tsv")
-
-
-def test_load_banking77_dir_parses_quoted_csv(tmp_path):
-    d = tmp_path / "banking77"
-    d.mkdir()
-    (d / "train.csv").write_text('text,category\n"Hi, where is my card?",card_arrival\nrate?,exchange_rate\n')
-    (d / "test.csv").write_text('text,category\n"a ""quoted"", text",exchange_rate\n')
-    (d / "categories.json").write_text(json.dumps(["exchange_rate", "card_arrival"]))
-    np.save(d / "train_emb.npy", np.array([[1, 0], [0, 1]], np.float32))
-    np.save(d / "test_emb.npy", np.array([[0.1, 1]], np.float32))
-    data = load_banking77_dir(d)
-    assert data.labels == ["exchange_rate", "card_arrival"]
-    assert data.train_y.tolist() == [1, 0] and data.test_y.tolist() == [0]
-    assert evaluate_banking77(data) == 1.0
-    assert dataset_kind(d) == "banking77"
-    np.save(d / "test_emb.npy", np.ones((2, 2), np.float32))
-    with pytest.raises(DataError, match="labels"):
-        load_banking77_dir(d)
-
-
-def test_rankings_maps_rows_to_ids():
-    assert rankings(np.array([[1, 0]]), ["q"], ["a", "b"]) == {"q": ["b", "a"]}
-
-
-# ------------------------------------------------------------------ the published dense figures
-@pytest.mark.realdata
-def test_dense_baselines_reproduce_published_figures(data_dir):
-    b77 = load_banking77_dir(data_dir / "banking77")
-    assert round(evaluate_banking77(b77), 4) == 0.9205
-    sf = load_beir_dir(data_dir / "scifact")
-    res = evaluate_beir(sf)
-    assert round(res["ndcg@10"], 4) == 0.6451
-    assert round(res["recall@10"], 4) == 0.7833 and round(res["recall@100"], 4) == 0.9250
-    assert (res["n_queries"], res["n_skipped"]) == (300, 0)
-
-
-def test_exact_search_ties_at_the_cut_keep_the_lowest_rows():
-    rng = np.random.default_rng(2)
-    # many exact ties (integer scores), as sparse codes produce
-    q = rng.integers(0, 3, size=(7, 5)).astype(np.float32)
-    db = rng.integers(0, 3, size=(300, 5)).astype(np.float32)
-    for top_k in (1, 4, 17, 300):
-        scores, rows = exact_search(q, db, top_k, chunk_size=3)
-        full = q @ db.T
-        expect = np.lexsort((np.broadcast_to(np.arange(300), full.shape), -full), axis=1)[:, :top_k]
-        assert (rows == expect).all(), top_k
-        np.testing.assert_array_equal(scores, np.take_along_axis(full, expect, axis=1))
+def test_unknown_names_raise_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        evaluation.nothing_here  # noqa: B018

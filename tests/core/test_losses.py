@@ -8,12 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from csr_vdb.config import CSRConfig
 from csr_vdb import native
+from csr_vdb.errors import ConfigError
 from csr_vdb.kernels import sddmm, selected_linear, sparse_decode, sparse_similarity, spmm_t, topk_indices
 from csr_vdb.losses import (
+    TERM_NAMES,
+    ContrastiveLoss,
     auxiliary_loss,
     code_similarity,
+    csr_loss,
     dense_codes,
     info_nce,
     mask_self_,
@@ -22,8 +25,7 @@ from csr_vdb.losses import (
     reconstruction_terms,
     supcon_loss,
 )
-from csr_vdb.model import CSREncoder
-from tests.helpers import clustered
+from tests.helpers import clustered, tiny_encoder
 
 torch.set_num_threads(1)
 
@@ -109,16 +111,9 @@ def test_code_similarity_cosine():
     assert torch.allclose(dot.diagonal(), (v**2).sum(1), atol=1e-5)
 
 
-def _model(**kw) -> CSREncoder:
-    torch.manual_seed(0)
-    cfg = dict(input_dim=8, hidden_dim=32, k=2)
-    cfg.update(kw)
-    return CSREncoder(CSRConfig(**cfg), device="cpu")
-
-
 def test_reconstruction_terms_match_a_plain_implementation():
     x = torch.from_numpy(clustered(64, 8)[0])
-    m = _model()
+    m = tiny_encoder()
     with torch.no_grad():
         m.b_pre.copy_(x.mean(0))
         m.b_enc.normal_(0, 0.1)
@@ -137,7 +132,7 @@ def test_reconstruction_terms_match_a_plain_implementation():
 
 def test_4k_pass_uses_full_pre_activations_even_with_dead_latents():
     x = torch.from_numpy(clustered(64, 8)[0])
-    m = _model(dead_threshold=1)
+    m = tiny_encoder(dead_threshold=1)
     _, r4_alive, *_ = reconstruction_terms(m, x, k=2, k_aux=8)
     with torch.no_grad():
         m.rows_since_fired.fill_(10)  # every latent "dead"
@@ -149,7 +144,7 @@ def test_4k_pass_uses_full_pre_activations_even_with_dead_latents():
 
 def test_aux_loss_trains_only_dead_latents():
     x = torch.from_numpy(clustered(64, 8)[0])
-    m = _model(dead_threshold=5)
+    m = tiny_encoder(dead_threshold=5)
     with torch.no_grad():
         m.rows_since_fired[:16] = 100  # latents 0..15 dead
     bias = m.encoder_bias()
@@ -278,3 +273,71 @@ def test_mask_self_in_place_equals_the_self_mask_of_info_nce():
     ref = info_nce(code_similarity(idx, v, idx, v, 16, cosine=True) / 0.1, targets, self_mask=True)
     ref.backward()
     assert torch.allclose(got, v.grad, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the combined loss and the contrastive term
+def test_csr_loss_is_the_weighted_sum_of_its_terms():
+    x = torch.from_numpy(clustered(64, 8)[0])
+    m = tiny_encoder()
+    with torch.no_grad():
+        m.b_pre.copy_(x.mean(0))
+    m.rows_since_fired.fill_(10**6)  # every latent dead: the auxiliary term is live
+    seen = []
+
+    def contrastive(idx, vals):
+        seen.append((idx.shape, vals.shape))
+        return vals.sum() * 0 + 0.5
+
+    terms = csr_loss(m, x, 2, 8, contrastive, beta_aux=0.25, gamma=2.0)
+    assert seen == [((64, 2), (64, 2))]  # called once with the batch's top-k codes
+    assert terms.indices.shape == (64, 2) and terms.values.shape == (64, 2)
+    want = terms.reconstruction_loss_k + terms.reconstruction_loss_4k / 8 + 0.25 * terms.auxiliary_loss + 2.0 * 0.5
+    assert terms.total.item() == pytest.approx(want.item(), rel=1e-6)
+    assert terms.auxiliary_loss.item() > 0 and terms.total.requires_grad
+    floats = terms.as_floats()
+    assert tuple(floats) == TERM_NAMES and floats["contrastive_loss"] == pytest.approx(0.5)
+    assert terms.stacked().shape == (5,) and not terms.stacked().requires_grad
+
+
+def _contrastive(**train):
+    from csr_vdb.config import TrainConfig
+
+    m = tiny_encoder()
+    return m, ContrastiveLoss(m, TrainConfig(**train), torch.Generator().manual_seed(0))
+
+
+def test_contrastive_loss_modes_without_their_data():
+    x = torch.from_numpy(clustered(32, 8)[0])
+    m, none = _contrastive(gamma=0.0)
+    idx, vals = m.topk_codes(x, 2)
+    assert none.mode == "none" and none(x, idx, vals, None, 2, 2).item() == 0.0
+    _, pairs = _contrastive(positives="pairs")
+    assert pairs(x, idx, vals, None, 2, 2, pairs=None).item() == 0.0
+    _, labels = _contrastive(positives="labels")
+    with pytest.raises(ConfigError, match="labels"):
+        labels(x, idx, vals, None, 2, 2)
+    assert labels(x, idx, vals, torch.arange(32) % 4, 2, 2).item() > 0
+
+
+def test_contrastive_loss_neighbour_pool_fills_in_training_only():
+    x, _ = clustered(96, 8)
+    m, loss = _contrastive(positives="neighbors", neighbor_pool=40)
+    for start in (0, 32):
+        xb = torch.from_numpy(x[start : start + 32])
+        loss(xb, *m.topk_codes(xb, 2), None, 2, 2)
+    assert loss.pool.shape == (40, 8)  # 64 rows seen, capped at neighbor_pool, newest first
+    assert torch.allclose(loss.pool[:32], torch.from_numpy(x[32:64]))
+    xb = torch.from_numpy(x[64:])
+    before = loss.pool.clone()
+    val = loss(xb, *m.topk_codes(xb, 2), None, 2, 2, update_pool=False)
+    assert torch.equal(loss.pool, before) and val.item() > 0  # validation neither mines nor grows the pool
+
+
+def test_contrastive_noise_views_follow_the_generator():
+    xb = torch.from_numpy(clustered(32, 8)[0])
+    m, a = _contrastive(positives="noise")
+    _, b = _contrastive(positives="noise")
+    idx, vals = m.topk_codes(xb, 2)
+    first = a(xb, idx, vals, None, 2, 2).item()
+    assert first == pytest.approx(b(xb, idx, vals, None, 2, 2).item(), rel=1e-6)  # the same seed: the same views
+    assert a(xb, idx, vals, None, 2, 2).item() != pytest.approx(first, rel=1e-6)  # the next draw: other views

@@ -6,7 +6,7 @@ import pytest
 
 from csr_vdb.config import CSRConfig, TrainConfig
 from csr_vdb.errors import ConfigError
-from csr_vdb.evaluation import one_nn_accuracy, rescored_search
+from csr_vdb.metrics import one_nn_accuracy, rescored_search
 from csr_vdb.recipes import default_configs
 from csr_vdb.training import train_encoder
 from tests.helpers import clustered
