@@ -240,7 +240,7 @@ def train_model(
     """Train an encoder on a collection (streamed through a memmap export) or on a ``.npy`` file.
 
     The collection is exported page by page to ``<work_dir>/exports/…npy`` and read back with
-    `csr_vdb.training.NpySource` (memory-mapped), so the whole collection is never in RAM.
+    `csr_vdb.sources.NpySource` (memory-mapped), so the whole collection is never in RAM.
 
     Args:
         model_dir: where the encoder is saved.
@@ -259,7 +259,8 @@ def train_model(
         ConfigError: neither or both sources; invalid settings.
         DataError / StoreError / ModelError: from the export, training or saving.
     """
-    from csr_vdb.training import NpySource, train_encoder
+    from csr_vdb.sources import NpySource
+    from csr_vdb.training import train_encoder
 
     if (from_npy is None) == (collection is None):
         raise ConfigError("give either --collection or --from-npy")

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from csr_vdb.adapters import open_store
-from csr_vdb.sparse import SparseVectors
-from tests.helpers import clustered
+from tests.helpers import ProjectionEncoder, clustered  # noqa: F401  (ProjectionEncoder: used by the migration tests)
 
 EMBEDDED = {"milvus": "milvus", "qdrant-edge": "qdrant_edge"}
 
@@ -26,24 +25,6 @@ def adapter_missing(kind: str) -> str | None:
 
 def store_uri(kind: str, tmp: Path) -> str:
     return {"milvus": str(tmp / "m.db"), "qdrant-edge": str(tmp / "edge"), "memory": "memory://"}[kind]
-
-
-class ProjectionEncoder:
-    """Deterministic stand-in for a CSR encoder: fixed random projection, |.|, top-k."""
-
-    def __init__(self, dim: int, hidden: int = 64, k: int = 4, seed: int = 7) -> None:
-        self.w = np.random.default_rng(seed).normal(size=(dim, hidden)).astype(np.float32)
-        self.k = k
-        self.hidden = hidden
-        self.calls = 0
-
-    def __call__(self, x: np.ndarray, k: int | None = None) -> SparseVectors:
-        self.calls += 1
-        z = np.abs(np.asarray(x, np.float32) @ self.w)
-        k = k or self.k
-        idx = np.argpartition(-z, k - 1, axis=1)[:, :k]
-        val = np.take_along_axis(z, idx, axis=1)
-        return SparseVectors(idx, val, self.hidden)
 
 
 def fill_source(store, name: str, n: int, dim: int = 16, id_type: str = "int", seed: int = 0, step: int = 2000):

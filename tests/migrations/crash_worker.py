@@ -15,7 +15,7 @@ import time
 def main(argv: list[str]) -> int:
     from csr_vdb.adapters import open_store
     from csr_vdb.migrations import JOURNAL_FILE, MigrationPlan, run_migration, state_dir
-    from tests.migrations.conftest import ProjectionEncoder
+    from tests.helpers import ProjectionEncoder
 
     kind, uri, base, model_dir, batch = argv[:5]
     delay = float(argv[5]) if len(argv) > 5 else 0.0
