@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from csr_vdb.adapters.base import (
+from csr_vdb.errors import ConfigError
+from csr_vdb.store import (
     SPARSE_FIELD,
+    STORE_KINDS as _DATABASES,
+    Candidates,
     CollectionInfo,
     DensePage,
     Hit,
     Record,
     VectorStore,
 )
-from csr_vdb.errors import ConfigError
 
-STORE_KINDS = ("milvus", "qdrant", "qdrant-edge", "memory")
+STORE_KINDS = (*_DATABASES, "memory")
+"""What `open_store` opens: the databases of `csr_vdb.store.STORE_KINDS` and the in-memory test double."""
 
 __all__ = [
     "SPARSE_FIELD",
     "STORE_KINDS",
+    "Candidates",
     "CollectionInfo",
     "DensePage",
     "Hit",

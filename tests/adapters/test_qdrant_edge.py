@@ -280,13 +280,13 @@ def test_l2_scores_follow_the_reference(store, data):
 def test_batched_queries_and_empty_query_rows(store, data, monkeypatch):
     import csr_vdb.adapters.qdrant_edge as mod
 
-    monkeypatch.setattr(mod, "QUERY_BATCH", 3)
+    monkeypatch.setattr(mod.QdrantEdgeStore, "QUERY_BATCH", 3)
     fill(store, "c", list(range(60)), data[:60])
     codes = codes_for(data[:10])
     empty = SparseVectors(np.zeros((1, codes.width), np.int64), np.zeros((1, codes.width), np.float32), HIDDEN)
     res = store.search_sparse("c_csr", SparseVectors.concat([codes, empty]), 3)
     assert len(res) == 11 and res[10] == []
-    monkeypatch.setattr(mod, "QUERY_BATCH", 256)
+    monkeypatch.setattr(mod.QdrantEdgeStore, "QUERY_BATCH", 256)
     assert res[:10] == store.search_sparse("c_csr", codes, 3)
     assert all(len(q) == 3 for q in res[:10])
     assert store.search_sparse("c_csr", codes[:2], 0) == [[], []]
