@@ -361,6 +361,9 @@ class StoreBase:
         if with_codes:
             codes = SparseVectors.from_pairs([r.code or ((), ()) for r in rows], queries.dim)
         if f is not None:
+            missing = [r.id for r in rows if r.dense is None]
+            if missing:
+                raise StoreError(f"collection '{s.name}' in {self.uri} has rows without vector '{f}': ids {missing[:5]}")
             dense = np.asarray([r.dense for r in rows], dtype=np.float32).reshape(len(rows), s.dense[f][0])
         hits = [[Hit(r.id, r.score, r.payload if with_payload else None) for r in fs] for fs in found]
         return Candidates(hits, codes, dense)
