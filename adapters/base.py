@@ -6,40 +6,5 @@ payload checks, the URI helpers); this module keeps ``csr_vdb.adapters.base`` im
 
 from __future__ import annotations
 
-from csr_vdb.store import (
-    METRICS,
-    SPARSE_FIELD,
-    STORE_KINDS,
-    Candidates,
-    CollectionInfo,
-    DensePage,
-    Hit,
-    Id,
-    IdType,
-    Metric,
-    Record,
-    VectorStore,
-    check_ids,
-    check_payloads,
-    redact_uri,
-    strip_credentials,
-)
-
-__all__ = [
-    "METRICS",
-    "SPARSE_FIELD",
-    "STORE_KINDS",
-    "Candidates",
-    "CollectionInfo",
-    "DensePage",
-    "Hit",
-    "Id",
-    "IdType",
-    "Metric",
-    "Record",
-    "VectorStore",
-    "check_ids",
-    "check_payloads",
-    "redact_uri",
-    "strip_credentials",
-]
+from csr_vdb.store import *  # noqa: F403 - the whole contract, by its __all__
+from csr_vdb.store import __all__  # noqa: F401

@@ -17,7 +17,7 @@ copy vectors exactly, collections this adapter creates in local mode store cosin
 here, in float32, only when they are not unit already, and queries are normalised before search.
 
 Local mode is where users prototype: it locks its directory against a second client and searches
-by brute force in Python (~1.5 s per sparse query at 100k rows), fine as a migration source.
+by brute force in Python (slow at scale), fine as a migration source.
 `upsert` waits for the server to apply the write (``wait=True``) before returning.
 """
 

@@ -16,11 +16,10 @@ strings as ``uuid5`` point ids with the original kept in a hidden payload key); 
 in point-id order, which for such strings is the order of their ``uuid5`` values.
 
 Durability: `upsert` returns after the engine has applied the batch and appended it to the shard's
-write-ahead log. Measured: a process killed with SIGKILL right after `upsert` returns loses nothing
-(the WAL is replayed on the next open). The WAL lives in the OS page cache until the engine
-flushes, so for durability against power loss / OS crash open the store with ``fsync=True``, which
-calls the engine's ``flush()`` after every upsert (measured ~0.1 s per call, about halving
-throughput at 1000-row batches).
+write-ahead log, which is replayed on the next open: a process killed right after `upsert` returns
+loses nothing. The WAL lives in the OS page cache until the engine flushes, so for durability
+against power loss / OS crash open the store with ``fsync=True``, which calls the engine's
+``flush()`` after every upsert (slower writes).
 """
 
 from __future__ import annotations
@@ -301,7 +300,7 @@ class QdrantEdgeStore(QdrantBase):
 
     def flush(self, collection_name: str) -> None:
         """Run the engine's optimizers (build sparse/HNSW indexes, merge segments) and flush to
-        disk. Call after bulk writes, not per batch (~50 s per 100k rows with 384-d dense)."""
+        disk. Call after bulk writes, not per batch (building an HNSW index takes a while)."""
         s = self._layout(collection_name)
         self._call("optimize", s.name, s.shard.optimize)
         self._call("flush", s.name, s.shard.flush)

@@ -36,6 +36,30 @@ import numpy as np
 from csr_vdb.errors import ConfigError, DataError, describe_rows
 from csr_vdb.sparse import SparseVectors
 
+__all__ = [
+    "METRICS",
+    "SPARSE_FIELD",
+    "STORE_KINDS",
+    "Candidates",
+    "CollectionInfo",
+    "DensePage",
+    "Hit",
+    "Id",
+    "IdType",
+    "Metric",
+    "Record",
+    "VectorStore",
+    "check_batch_size",
+    "check_cursor",
+    "check_ids",
+    "check_limit",
+    "check_payloads",
+    "page_cursor",
+    "redact_uri",
+    "strip_credentials",
+    "usable_ids",
+]
+
 SPARSE_FIELD = "csr"
 """Name of the sparse vector field/named vector in every collection csr-vdb writes."""
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -20,15 +18,6 @@ N, D = 240, 16
 KINDS = ["memory", "milvus", "qdrant-edge"]
 
 
-def _adapter_present(kind: str) -> bool:
-    mod = {"memory": "memory", "milvus": "milvus", "qdrant-edge": "qdrant_edge"}[kind]
-    try:
-        importlib.import_module(f"csr_vdb.adapters.{mod}")
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def encoder() -> CSREncoder:
     torch.manual_seed(0)
@@ -39,8 +28,6 @@ def encoder() -> CSREncoder:
 def world(request, tmp_path_factory, encoder):
     """A dense source, a sparse target with dense kept, and a lean target (no dense)."""
     kind = request.param
-    if not _adapter_present(kind):
-        pytest.skip(f"adapter {kind} not available")
     root = tmp_path_factory.mktemp(kind.replace("-", "_"))
     uri = {"memory": None, "milvus": str(root / "r.db"), "qdrant-edge": str(root / "q")}[kind]
     store = open_store(kind, uri)

@@ -7,38 +7,21 @@ import dataclasses
 import numpy as np
 import pytest
 
+from csr_vdb import store
 from csr_vdb.errors import ConfigError, DataError
 from csr_vdb.sparse import SparseVectors
-from csr_vdb.store import (
-    SPARSE_FIELD,
-    STORE_KINDS,
-    Candidates,
-    CollectionInfo,
-    DensePage,
-    Hit,
-    Record,
-    VectorStore,
-    check_batch_size,
-    check_cursor,
-    check_ids,
-    check_limit,
-    check_payloads,
-    page_cursor,
-    redact_uri,
-    strip_credentials,
-    usable_ids,
-)
+from csr_vdb.store import Candidates, DensePage, Hit, VectorStore
 
 
 def test_names_every_layer_shares():
-    assert SPARSE_FIELD == "csr"
-    assert STORE_KINDS == ("milvus", "qdrant", "qdrant-edge")
+    assert store.SPARSE_FIELD == "csr"
+    assert store.STORE_KINDS == ("milvus", "qdrant", "qdrant-edge")
     import csr_vdb.adapters as adapters
     import csr_vdb.adapters.base as base
 
     # the adapters re-export the core's objects (not copies), and open_store adds its test double
-    assert base.VectorStore is VectorStore and base.Hit is Hit and base.check_ids is check_ids
-    assert adapters.STORE_KINDS == (*STORE_KINDS, "memory")
+    assert base.VectorStore is VectorStore and base.Hit is Hit and base.check_ids is store.check_ids
+    assert adapters.STORE_KINDS == (*store.STORE_KINDS, "memory")
 
 
 def test_records_are_frozen_and_pages_know_their_cursor():
@@ -48,9 +31,9 @@ def test_records_are_frozen_and_pages_know_their_cursor():
     with pytest.raises(dataclasses.FrozenInstanceError):
         hit.score = 1.0  # type: ignore[misc]
     assert dataclasses.replace(hit, score=2.0) == Hit("a", 2.0, None)
-    rec = Record(id=1, payload={})
+    rec = store.Record(id=1, payload={})
     assert rec.dense is None and rec.sparse is None
-    info = CollectionInfo(name="c", dimension=0, metric="ip", vector_field=None, id_type="int", count=0)
+    info = store.CollectionInfo(name="c", dimension=0, metric="ip", vector_field=None, id_type="int", count=0)
     assert info.vector_fields == {} and info.sparse_field is None
 
 
@@ -69,65 +52,65 @@ def test_memory_store_satisfies_the_protocol():
 
 # ------------------------------------------------------------------------------ checks
 def test_check_ids():
-    assert check_ids((5, 0, 2**63 - 1), "int", 3) == [5, 0, 2**63 - 1]
-    assert check_ids(["b", "a"], "str", 2) == ["b", "a"]
+    assert store.check_ids((5, 0, 2**63 - 1), "int", 3) == [5, 0, 2**63 - 1]
+    assert store.check_ids(["b", "a"], "str", 2) == ["b", "a"]
     with pytest.raises(DataError, match="got 1 ids for 2 vectors"):
-        check_ids([1], "int", 2)
+        store.check_ids([1], "int", 2)
     with pytest.raises(DataError, match="duplicate ids in one batch: \\[4\\]") as err:
-        check_ids([4, 5, 4], "int", 3)
+        store.check_ids([4, 5, 4], "int", 3)
     assert err.value.rows == [4]
     with pytest.raises(DataError, match="ids must be int"):
-        check_ids([1, "2"], "int", 2)
+        store.check_ids([1, "2"], "int", 2)
     with pytest.raises(DataError, match="ids must be int"):
-        check_ids([True], "int", 1)  # a bool is not an id
+        store.check_ids([True], "int", 1)  # a bool is not an id
     with pytest.raises(DataError, match="ids must be str"):
-        check_ids([1], "str", 1)
+        store.check_ids([1], "str", 1)
     with pytest.raises(DataError, match=r"\[0, 2\*\*63\)"):
-        check_ids([-1, 2**63], "int", 2)
+        store.check_ids([-1, 2**63], "int", 2)
 
 
 def test_check_payloads():
-    assert check_payloads(None, 2) == [{}, {}]
-    assert check_payloads(({"a": [1, {"b": None}]},), 1) == [{"a": [1, {"b": None}]}]
+    assert store.check_payloads(None, 2) == [{}, {}]
+    assert store.check_payloads(({"a": [1, {"b": None}]},), 1) == [{"a": [1, {"b": None}]}]
     with pytest.raises(DataError, match="got 1 payloads for 2 rows"):
-        check_payloads([{}], 2)
+        store.check_payloads([{}], 2)
     with pytest.raises(DataError, match="must be dicts"):
-        check_payloads(["x"], 1)  # type: ignore[list-item]
+        store.check_payloads(["x"], 1)  # type: ignore[list-item]
     with pytest.raises(DataError, match="JSON-serialisable"):
-        check_payloads([{"x": object()}], 1)
+        store.check_payloads([{"x": object()}], 1)
 
 
 def test_limits_batch_sizes_and_cursors():
-    assert check_limit(0) == 0 and check_limit(np.int64(7)) == 7
+    assert store.check_limit(0) == 0 and store.check_limit(np.int64(7)) == 7
     for bad in (-1, 2.5, True, "3"):
         with pytest.raises(ConfigError, match="limit"):
-            check_limit(bad)  # type: ignore[arg-type]
-    assert check_batch_size(1) == 1
+            store.check_limit(bad)  # type: ignore[arg-type]
+    assert store.check_batch_size(1) == 1
     for bad in (0, -3, False):
         with pytest.raises(ConfigError, match="batch_size"):
-            check_batch_size(bad)
-    check_cursor(None, "int", "c")
-    check_cursor(7, "int", "c")
-    check_cursor("x", None, "c")  # id type not known yet: anything goes
+            store.check_batch_size(bad)
+    store.check_cursor(None, "int", "c")
+    store.check_cursor(7, "int", "c")
+    store.check_cursor("x", None, "c")  # id type not known yet: anything goes
     with pytest.raises(DataError, match="cursor 'x' is not a int id of collection 'c'"):
-        check_cursor("x", "int", "c")
+        store.check_cursor("x", "int", "c")
     with pytest.raises(DataError, match="not a str id"):
-        check_cursor(3, "str", "c")
+        store.check_cursor(3, "str", "c")
 
 
 def test_usable_ids_leave_out_what_cannot_exist():
-    assert usable_ids([3, "a", True, -1, 0], "int") == [3, 0]
-    assert usable_ids([3, "a", True], "str") == ["a"]
-    assert usable_ids([3, "a", -2], None) == [3, "a"]
+    assert store.usable_ids([3, "a", True, -1, 0], "int") == [3, 0]
+    assert store.usable_ids([3, "a", True], "str") == ["a"]
+    assert store.usable_ids([3, "a", -2], None) == [3, "a"]
 
 
 def test_page_cursor_takes_the_deprecated_after():
-    assert page_cursor(None, None) is None
-    assert page_cursor(5, None) == 5
+    assert store.page_cursor(None, None) is None
+    assert store.page_cursor(5, None) == 5
     with pytest.warns(DeprecationWarning, match="cursor="):
-        assert page_cursor(None, 8) == 8
+        assert store.page_cursor(None, 8) == 8
     with pytest.raises(ConfigError, match="once"):
-        page_cursor(1, 2)
+        store.page_cursor(1, 2)
 
 
 def test_iter_dense_takes_cursor_and_the_deprecated_after():
@@ -158,17 +141,17 @@ def test_iter_dense_takes_cursor_and_the_deprecated_after():
     ],
 )
 def test_strip_credentials(uri, stripped):
-    assert strip_credentials(uri) == stripped
-    assert strip_credentials(stripped) == stripped  # idempotent
+    assert store.strip_credentials(uri) == stripped
+    assert store.strip_credentials(stripped) == stripped  # idempotent
 
 
 def test_strip_credentials_can_keep_the_query():
-    assert strip_credentials("https://u:p@h:1/db?name=x#f", keep_query=True) == "https://h:1/db?name=x#f"
-    assert strip_credentials("https://h:1/db?name=x", keep_query=True) == "https://h:1/db?name=x"
+    assert store.strip_credentials("https://u:p@h:1/db?name=x#f", keep_query=True) == "https://h:1/db?name=x#f"
+    assert store.strip_credentials("https://h:1/db?name=x", keep_query=True) == "https://h:1/db?name=x"
 
 
 def test_redact_uri_keeps_the_user_and_masks_the_password():
-    assert redact_uri("https://alice:s3cret@host:19530/db?x=1") == "https://alice:***@host:19530/db?x=1"
-    assert redact_uri("https://host:19530") == "https://host:19530"
-    assert redact_uri("/local/path.db") == "/local/path.db"
-    assert "s3cret" not in redact_uri("http://u:s3cret@host:99999")
+    assert store.redact_uri("https://alice:s3cret@host:19530/db?x=1") == "https://alice:***@host:19530/db?x=1"
+    assert store.redact_uri("https://host:19530") == "https://host:19530"
+    assert store.redact_uri("/local/path.db") == "/local/path.db"
+    assert "s3cret" not in store.redact_uri("http://u:s3cret@host:99999")
