@@ -23,14 +23,26 @@ interleaved per query (so that machine noise hits them alike), p50 and p95 milli
 Ratios: ``rescore`` over ``raw_search``, ``rerank_dense`` over ``raw_search_full``, and
 ``raw_search_bias`` over ``raw_search``. Without ``--beir`` the data is synthetic (clustered unit
 vectors), which exercises the code paths but not the real distribution of codes.
+
+``--baseline REV`` adds the modes ``baseline_search`` / ``baseline_rescore`` /
+``baseline_rerank_dense``: the same calls through the `Retriever` of an older commit (its
+``csr_vdb/`` core, imported beside this one as ``csr_vdb_baseline``) on the same store and model,
+interleaved with the others, so that a change of the query path is measured before/after in one
+run. (The store object is this commit's adapter: the database work is the same, the query path
+around it is the old one.)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import os
+import re
 import shutil
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +50,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from csr_vdb.adapters import open_store  # noqa: E402
 from csr_vdb.evaluation import load_beir_dir  # noqa: E402
@@ -52,7 +65,33 @@ from csr_vdb.training import train_encoder  # noqa: E402
 CANDIDATES = 100
 TOP_K = 10
 # each ratio's denominator: the database search that the mode's whole path contains
-RATIO_BASE = {"rescore": "raw_search", "rerank_dense": "raw_search_full", "raw_search_bias": "raw_search"}
+RATIO_BASE = {
+    "rescore": "raw_search",
+    "rerank_dense": "raw_search_full",
+    "raw_search_bias": "raw_search",
+    "baseline_rescore": "raw_search",
+    "baseline_rerank_dense": "raw_search_full",
+}
+
+
+def load_baseline(rev: str) -> type:
+    """The `Retriever` class of commit ``rev``: its ``csr_vdb/`` exported from git into a temporary
+    folder as the package ``csr_vdb_baseline`` (imports rewritten), importable beside this one."""
+    try:
+        tar = subprocess.run(
+            ["git", "-C", str(REPO), "archive", rev, "csr_vdb"], check=True, capture_output=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"error: cannot export csr_vdb/ of {rev!r} from git: {exc}") from None
+    root = Path(tempfile.mkdtemp(prefix="csr_baseline_"))
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(root, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    pkg = root / "csr_vdb_baseline"
+    (root / "csr_vdb").rename(pkg)
+    for f in pkg.rglob("*.py"):
+        f.write_text(re.sub(r"\bcsr_vdb\b(?=[.\s])", "csr_vdb_baseline", f.read_text()))
+    sys.path.insert(0, str(root))
+    return importlib.import_module("csr_vdb_baseline.retriever").Retriever
 
 
 def load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
@@ -89,6 +128,8 @@ def run(args: argparse.Namespace) -> dict:
     else:
         model_cfg, train_cfg = default_configs(corpus.shape[1], len(corpus))
         enc = train_encoder(corpus, model_cfg, train_cfg.model_copy(update={"threads": args.threads})).encoder
+        if args.save_model:
+            enc.save(args.save_model)
     train_s = time.perf_counter() - t0
     codes = enc.encode(corpus)
     n = len(corpus)
@@ -115,7 +156,7 @@ def run(args: argparse.Namespace) -> dict:
             bias = enc.encode_queries(queries, signed=True).to_dense()[:, h]
         with_bias = with_entry(search_q, h, bias)
         one = [queries[i : i + 1] for i in range(len(queries))]
-        modes = {
+        modes: dict[str, object] = {
             "encode": lambda i: encode_once(lean, one[i]),
             "raw_search": lambda i: store.search_sparse("lean", search_q[i : i + 1], limit=CANDIDATES),
             "raw_search_full": lambda i: store.search_sparse("full", search_q[i : i + 1], limit=CANDIDATES),
@@ -124,6 +165,16 @@ def run(args: argparse.Namespace) -> dict:
             "rerank_dense": lambda i: full.search(one[i], top_k=TOP_K, candidates=CANDIDATES, rerank="dense"),
             "raw_search_bias": lambda i: store.search_sparse("lean", with_bias[i : i + 1], limit=CANDIDATES),
         }
+        if args.baseline:
+            old = load_baseline(args.baseline)
+            old_lean, old_full = old(store, "lean", enc, device="cpu"), old(store, "full", enc, device="cpu")
+            modes["baseline_search"] = lambda i: old_lean.search(one[i], top_k=TOP_K, rerank=False)
+            modes["baseline_rescore"] = lambda i: old_lean.search(
+                one[i], top_k=TOP_K, candidates=CANDIDATES, rerank="codes"
+            )
+            modes["baseline_rerank_dense"] = lambda i: old_full.search(
+                one[i], top_k=TOP_K, candidates=CANDIDATES, rerank="dense"
+            )
         for f in modes.values():  # warm-up
             f(0)
         times: dict[str, list[float]] = {m: [] for m in modes}
@@ -148,7 +199,8 @@ def run(args: argparse.Namespace) -> dict:
             "insert_s": round(insert_s, 1),
             "median_ms": {m: round(v, 3) for m, v in p50.items()},
             "p95_ms": {m: round(v, 3) for m, v in p95.items()},
-            "ratio_vs_search": {m: round(p50[m] / p50[base], 3) for m, base in RATIO_BASE.items()},
+            "baseline": args.baseline,
+            "ratio_vs_search": {m: round(p50[m] / p50[base], 3) for m, base in RATIO_BASE.items() if m in p50},
             "load_avg_1m_end": os.getloadavg()[0],
         }
     finally:
@@ -188,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=int, default=1, help="write the corpus this many times (distinct ids)")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--baseline", metavar="REV", help="also time the Retriever of this git commit (see above)")
+    p.add_argument("--save-model", metavar="DIR", help="save the trained encoder here (reuse with --model)")
     p.add_argument("--out", help="write the result as JSON here")
     args = p.parse_args(argv)
     if args.copies < 1 or args.queries < 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,8 +90,9 @@ def _lookup_codes(codes: CodeLookup, ids: list[Id], dim: int) -> SparseVectors:
 class Reranker:
     """Exact re-ranking of per-query candidates.
 
-    Scores are computed in float64 on the device (CUDA when available), so the order is that of
-    exact dot products; equal scores keep the order in which the candidates were given.
+    Scores are computed in float64 (in torch on CUDA when available, in numpy on CPU), so the
+    order is that of exact dot products; equal scores keep the order in which the candidates were
+    given.
 
     Args:
         device: torch device; ``None`` = CUDA when available, else CPU.
@@ -250,61 +252,86 @@ class Reranker:
         return out
 
     # ------------------------------------------------------------------ scoring
-    def _dense_score(self, q: np.ndarray, vec: np.ndarray) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    # Scores are float64 dot products of (query, candidate) pairs, computed in batches. On CPU in
+    # numpy: a re-rank is small (hundreds of pairs), and torch's intra-op thread pool costs more
+    # than the arithmetic there (on a busy machine, milliseconds per operation); on CUDA in torch.
+    def _on_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+    def _dense_score(self, q: np.ndarray, vec: np.ndarray) -> Callable[[Any, Any], Any]:
+        if self._on_cpu():
+            q64, v64 = q.astype(np.float64), vec.astype(np.float64)
+            return lambda qi, ci: np.einsum("ij,ij->i", q64[qi], v64[ci])
         qt = torch.from_numpy(q).to(self.device, torch.float64)
         vt = torch.from_numpy(vec).to(self.device, torch.float64)
+        return lambda qi, ci: (qt[qi] * vt[ci]).sum(dim=1)
 
-        def score(qi: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
-            return (qt[qi] * vt[ci]).sum(dim=1)
-
-        return score
-
-    def _code_score(
-        self, query_codes: SparseVectors, codes: SparseVectors
-    ) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], int]:
+    def _code_score(self, query_codes: SparseVectors, codes: SparseVectors) -> tuple[Callable[[Any, Any], Any], int]:
         """Queries become dense rows (small: ``[queries in a batch, dim]``); candidates stay sparse
         and gather from them, so one pair costs its candidate's width."""
-        dev, dim = self.device, query_codes.dim
-        q_idx = torch.from_numpy(query_codes.indices).to(dev)
-        q_val = torch.from_numpy(query_codes.values).to(dev, torch.float64)
-        c_idx = torch.from_numpy(codes.indices).to(dev)
-        c_val = torch.from_numpy(codes.values).to(dev, torch.float64)
+        dim = query_codes.dim
+        budget = max(1, (1 << 24) // max(dim, 1))
+        if self._on_cpu():
+            q_idx, q_val = query_codes.indices, query_codes.values.astype(np.float64)
+            c_idx, c_val = codes.indices, codes.values.astype(np.float64)
 
-        def score(qi: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
+            def score_np(qi: np.ndarray, ci: np.ndarray) -> np.ndarray:
+                uq, inv = np.unique(qi, return_inverse=True)
+                dense = np.zeros((len(uq), dim))
+                rows = np.repeat(np.arange(len(uq)), q_idx.shape[1])
+                np.add.at(dense, (rows, q_idx[uq].ravel()), q_val[uq].ravel())  # padding adds 0
+                return (dense[inv[:, None], c_idx[ci]] * c_val[ci]).sum(axis=1)
+
+            return score_np, budget
+        dev = self.device
+        tq_idx = torch.from_numpy(query_codes.indices).to(dev)
+        tq_val = torch.from_numpy(query_codes.values).to(dev, torch.float64)
+        tc_idx = torch.from_numpy(codes.indices).to(dev)
+        tc_val = torch.from_numpy(codes.values).to(dev, torch.float64)
+
+        def score_torch(qi: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
             uq, inv = torch.unique(qi, return_inverse=True)
             dense = torch.zeros((len(uq), dim), dtype=torch.float64, device=dev)
-            dense.scatter_add_(1, q_idx[uq], q_val[uq])
-            return (torch.gather(dense[inv], 1, c_idx[ci]) * c_val[ci]).sum(dim=1)
+            dense.scatter_add_(1, tq_idx[uq], tq_val[uq])
+            return (torch.gather(dense[inv], 1, tc_idx[ci]) * tc_val[ci]).sum(dim=1)
 
-        return score, max(1, (1 << 24) // max(dim, 1))
+        return score_torch, budget
 
     def _rank_pairs(
         self,
-        score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        score: Callable[[Any, Any], Any],
         lengths: Sequence[int],
         candidate_of_pair: np.ndarray,
         top_k: int | None,
         pair_budget: int | None = None,
     ) -> Ranked:
-        """Score every (query, candidate) pair in batches, then sort each query's row once."""
+        """Score every (query, candidate) pair in batches, then sort each query's row once
+        (padded with -inf; a stable sort keeps equal scores in the order given)."""
         if top_k is not None:
             top_k = check_top_k(top_k)
         counts = np.asarray(lengths, np.int64)
         total = int(counts.sum())
         nq = len(counts)
-        q_np = np.repeat(np.arange(nq), counts)
-        q_of_pair = torch.from_numpy(q_np).to(self.device)
-        c_of_pair = torch.from_numpy(np.asarray(candidate_of_pair, np.int64)).to(self.device)
-        step = min(self.batch_size, pair_budget or self.batch_size)
-        parts = [score(q_of_pair[s : s + step], c_of_pair[s : s + step]) for s in range(0, total, step)]
-        flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=self.device)
-        # Pad to [q, max candidates] with -inf and sort each row once; stability keeps input order.
-        width = max(int(counts.max(initial=0)), 1)
-        padded = torch.full((nq, width), -torch.inf, dtype=torch.float64, device=self.device)
+        q_of_pair = np.repeat(np.arange(nq), counts)
+        c_of_pair = np.asarray(candidate_of_pair, np.int64)
         slot = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-        padded[q_of_pair, torch.from_numpy(slot).to(self.device)] = flat
-        sc, order = torch.sort(padded, dim=1, descending=True, stable=True)
-        sc, order = sc.cpu().numpy(), order.cpu().numpy()
+        width = max(int(counts.max(initial=0)), 1)
+        step = min(self.batch_size, pair_budget or self.batch_size)
+        if self._on_cpu():
+            parts = [score(q_of_pair[s : s + step], c_of_pair[s : s + step]) for s in range(0, total, step)]
+            padded = np.full((nq, width), -np.inf)
+            padded[q_of_pair, slot] = np.concatenate(parts) if parts else np.zeros(0)
+            order = np.argsort(-padded, axis=1, kind="stable")
+            sc = np.take_along_axis(padded, order, axis=1)
+        else:
+            tq = torch.from_numpy(q_of_pair).to(self.device)
+            tc = torch.from_numpy(c_of_pair).to(self.device)
+            tparts = [score(tq[s : s + step], tc[s : s + step]) for s in range(0, total, step)]
+            flat = torch.cat(tparts) if tparts else torch.zeros(0, dtype=torch.float64, device=self.device)
+            tpad = torch.full((nq, width), -torch.inf, dtype=torch.float64, device=self.device)
+            tpad[tq, torch.from_numpy(slot).to(self.device)] = flat
+            tsc, tord = torch.sort(tpad, dim=1, descending=True, stable=True)
+            sc, order = tsc.cpu().numpy(), tord.cpu().numpy()
         out: Ranked = []
         for i, m in enumerate(counts.tolist()):
             m = m if top_k is None else min(m, top_k)
