@@ -183,11 +183,11 @@ def next_uuid_after(value: str) -> str | None:
     return None
 
 
-def scroll_start(after: int | str, stored_mapped: Callable[[str], bool]) -> tuple[Any, Any, bool]:
-    """Where a scroll resumes behind the cursor ``after``.
+def scroll_start(cursor: int | str, stored_mapped: Callable[[str], bool]) -> tuple[Any, Any, bool]:
+    """Where a scroll resumes behind the exclusive ``cursor``.
 
     Args:
-        after: the exclusive cursor (an id returned earlier, or any id value).
+        cursor: an id returned earlier, or any id value.
         stored_mapped: ``stored_mapped(point_id)`` tells whether a mapped str id is stored under
             that ``uuid5`` point id (then its position is that point id).
 
@@ -195,12 +195,12 @@ def scroll_start(after: int | str, stored_mapped: Callable[[str], bool]) -> tupl
         ``(offset, skip, exhausted)``: the inclusive scroll offset, the point id to drop if the
         scroll returns it first, and True when nothing can follow the cursor.
     """
-    if isinstance(after, int) or is_canonical_uuid(after):
-        return after, after, False
-    pid = to_point_id(after)
+    if isinstance(cursor, int) or is_canonical_uuid(cursor):
+        return cursor, cursor, False
+    pid = to_point_id(cursor)
     if stored_mapped(pid):
         return pid, pid, False
-    nxt = next_uuid_after(after)
+    nxt = next_uuid_after(cursor)
     return nxt, None, nxt is None
 
 

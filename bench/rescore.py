@@ -7,7 +7,8 @@
 A CSR encoder is trained with the recipe on the BEIR folder's corpus (or loaded with ``--model``);
 the corpus codes are written ``--copies`` times (distinct ids) into two collections of one store:
 ``lean`` (codes only) and ``full`` (codes + dense vectors). Then, one query at a time and the modes
-interleaved per query (so that machine noise hits them alike), p50 and p95 milliseconds of:
+interleaved per query in a shuffled order (so that machine noise hits them alike), p50 and p95
+milliseconds of:
 
 - ``encode``: the query through the encoder once (`Retriever.query_codes`, with the signed query);
 - ``raw_search`` / ``raw_search_full``: the store's `search_sparse` alone, 100 hits, on ``lean`` /
@@ -178,10 +179,14 @@ def run(args: argparse.Namespace) -> dict:
         for f in modes.values():  # warm-up
             f(0)
         times: dict[str, list[float]] = {m: [] for m in modes}
+        names = list(modes)
+        rng = np.random.default_rng(0)
         for i in range(len(queries)):
-            for m, f in modes.items():
+            # a fresh order per query: a mode's cost must not depend on what ran just before it
+            # (torch's worker threads keep spinning for a while after an encoding, for instance)
+            for m in rng.permutation(names):
                 t = time.perf_counter()
-                f(i)
+                modes[m](i)  # type: ignore[operator]
                 times[m].append((time.perf_counter() - t) * 1000.0)
         p50 = {m: float(np.percentile(v, 50)) for m, v in times.items()}
         p95 = {m: float(np.percentile(v, 95)) for m, v in times.items()}

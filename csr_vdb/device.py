@@ -1,6 +1,11 @@
-"""`resolve_device`: the one rule that turns a device setting into a `torch.device`."""
+"""Where torch work runs: `resolve_device` (the one rule for a device setting) and
+`single_intra_op_thread` (torch's thread pool off while the caller parallelises or the work is tiny)."""
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
 
 import torch
 
@@ -29,3 +34,31 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             count = torch.cuda.device_count()
             raise ConfigError(f"device {str(device)!r} requested but this machine has {count} CUDA device(s)")
     return dev
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 1
+
+
+@contextlib.contextmanager
+def single_intra_op_thread() -> Iterator[None]:
+    """Torch's intra-op threads set to 1 while any caller is inside (restored by the last one out).
+
+    For CPU work that parallelises itself (`csr_vdb.index.SparseIndex`'s worker threads) or that is
+    too small to share out (one query's encoding): the pool's threads would oversubscribe the
+    cores, and keep spinning after their work, slowing the database call that follows.
+    """
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -15,7 +13,7 @@ import torch
 from scipy import sparse as sp
 
 from csr_vdb import native
-from csr_vdb.device import resolve_device
+from csr_vdb.device import resolve_device, single_intra_op_thread
 from csr_vdb.errors import ConfigError, DataError, describe_rows
 from csr_vdb.sparse import SparseVectors
 from csr_vdb.validation import check_codes, check_top_k
@@ -35,29 +33,6 @@ _CPU_BUFFER_ELEMS = 1 << 24
 _GPU_EXPAND_ELEMS = 1 << 27
 # Rows per tile of the native CPU kernel: a 512 KB float32 buffer stays in a core's L2 cache.
 _NATIVE_TILE_ROWS = 1 << 17
-
-
-_threads_lock = threading.Lock()
-_threads_users = 0
-_threads_saved = 1
-
-
-@contextlib.contextmanager
-def _single_intra_op_thread() -> Iterator[None]:
-    """Set torch's intra-op threads to 1 while any CPU search runs (restored by the last one out)."""
-    global _threads_users, _threads_saved
-    with _threads_lock:
-        if _threads_users == 0:
-            _threads_saved = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _threads_users += 1
-    try:
-        yield
-    finally:
-        with _threads_lock:
-            _threads_users -= 1
-            if _threads_users == 0:
-                torch.set_num_threads(_threads_saved)
 
 
 class SparseIndex:
@@ -276,7 +251,7 @@ class SparseIndex:
 
             # Our worker threads are the parallelism: intra-op threads (index_add_ splits long
             # posting lists) would oversubscribe the cores, so they are off during the search.
-            with _single_intra_op_thread():
+            with single_intra_op_thread():
                 if workers > 1:
                     with ThreadPoolExecutor(max_workers=workers) as pool:
                         list(pool.map(work, starts))

@@ -8,6 +8,7 @@ adapter or a database client.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from csr_vdb.config import CSRConfig
+from csr_vdb.device import single_intra_op_thread
 from csr_vdb.errors import ConfigError, StoreError
 from csr_vdb.sparse import SparseVectors
 from csr_vdb.store import SPARSE_FIELD, Hit, VectorStore
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Projection = Literal["encoder", "decoder"]
+SMALL_BATCH = 16
+"""Query batches up to this size are encoded on one torch thread (see `Retriever.query_codes`)."""
 RetrievedHit = Hit
 """Deprecated name of `csr_vdb.store.Hit`, what `Retriever.search` returns."""
 
@@ -159,9 +163,13 @@ class Retriever:
         The re-score codes are the signed decoder projection when ``signed`` and the queries use
         the decoder (exact ``<x, reconstruction>``), else the search codes themselves.
         """
-        if self.projection == "decoder" and signed:
-            return decoder_queries(self.encoder, x)
-        codes = self.encoder.encode_queries(x, projection=self.query_projection)
+        # A few queries are too little work to share out: torch's pool would only keep spinning
+        # beside the database call that follows.
+        small = single_intra_op_thread() if len(x) <= SMALL_BATCH else contextlib.nullcontext()
+        with small:
+            if self.projection == "decoder" and signed:
+                return decoder_queries(self.encoder, x)
+            codes = self.encoder.encode_queries(x, projection=self.query_projection)
         return codes, codes
 
     # ------------------------------------------------------------------ search

@@ -107,10 +107,10 @@ def test_iter_dense_order_and_cursor_with_str_ids(path, data):
         order = [i for p in s.iter_dense("s", batch_size=4) for i in p.ids]
         assert order == sorted(ids, key=lambda i: uuid.UUID(to_point_id(i)).int)
         for cut in (0, 9, 29):
-            rest = [i for p in s.iter_dense("s", batch_size=5, after=order[cut]) for i in p.ids]
+            rest = [i for p in s.iter_dense("s", batch_size=5, cursor=order[cut]) for i in p.ids]
             assert rest == order[cut + 1 :]
         absent = "8"
-        rest = [i for p in s.iter_dense("s", batch_size=5, after=absent) for i in p.ids]
+        rest = [i for p in s.iter_dense("s", batch_size=5, cursor=absent) for i in p.ids]
         assert rest == [i for i in order if to_point_id(i) > absent]
 
 
