@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from csr_vdb.errors import ConfigError, DataError, describe_rows
+from csr_vdb.errors import ConfigError, DataError
 from csr_vdb.sparse import SparseVectors
 
 __all__ = [
@@ -419,13 +419,6 @@ def page_cursor(cursor: Id | None, after: Id | None) -> Id | None:
     return after
 
 
-def missing_rows(present: np.ndarray, ids: Sequence[Id], what: str) -> None:
-    """`DataError` naming the ids whose ``present`` flag is False (e.g. hits without a stored code)."""
-    if not present.all():
-        names = [ids[i] for i in np.flatnonzero(~present)]
-        raise DataError(f"{what} missing for ids {describe_rows(names)}", names)
-
-
 # ------------------------------------------------------------------------------ URIs
 def _netloc(host: str | None, port: int | None, user: str | None = None) -> str:
     host = host or ""
@@ -436,11 +429,12 @@ def _netloc(host: str | None, port: int | None, user: str | None = None) -> str:
 
 
 def strip_credentials(uri: str, *, keep_query: bool = False) -> str:
-    """The URI without anything secret, for messages, logs and `VectorStore.uri`.
+    """The URI without anything secret, for messages, logs, `VectorStore.uri` and state names.
 
-    A URL (``scheme://...``) loses its user-info (``user:password@``) and, unless ``keep_query``,
-    its query string and fragment, where tokens and API keys are passed too. Anything else (a
-    file or folder path) is returned unchanged.
+    A URL (``scheme://...``) is rebuilt from its scheme, host (lower case), port and path: its
+    user-info (``user:password@``), its fragment and, unless ``keep_query``, its query string
+    (where tokens and API keys are passed too) are left out, so the result is also one spelling
+    of one server. Anything else (a file or folder path) is returned unchanged.
     """
     if "://" not in uri:
         return uri
@@ -450,14 +444,9 @@ def strip_credentials(uri: str, *, keep_query: bool = False) -> str:
     except ValueError:  # a malformed URL: keep only what precedes any user-info or query
         scheme, _, rest = uri.partition("://")
         return f"{scheme}://{rest.rsplit('@', 1)[-1].split('?', 1)[0].split('#', 1)[0]}"
-    if "@" not in parts.netloc and (keep_query or not (parts.query or parts.fragment)):
-        return uri
     # Rebuilt by hand: urlunsplit turns "memory://" into "memory:".
     out = f"{parts.scheme}://{_netloc(parts.hostname, port)}{parts.path}"
-    if keep_query:
-        out += f"?{parts.query}" if parts.query else ""
-        out += f"#{parts.fragment}" if parts.fragment else ""
-    return out
+    return f"{out}?{parts.query}" if keep_query and parts.query else out
 
 
 def redact_uri(uri: str) -> str:

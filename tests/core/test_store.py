@@ -145,9 +145,10 @@ def test_strip_credentials(uri, stripped):
     assert store.strip_credentials(stripped) == stripped  # idempotent
 
 
-def test_strip_credentials_can_keep_the_query():
-    assert store.strip_credentials("https://u:p@h:1/db?name=x#f", keep_query=True) == "https://h:1/db?name=x#f"
+def test_strip_credentials_can_keep_the_query_and_spells_a_server_one_way():
+    assert store.strip_credentials("https://u:p@h:1/db?name=x#f", keep_query=True) == "https://h:1/db?name=x"
     assert store.strip_credentials("https://h:1/db?name=x", keep_query=True) == "https://h:1/db?name=x"
+    assert store.strip_credentials("HTTP://Host.Example:6333/p") == "http://host.example:6333/p"
 
 
 def test_redact_uri_keeps_the_user_and_masks_the_password():
