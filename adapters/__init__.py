@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from csr_vdb.adapters.base import (
-    SPARSE_FIELD,
-    CollectionInfo,
-    DensePage,
-    Hit,
-    Record,
-    VectorStore,
-)
+from csr_vdb import store as _contract
+from csr_vdb.adapters.base import *  # noqa: F403 - the store contract, re-exported
 from csr_vdb.errors import ConfigError
+from csr_vdb.store import VectorStore
 
-STORE_KINDS = ("milvus", "qdrant", "qdrant-edge", "memory")
+STORE_KINDS = (*_contract.STORE_KINDS, "memory")
+"""What `open_store` opens: the databases of `csr_vdb.store.STORE_KINDS` and the in-memory test double."""
 
-__all__ = [
-    "SPARSE_FIELD",
-    "STORE_KINDS",
-    "CollectionInfo",
-    "DensePage",
-    "Hit",
-    "Record",
-    "VectorStore",
-    "open_store",
-]
+__all__ = [*_contract.__all__, "open_store"]
 
 
 def open_store(

@@ -1,4 +1,4 @@
-"""Helpers shared by the two Qdrant adapters: id mapping, payload keys, sparse checks, metrics.
+"""What the two Qdrant adapters share: id mapping, payload keys, sparse checks, metrics, and `QdrantBase`.
 
 Id mapping (both adapters). Qdrant point ids are unsigned integers or UUIDs, while csr-vdb ids
 are ``int`` or arbitrary ``str``:
@@ -13,8 +13,8 @@ are ``int`` or arbitrary ``str``:
 Order of ``iter_dense``: Qdrant scrolls by point id (integers ascending; UUIDs by their 128-bit
 value, which is also the order of their canonical strings). For ``str`` collections with mapped
 ids the order is therefore the order of the *point ids* (``uuid5`` values), not of the strings.
-It is a stable total order over the ids the adapters return, and ``after`` (an id they returned)
-is translated to its point id, so paging and resuming are exact. An ``after`` that is not a stored
+It is a stable total order over the ids the adapters return, and ``cursor`` (an id they returned)
+is translated to its point id, so paging and resuming are exact. A ``cursor`` that is not a stored
 id is placed by value: an int or UUID at its point id, any other string at the first canonical UUID
 above it in string order (so a collection of UUID ids pages exactly like sorted strings).
 """
@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from csr_vdb.errors import DataError
+from csr_vdb.adapters._common import Found, Layout, StoreBase, payload_schema
+from csr_vdb.errors import DataError, StoreError
 from csr_vdb.sparse import SparseVectors
+from csr_vdb.store import SPARSE_FIELD, DensePage, Metric
 
 RESERVED_ID_KEY = "__csr_vdb_id"
 """Payload key holding the original ``str`` id of a point whose id is not a UUID."""
@@ -142,31 +144,6 @@ def sparse_rows(sparse: SparseVectors, ids: Sequence[object] | None = None, *, a
     return [(i[:m], v[:m]) for i, v, m in zip(idx, val, nnz.tolist())]
 
 
-def sorted_sparse(indices: Sequence[int], values: Sequence[float]) -> tuple[list[int], list[float]]:
-    """A stored sparse vector as ``(indices, values)`` lists in ascending index order (one numpy
-    pass: re-scoring fetches hundreds of them per query)."""
-    idx = np.asarray(indices, dtype=np.int64)
-    val = np.asarray(values, dtype=np.float64)
-    order = np.argsort(idx, kind="stable")
-    return idx[order].tolist(), val[order].tolist()
-
-
-def payload_schema(payloads: Iterable[dict[str, Any]]) -> dict[str, str]:
-    """Field -> Python type name over a sample of payloads (Qdrant payloads are schemaless)."""
-    schema: dict[str, str] = {}
-    for p in payloads:
-        for k, v in p.items():
-            schema.setdefault(k, type(v).__name__)
-    return schema
-
-
-def sort_hits(hits: list, positive_only: bool) -> list:
-    """Best first, ties by id (the reference store's order); drop non-positive sparse scores."""
-    if positive_only:
-        hits = [h for h in hits if h.score > 0]
-    return sorted(hits, key=lambda h: (-h.score, h.id))
-
-
 def l2_score(distance: float) -> float:
     """Qdrant reports Euclidean distance; csr-vdb scores l2 as negative squared distance."""
     return -float(distance) ** 2
@@ -206,11 +183,11 @@ def next_uuid_after(value: str) -> str | None:
     return None
 
 
-def scroll_start(after: int | str, stored_mapped: Callable[[str], bool]) -> tuple[Any, Any, bool]:
-    """Where a scroll resumes behind the cursor ``after``.
+def scroll_start(cursor: int | str, stored_mapped: Callable[[str], bool]) -> tuple[Any, Any, bool]:
+    """Where a scroll resumes behind the exclusive ``cursor``.
 
     Args:
-        after: the exclusive cursor (an id returned earlier, or any id value).
+        cursor: an id returned earlier, or any id value.
         stored_mapped: ``stored_mapped(point_id)`` tells whether a mapped str id is stored under
             that ``uuid5`` point id (then its position is that point id).
 
@@ -218,10 +195,181 @@ def scroll_start(after: int | str, stored_mapped: Callable[[str], bool]) -> tupl
         ``(offset, skip, exhausted)``: the inclusive scroll offset, the point id to drop if the
         scroll returns it first, and True when nothing can follow the cursor.
     """
-    if isinstance(after, int) or is_canonical_uuid(after):
-        return after, after, False
-    pid = to_point_id(after)
+    if isinstance(cursor, int) or is_canonical_uuid(cursor):
+        return cursor, cursor, False
+    pid = to_point_id(cursor)
     if stored_mapped(pid):
         return pid, pid, False
-    nxt = next_uuid_after(after)
+    nxt = next_uuid_after(cursor)
     return nxt, None, nxt is None
+
+
+def point_key(point_id: Any) -> int | str:
+    """A point id as int or canonical string (engines return ints and `uuid.UUID`s)."""
+    return point_id if isinstance(point_id, int) else str(point_id)
+
+
+class QdrantBase(StoreBase):
+    """What `QdrantStore` (qdrant-client) and `QdrantEdgeStore` (the embedded engine) share: id
+    mapping, payload rules, sparse checks, scroll paging, and the shaping of points into hits and
+    records. A subclass supplies the engine calls (`_scroll`, `_retrieve`, `_query_batch`,
+    `_sparse_vector`, `_point`, `_write`) and its own schema and collection management.
+    """
+
+    QUERY_BATCH = 64
+    """Queries per batched search request."""
+    SCHEMA_SAMPLE = 100
+    """Points read to report a payload schema (payloads are schemaless)."""
+
+    # ------------------------------------------------------------------ engine hooks
+    def _scroll(self, s: Layout, offset: Any, limit: int, f: str) -> tuple[list[Any], Any]:
+        """Up to ``limit`` points from ``offset`` (inclusive) in point-id order with payload and
+        vector ``f`` (no vector for ``f=None``), and the offset of the next page (None at the end)."""
+        raise NotImplementedError
+
+    def _retrieve(self, s: Layout, pids: list[Any], with_payload: Any, vectors: list[str]) -> list[Any]:
+        raise NotImplementedError
+
+    def _query_batch(
+        self, s: Layout, queries: list[Any], using: str, limit: int, with_payload: Any, vectors: list[str]
+    ) -> list[list[Any]]:
+        """One batched nearest-neighbour request; per query the engine's scored points."""
+        raise NotImplementedError
+
+    def _sparse_vector(self, indices: list[int], values: list[float]) -> Any:
+        raise NotImplementedError
+
+    def _point(self, pid: Any, vectors: dict[str, Any], payload: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def _write(self, s: Layout, points: list[Any]) -> None:
+        """Upsert points, returning once the engine applied them."""
+        raise NotImplementedError
+
+    def _prepare(self, s: Layout, f: str, vectors: np.ndarray) -> np.ndarray:
+        """Dense rows as stored/searched in field ``f`` (`QdrantStore` normalises some)."""
+        return vectors
+
+    def _vector(self, record: Any, f: str) -> Any:
+        """A record's vector ``f`` (None when absent)."""
+        return (record.vector or {}).get(f)
+
+    # ------------------------------------------------------------------ shared checks
+    def _check_codes(self, sparse: SparseVectors, ids: Sequence[Any] | None, allow_empty: bool = False) -> Any:
+        return sparse_rows(sparse, ids, allow_empty=allow_empty)
+
+    def _check_payloads(self, s: Layout, ids: list[Any], payloads: list[dict[str, Any]]) -> None:
+        check_payload_keys(payloads, ids)
+
+    def _payload_selector(self, s: Layout, with_payload: bool) -> Any:
+        if with_payload:
+            return True
+        return [RESERVED_ID_KEY] if s.id_type == "str" else False  # mapped str ids live in the payload
+
+    def _found(self, s: Layout, p: Any, score: float, with_payload: bool, with_code: bool, f: str | None) -> Found:
+        id_, payload = restore(point_key(p.id), p.payload)
+        code = self._vector(p, SPARSE_FIELD) if with_code else None
+        return Found(
+            id_,
+            score,
+            payload if with_payload else None,
+            (code.indices, code.values) if code is not None else None,
+            self._vector(p, f) if f is not None else None,
+        )
+
+    # ------------------------------------------------------------------ protocol hooks
+    def _payload_sample(self, s: Layout) -> dict[str, str]:
+        records, _ = self._scroll(s, None, self.SCHEMA_SAMPLE, None)
+        return payload_schema(restore(point_key(r.id), r.payload)[1] for r in records)
+
+    def _insert_dense(self, s: Layout, f: str, ids: list[Any], vectors: np.ndarray, payloads: list[dict]) -> None:
+        rows = as_float_lists(self._prepare(s, f, vectors))
+        self._write(s, [self._point(to_point_id(i), {f: v}, stored_payload(i, p)) for i, v, p in zip(ids, rows, payloads)])
+
+    def _upsert(
+        self, s: Layout, ids: list[Any], codes: list, payloads: list[dict], f: str | None, dense: np.ndarray | None
+    ) -> None:
+        dense_rows = as_float_lists(self._prepare(s, f, dense)) if f is not None and dense is not None else None
+        points = []
+        for n, (i, (idx, val)) in enumerate(zip(ids, codes)):
+            vec: dict[str, Any] = {SPARSE_FIELD: self._sparse_vector(idx, val)}
+            if dense_rows is not None:
+                vec[f] = dense_rows[n]  # type: ignore[index]
+            points.append(self._point(to_point_id(i), vec, stored_payload(i, payloads[n])))
+        self._write(s, points)
+
+    def _iter_dense(self, s: Layout, f: str, batch_size: int, cursor: Any) -> Iterator[DensePage]:
+        """Pages in point-id order (ints ascending; str ids by point id, see the module docstring)."""
+        skip: Any = None
+        offset: Any = None
+        if cursor is not None:
+
+            def stored_mapped(pid: str) -> bool:
+                recs = self._retrieve(s, [pid], [RESERVED_ID_KEY], [])
+                return bool(recs) and (recs[0].payload or {}).get(RESERVED_ID_KEY) == cursor
+
+            offset, skip, exhausted = scroll_start(cursor, stored_mapped)  # offsets are inclusive
+            if exhausted:
+                return
+        while True:
+            limit = batch_size + (1 if skip is not None else 0)
+            records, nxt = self._scroll(s, offset, limit, f)
+            if skip is not None:
+                records = [r for r in records if point_key(r.id) != skip]
+                skip = None
+            if len(records) > batch_size:  # the cursor row was absent: one row too many
+                nxt = records[batch_size].id
+                records = records[:batch_size]
+            if records:
+                rows = [self._found(s, r, 0.0, True, False, f) for r in records]
+                missing = [r.id for r in rows if r.dense is None]
+                if missing:
+                    raise StoreError(
+                        f"collection '{s.name}' has rows without vector '{f}' in {self.uri}: ids {missing[:5]}"
+                    )
+                yield DensePage(
+                    ids=[r.id for r in rows],
+                    vectors=np.asarray([r.dense for r in rows], dtype=np.float32),
+                    payloads=[r.payload for r in rows],  # type: ignore[misc]
+                )
+            if nxt is None:
+                return
+            offset = nxt
+
+    def _search_points(
+        self, s: Layout, queries: list[Any], using: str, limit: int, with_payload: bool, metric: Metric,
+        with_code: bool = False, dense_field: str | None = None,
+    ) -> list[list[Found]]:
+        """Batched searches (None queries get no hits), points shaped into `Found` rows."""
+        out: list[list[Found]] = [[] for _ in queries]
+        wp = self._payload_selector(s, with_payload)
+        vectors = ([SPARSE_FIELD] if with_code else []) + ([dense_field] if dense_field is not None else [])
+        todo = [n for n, q in enumerate(queries) if q is not None]
+        for a in range(0, len(todo), self.QUERY_BATCH):
+            chunk = todo[a : a + self.QUERY_BATCH]
+            results = self._query_batch(s, [queries[n] for n in chunk], using, limit, wp, vectors)
+            for n, points in zip(chunk, results):
+                out[n] = [
+                    self._found(s, p, l2_score(p.score) if metric == "l2" else float(p.score), with_payload,
+                                with_code, dense_field)
+                    for p in points
+                ]  # fmt: skip
+        return out
+
+    def _search(
+        self, s: Layout, queries: list, limit: int, with_payload: bool, with_codes: bool, dense_field: str | None
+    ) -> list[list[Found]]:
+        """Sparse search; the hits' codes and dense vectors come back in the same request."""
+        q = [self._sparse_vector(i, v) if i else None for i, v in queries]
+        return self._search_points(s, q, SPARSE_FIELD, limit, with_payload, "ip", with_codes, dense_field)
+
+    def _search_dense(self, s: Layout, f: str, queries: np.ndarray, limit: int, with_payload: bool) -> list[list[Found]]:
+        q = as_float_lists(self._prepare(s, f, queries))
+        return self._search_points(s, q, f, limit, with_payload, s.dense[f][1])  # type: ignore[arg-type]
+
+    def _fetch(self, s: Layout, ids: list[Any], dense_field: str | None, with_sparse: bool) -> Mapping[Any, Found]:
+        vectors = ([dense_field] if dense_field is not None else []) + ([SPARSE_FIELD] if with_sparse else [])
+        pids = list(dict.fromkeys(to_point_id(i) for i in ids))
+        records = self._retrieve(s, pids, True, vectors)
+        found = (self._found(s, r, 0.0, True, with_sparse, dense_field) for r in records)
+        return {r.id: r for r in found}

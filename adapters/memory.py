@@ -3,74 +3,27 @@
 from __future__ import annotations
 
 import copy
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from csr_vdb.adapters.base import (
-    SPARSE_FIELD,
-    CollectionInfo,
-    DensePage,
-    Hit,
-    Id,
-    IdType,
-    Metric,
-    Record,
-)
-from csr_vdb.errors import CollectionNotFoundError, DataError, StoreError
+from csr_vdb.adapters._common import Found, Layout, StoreBase, payload_schema
+from csr_vdb.errors import StoreError
 from csr_vdb.sparse import SparseVectors
-from csr_vdb.validation import check_dense
+from csr_vdb.store import DensePage, Id, IdType, Metric, check_ids, check_payloads
+
+# the id and payload checks live in the core contract; re-exported here for older imports
+__all__ = ["MemoryStore", "check_ids", "check_payloads"]
 
 
 @dataclass
-class _Collection:
-    id_type: IdType
-    dense: dict[str, tuple[int, Metric]]  # field -> (dim, metric)
-    sparse: bool
+class _Collection(Layout):
     rows: dict[Id, dict[str, Any]] = field(default_factory=dict)  # id -> {"payload", "dense", "sparse"}
 
 
-def check_ids(ids: Sequence[Id], id_type: IdType, n: int) -> list[Id]:
-    """Validate a batch of ids against the collection's id type; shared by every adapter."""
-    ids = list(ids)
-    if len(ids) != n:
-        raise DataError(f"got {len(ids)} ids for {n} vectors")
-    if len(set(ids)) != len(ids):
-        seen: set[Id] = set()
-        dups = [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
-        raise DataError(f"duplicate ids in one batch: {dups[:5]}", dups)
-    want = int if id_type == "int" else str
-    bad = [i for i in ids if not isinstance(i, want) or isinstance(i, bool)]
-    if bad:
-        raise DataError(f"ids must be {id_type}, got {bad[:5]}", bad)
-    if id_type == "int":
-        neg = [i for i in ids if not 0 <= i < 2**63]  # type: ignore[operator]
-        if neg:
-            raise DataError(f"integer ids must be in [0, 2**63), got {neg[:5]}", neg)
-    return ids
-
-
-def check_payloads(payloads: Sequence[dict[str, Any]] | None, n: int) -> list[dict[str, Any]]:
-    """Payloads must be JSON-serialisable dicts, one per row."""
-    if payloads is None:
-        return [{} for _ in range(n)]
-    payloads = list(payloads)
-    if len(payloads) != n:
-        raise DataError(f"got {len(payloads)} payloads for {n} rows")
-    for p in payloads:
-        if not isinstance(p, dict):
-            raise DataError(f"payloads must be dicts, got {type(p).__name__}")
-    try:
-        json.dumps(payloads)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"payloads must be JSON-serialisable: {exc}") from exc
-    return payloads
-
-
-class MemoryStore:
+class MemoryStore(StoreBase):
     """A `VectorStore` kept in process memory; exact (brute-force) search."""
 
     def __init__(self, uri: str = "memory://") -> None:
@@ -78,182 +31,97 @@ class MemoryStore:
         self._cols: dict[str, _Collection] = {}
         self._aliases: dict[str, str] = {}
 
-    # ------------------------------------------------------------ helpers
     def _resolve(self, name: str) -> str:
         return self._aliases.get(name, name)
 
-    def _col(self, name: str) -> _Collection:
-        real = self._resolve(name)
-        if real not in self._cols:
-            raise CollectionNotFoundError(f"collection '{name}' not found in {self.uri}")
-        return self._cols[real]
+    def _layout(self, collection_name: str) -> _Collection:
+        col = self._cols.get(self._resolve(collection_name))
+        if col is None:
+            raise self._not_found(collection_name)
+        return col
 
-    def _field(self, col: _Collection, name: str, vector_field: str | None) -> str:
-        if not col.dense:
-            raise StoreError(f"collection '{name}' has no dense vector field")
-        f = vector_field or next(iter(col.dense))
-        if f not in col.dense:
-            raise StoreError(
-                f"collection '{name}' has no vector field '{f}' (fields: {', '.join(col.dense)})"
-            )
-        return f
-
-    # ------------------------------------------------------------ protocol
+    # ------------------------------------------------------------------ schema
     def list_collections(self) -> list[str]:
         return sorted(self._cols)
 
     def has_collection(self, collection_name: str) -> bool:
         return self._resolve(collection_name) in self._cols
 
-    def describe(self, collection_name: str) -> CollectionInfo:
-        col = self._col(collection_name)
-        first = next(iter(col.dense), None)
-        schema: dict[str, str] = {}
-        for row in col.rows.values():
-            for k, v in row["payload"].items():
-                schema.setdefault(k, type(v).__name__)
-        return CollectionInfo(
-            name=self._resolve(collection_name),
-            dimension=col.dense[first][0] if first else 0,
-            metric=col.dense[first][1] if first else "ip",
-            vector_field=first,
-            id_type=col.id_type,
-            count=len(col.rows),
-            vector_fields={k: v[0] for k, v in col.dense.items()},
-            sparse_field=SPARSE_FIELD if col.sparse else None,
-            payload_schema=schema,
-        )
+    def _count(self, s: Layout) -> int:
+        return len(self._cols[s.name].rows)
 
-    def count(self, collection_name: str) -> int:
-        return len(self._col(collection_name).rows)
+    def _payload_sample(self, s: Layout) -> dict[str, str]:
+        return payload_schema(row["payload"] for row in self._cols[s.name].rows.values())
 
-    def create_dense_collection(
-        self,
-        collection_name: str,
-        dimension: int,
-        *,
-        metric: Metric = "cosine",
-        id_type: IdType = "int",
-        vector_field: str = "vector",
+    def _create_dense(self, name: str, dimension: int, metric: Metric, id_type: IdType, vector_field: str) -> None:
+        self._cols[name] = _Collection(name, id_type, {vector_field: (dimension, metric)}, False)
+
+    def _create_sparse(self, name: str, src: Layout, dense: dict[str, tuple[int, Metric]]) -> None:
+        self._cols[name] = _Collection(name, src.id_type, dense, True)
+
+    # ------------------------------------------------------------------ writes
+    def _insert_dense(self, s: Layout, f: str, ids: list[Id], vectors: np.ndarray, payloads: list[dict]) -> None:
+        rows = self._cols[s.name].rows
+        for i, v, p in zip(ids, vectors, payloads):
+            rows[i] = {"payload": copy.deepcopy(p), "dense": {f: v.copy()}, "sparse": None}
+
+    def _upsert(
+        self, s: Layout, ids: list[Id], codes: SparseVectors, payloads: list[dict], f: str | None, dense: np.ndarray | None
     ) -> None:
-        if self.has_collection(collection_name):
-            raise StoreError(f"collection '{collection_name}' already exists in {self.uri}")
-        self._cols[collection_name] = _Collection(id_type, {vector_field: (dimension, metric)}, False)
-
-    def insert_dense(
-        self,
-        collection_name: str,
-        ids: Sequence[Id],
-        vectors: np.ndarray,
-        payloads: Sequence[dict[str, Any]] | None = None,
-    ) -> None:
-        col = self._col(collection_name)
-        f = self._field(col, collection_name, None)
-        vecs = check_dense(vectors, col.dense[f][0])
-        ids = check_ids(ids, col.id_type, len(vecs))
-        payloads = check_payloads(payloads, len(vecs))
-        for i, v, p in zip(ids, vecs, payloads):
-            col.rows[i] = {"payload": copy.deepcopy(p), "dense": {f: v.copy()}, "sparse": None}
-
-    def iter_dense(
-        self,
-        collection_name: str,
-        batch_size: int = 1000,
-        after: Id | None = None,
-        vector_field: str | None = None,
-    ) -> Iterator[DensePage]:
-        col = self._col(collection_name)
-        f = self._field(col, collection_name, vector_field)
-        keys = sorted(k for k in col.rows if after is None or k > after)  # type: ignore[operator]
-        for s in range(0, len(keys), batch_size):
-            chunk = keys[s : s + batch_size]
-            yield DensePage(
-                ids=list(chunk),
-                vectors=np.stack([col.rows[k]["dense"][f] for k in chunk]).astype(np.float32),
-                payloads=[copy.deepcopy(col.rows[k]["payload"]) for k in chunk],
-            )
-
-    def create_sparse_collection(
-        self,
-        collection_name: str,
-        like: str,
-        *,
-        keep_dense: bool = True,
-        vector_field: str | None = None,
-    ) -> None:
-        src = self._col(like)
-        dense = {}
-        if keep_dense and src.dense:
-            f = self._field(src, like, vector_field)
-            dense = {f: src.dense[f]}
-        if self.has_collection(collection_name):
-            tgt = self._col(collection_name)
-            if tgt.id_type != src.id_type or tgt.dense != dense or not tgt.sparse:
-                raise StoreError(
-                    f"collection '{collection_name}' already exists with another schema in {self.uri}"
-                )
-            return
-        self._cols[collection_name] = _Collection(src.id_type, dense, True)
-
-    def upsert(
-        self,
-        collection_name: str,
-        ids: Sequence[Id],
-        sparse: SparseVectors,
-        payloads: Sequence[dict[str, Any]] | None = None,
-        dense: np.ndarray | None = None,
-    ) -> None:
-        col = self._col(collection_name)
-        if not col.sparse:
-            raise StoreError(f"collection '{collection_name}' has no sparse field '{SPARSE_FIELD}'")
-        ids = check_ids(ids, col.id_type, len(sparse))
-        sparse.validate(ids)
-        payloads = check_payloads(payloads, len(ids))
-        f = next(iter(col.dense), None)
-        if dense is not None:
-            if f is None:
-                raise DataError(f"collection '{collection_name}' keeps no dense vectors")
-            dense = check_dense(dense, col.dense[f][0], ids)
-        elif f is not None:
-            raise DataError(f"collection '{collection_name}' needs dense vectors for field '{f}'")
-        pairs = sparse.to_qdrant()
-        for n, i in enumerate(ids):
-            col.rows[i] = {
+        rows = self._cols[s.name].rows
+        for n, (i, pair) in enumerate(zip(ids, codes.to_qdrant())):
+            rows[i] = {
                 "payload": copy.deepcopy(payloads[n]),
                 "dense": {f: dense[n].copy()} if dense is not None and f else {},
-                "sparse": pairs[n],
+                "sparse": pair,
             }
 
-    def search_sparse(
-        self,
-        collection_name: str,
-        queries: SparseVectors,
-        limit: int = 10,
-        with_payload: bool = False,
-    ) -> list[list[Hit]]:
-        col = self._col(collection_name)
-        if not col.sparse:
-            raise StoreError(f"collection '{collection_name}' has no sparse field '{SPARSE_FIELD}'")
-        queries.validate(allow_empty=True)
-        keys = sorted(col.rows)
-        docs = SparseVectors.from_qdrant([col.rows[k]["sparse"] for k in keys], queries.dim)
-        scores = (queries.to_scipy() @ docs.to_scipy().T).toarray() if keys else np.zeros((len(queries), 0))
-        return self._top(col, keys, scores, limit, with_payload, positive_only=True)
+    # ------------------------------------------------------------------ reads
+    def _iter_dense(self, s: Layout, f: str, batch_size: int, cursor: Id | None) -> Iterator[DensePage]:
+        rows = self._cols[s.name].rows
+        keys = sorted(k for k in rows if cursor is None or k > cursor)  # type: ignore[operator]
+        for a in range(0, len(keys), batch_size):
+            chunk = keys[a : a + batch_size]
+            yield DensePage(
+                ids=list(chunk),
+                vectors=np.stack([rows[k]["dense"][f] for k in chunk]).astype(np.float32),
+                payloads=[copy.deepcopy(rows[k]["payload"]) for k in chunk],
+            )
 
-    def search_dense(
-        self,
-        collection_name: str,
-        queries: np.ndarray,
-        limit: int = 10,
-        with_payload: bool = False,
-        vector_field: str | None = None,
-    ) -> list[list[Hit]]:
-        col = self._col(collection_name)
-        f = self._field(col, collection_name, vector_field)
-        dim, metric = col.dense[f]
-        q = check_dense(queries, dim, what="queries")
-        keys = sorted(col.rows)
-        mat = np.stack([col.rows[k]["dense"][f] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+    def _found(self, s: Layout, key: Id, score: float, with_payload: bool, with_code: bool, f: str | None) -> Found:
+        row = self._cols[s.name].rows[key]
+        return Found(
+            key,
+            score,
+            copy.deepcopy(row["payload"]) if with_payload else None,
+            row["sparse"] if with_code else None,
+            row["dense"].get(f) if f is not None else None,
+        )
+
+    def _top(self, s: Layout, keys: list[Id], scores: np.ndarray, limit: int, args: tuple) -> list[list[Found]]:
+        out = []
+        for row in scores:
+            order = sorted(range(len(keys)), key=lambda j: (-row[j], keys[j]))[:limit]
+            out.append([self._found(s, keys[j], float(row[j]), *args) for j in order])
+        return out
+
+    def _search(
+        self, s: Layout, queries: SparseVectors, limit: int, with_payload: bool, with_codes: bool, dense_field: str | None
+    ) -> list[list[Found]]:
+        rows = self._cols[s.name].rows
+        keys = sorted(rows)
+        if not keys:
+            return [[] for _ in range(len(queries))]
+        docs = SparseVectors.from_pairs([rows[k]["sparse"] for k in keys], queries.dim)
+        scores = (queries.to_scipy() @ docs.to_scipy().T).toarray()
+        return self._top(s, keys, scores, limit, (with_payload, with_codes, dense_field))
+
+    def _search_dense(self, s: Layout, f: str, queries: np.ndarray, limit: int, with_payload: bool) -> list[list[Found]]:
+        rows = self._cols[s.name].rows
+        dim, metric = s.dense[f]
+        keys = sorted(rows)
+        mat = np.stack([rows[k]["dense"][f] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+        q = queries
         if metric == "cosine":
             qn = q / np.linalg.norm(q, axis=1, keepdims=True)
             mn = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-30)
@@ -262,54 +130,26 @@ class MemoryStore:
             scores = q @ mat.T
         else:
             scores = -(((q[:, None, :] - mat[None, :, :]) ** 2).sum(-1))
-        return self._top(col, keys, scores, limit, with_payload, positive_only=False)
+        return self._top(s, keys, scores, limit, (with_payload, False, None))
 
-    @staticmethod
-    def _top(col, keys, scores, limit, with_payload, positive_only) -> list[list[Hit]]:
-        out = []
-        for row in scores:
-            order = sorted(range(len(keys)), key=lambda j: (-row[j], keys[j]))
-            hits = []
-            for j in order[:limit]:
-                if positive_only and row[j] <= 0:
-                    break
-                payload = copy.deepcopy(col.rows[keys[j]]["payload"]) if with_payload else None
-                hits.append(Hit(keys[j], float(row[j]), payload))
-            out.append(hits)
-        return out
-
-    def fetch(
-        self,
-        collection_name: str,
-        ids: Sequence[Id],
-        with_dense: bool = False,
-        with_sparse: bool = False,
-    ) -> list[Record]:
-        col = self._col(collection_name)
-        out = []
+    def _fetch(self, s: Layout, ids: list[Id], dense_field: str | None, with_sparse: bool) -> Mapping[Id, Found]:
+        rows = self._cols[s.name].rows
+        out = {}
         for i in ids:
-            row = col.rows.get(i)
-            if row is None:
-                continue
-            dense = next(iter(row["dense"].values()), None) if with_dense else None
-            out.append(
-                Record(
-                    id=i,
-                    payload=copy.deepcopy(row["payload"]),
-                    dense=dense.copy() if dense is not None else None,
-                    sparse=row["sparse"] if with_sparse else None,
-                )
-            )
+            row = rows.get(i)
+            if row is not None:
+                dense = next(iter(row["dense"].values()), None) if dense_field is not None else None
+                out[i] = Found(i, 0.0, copy.deepcopy(row["payload"]), row["sparse"] if with_sparse else None, dense)
         return out
 
+    # ------------------------------------------------------------------ aliases, admin
     def get_alias(self, alias: str) -> str | None:
         return self._aliases.get(alias)
 
     def set_alias(self, alias: str, collection_name: str) -> None:
         if alias in self._cols:
             raise StoreError(f"alias '{alias}' would shadow a collection of that name")
-        self._col(collection_name)
-        self._aliases[alias] = self._resolve(collection_name)
+        self._aliases[alias] = self._layout(collection_name).name
 
     def drop_alias(self, alias: str) -> None:
         self._aliases.pop(alias, None)
@@ -319,7 +159,7 @@ class MemoryStore:
         self._aliases = {a: c for a, c in self._aliases.items() if c != collection_name}
 
     def flush(self, collection_name: str) -> None:
-        self._col(collection_name)
+        self._layout(collection_name)
 
     def close(self) -> None:
         pass

@@ -5,35 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from csr_vdb.adapters.base import (
-    SPARSE_FIELD,
-    CollectionInfo,
-    DensePage,
-    Hit,
-    Id,
-    IdType,
-    Metric,
-    Record,
-)
-from csr_vdb.adapters.memory import check_ids, check_payloads
-from csr_vdb.errors import (
-    ConfigError,
-    CollectionNotFoundError,
-    CSRVDBError,
-    DataError,
-    StoreError,
-)
+from csr_vdb.adapters._common import Found, Layout, StoreBase
+from csr_vdb.errors import CollectionNotFoundError, ConfigError, CSRVDBError, DataError, StoreError
 from csr_vdb.sparse import SparseVectors
-from csr_vdb.validation import check_dense
+from csr_vdb.store import SPARSE_FIELD, DensePage, Id, IdType, Metric, strip_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -59,45 +43,20 @@ _LITE_LOCK = threading.Lock()
 
 
 @dataclass
-class _Schema:
-    """What the adapter needs to know about one collection, read from the server per call."""
+class _Schema(Layout):
+    """What the adapter needs to know about one collection, read from the server per call.
 
-    name: str  # real name (aliases resolved)
-    pk: str
-    id_type: IdType
-    pk_params: dict[str, Any]
-    dense: dict[str, tuple[int, Metric]]  # FLOAT_VECTOR field -> (dim, metric)
-    dense_index: dict[str, dict[str, Any]]  # FLOAT_VECTOR field -> index description
-    sparse: bool  # has a SPARSE_FLOAT_VECTOR field named SPARSE_FIELD
-    vector_names: set[str]  # every vector field, whatever its type
-    scalars: dict[str, dict[str, Any]]  # scalar payload field -> its field description
-    dynamic: bool
+    ``dense`` holds the FLOAT_VECTOR fields; ``sparse`` is a SPARSE_FLOAT_VECTOR field named
+    `SPARSE_FIELD`.
+    """
+
+    pk: str = ""
+    pk_params: dict[str, Any] = field(default_factory=dict)
+    dense_index: dict[str, dict[str, Any]] = field(default_factory=dict)  # FLOAT_VECTOR field -> index description
+    vector_names: set[str] = field(default_factory=set)  # every vector field, whatever its type
+    scalars: dict[str, dict[str, Any]] = field(default_factory=dict)  # scalar payload field -> its description
+    dynamic: bool = False
     raw_fields: list[dict[str, Any]] = field(default_factory=list)
-
-    def dense_field(self, requested: str | None, uri: str) -> str:
-        if not self.dense:
-            raise StoreError(f"collection '{self.name}' in {uri} has no dense vector field")
-        f = requested or next(iter(self.dense))
-        if f not in self.dense:
-            raise StoreError(
-                f"collection '{self.name}' in {uri} has no vector field '{f}' "
-                f"(dense fields: {', '.join(self.dense)})"
-            )
-        return f
-
-
-def _safe_uri(uri: str) -> str:
-    """The URI without credentials (``https://user:pass@host`` -> ``https://host``)."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return uri
 
 
 def _password(uri: str) -> str | None:
@@ -122,7 +81,7 @@ def _literal(value: Id) -> str:
     return str(int(value))
 
 
-class MilvusStore:
+class MilvusStore(StoreBase):
     """A `VectorStore` on Milvus: Milvus Lite (``uri`` ending in ``.db``) or a server URL.
 
     Args:
@@ -145,7 +104,7 @@ class MilvusStore:
     """
 
     def __init__(self, uri: str, token: str | None = None, timeout: float = 10.0) -> None:
-        self.uri = _safe_uri(uri)
+        self.uri = strip_credentials(uri)
         self._lite_path: str | None = None
         self._loaded: set[str] = set()
         self._schemas: dict[str, tuple[tuple[str, Any], _Schema]] = {}
@@ -203,6 +162,9 @@ class MilvusStore:
     def _aliases(self) -> list[str]:
         with self._errors("list aliases"):
             return list(self._client.list_aliases().get("aliases", []))
+
+    def _layout(self, collection_name: str) -> _Schema:
+        return self._schema(collection_name)
 
     def _schema(self, name: str) -> _Schema:
         """Schema of ``name`` (a collection or an alias): one describe call per use, because
@@ -298,7 +260,7 @@ class MilvusStore:
     def _payload_fields(self, s: _Schema) -> list[str]:
         return [s.pk, *s.scalars] + ([_META] if s.dynamic else [])
 
-    def _check_payload_keys(self, s: _Schema, payloads: list[dict[str, Any]], ids: list[Id]) -> None:
+    def _check_payloads(self, s: _Schema, ids: list[Id], payloads: list[dict[str, Any]]) -> None:  # type: ignore[override]
         reserved = {s.pk, _META, *s.vector_names}
         for i, p in zip(ids, payloads):
             clash = reserved.intersection(p)
@@ -335,7 +297,7 @@ class MilvusStore:
             for a in range(0, len(rows), step):
                 write(s.name, rows[a : a + step])
 
-    # ------------------------------------------------------------------ protocol
+    # ------------------------------------------------------------------ protocol: schema
     def list_collections(self) -> list[str]:
         with self._errors("list collections"):
             return sorted(self._client.list_collections())
@@ -344,181 +306,47 @@ class MilvusStore:
         with self._errors("has_collection", collection_name):
             return bool(self._client.has_collection(collection_name))
 
-    def describe(self, collection_name: str) -> CollectionInfo:
-        s = self._schema(collection_name)
-        first = next(iter(s.dense), None)
+    def _payload_sample(self, s: _Schema) -> dict[str, str]:  # type: ignore[override]
         schema = {k: DataType(f["type"]).name.lower() for k, f in s.scalars.items()}
         if s.dynamic:
             schema[_META] = "dynamic"
-        return CollectionInfo(
-            name=s.name,
-            dimension=s.dense[first][0] if first else 0,
-            metric=s.dense[first][1] if first else "ip",
-            vector_field=first,
-            id_type=s.id_type,
-            count=self._count(s),
-            vector_fields={k: v[0] for k, v in s.dense.items()},
-            sparse_field=SPARSE_FIELD if s.sparse else None,
-            payload_schema=schema,
-        )
+        return schema
 
-    def _count(self, s: _Schema) -> int:
+    def _count(self, s: _Schema) -> int:  # type: ignore[override]
         self._ensure_loaded(s)
         with self._errors("count", s.name):
             res = self._client.query(s.name, filter="", output_fields=["count(*)"], consistency_level=_READ)
             return int(res[0]["count(*)"])
 
-    def count(self, collection_name: str) -> int:
-        return self._count(self._schema(collection_name))
-
-    def create_dense_collection(
-        self,
-        collection_name: str,
-        dimension: int,
-        *,
-        metric: Metric = "cosine",
-        id_type: IdType = "int",
-        vector_field: str = "vector",
-    ) -> None:
-        if self.has_collection(collection_name):
-            raise StoreError(f"collection '{collection_name}' already exists in {self.uri}")
-        if metric not in ("cosine", "ip", "l2"):
-            raise ConfigError(f"unknown metric '{metric}' (choose cosine, ip or l2)")
-        with self._errors("create collection", collection_name):
+    def _create_dense(self, name: str, dimension: int, metric: Metric, id_type: IdType, vector_field: str) -> None:
+        with self._errors("create collection", name):
             schema = self._client.create_schema(auto_id=False, enable_dynamic_field=True)
             if id_type == "int":
                 schema.add_field("id", DataType.INT64, is_primary=True)
             else:
                 schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_VARCHAR_MAX)
-            schema.add_field(vector_field, DataType.FLOAT_VECTOR, dim=int(dimension))
+            schema.add_field(vector_field, DataType.FLOAT_VECTOR, dim=dimension)
             index = self._client.prepare_index_params()
             index.add_index(vector_field, index_type="AUTOINDEX", metric_type=metric.upper())
-            self._create(collection_name, schema, index)
+            self._create(name, schema, index)
 
-    def insert_dense(
-        self,
-        collection_name: str,
-        ids: Sequence[Id],
-        vectors: np.ndarray,
-        payloads: Sequence[dict[str, Any]] | None = None,
-    ) -> None:
-        s = self._schema(collection_name)
-        f = s.dense_field(None, self.uri)
-        vecs = check_dense(vectors, s.dense[f][0])
-        ids = check_ids(ids, s.id_type, len(vecs))
-        payloads = check_payloads(payloads, len(vecs))
-        self._check_payload_keys(s, payloads, ids)
-        rows = [{**p, s.pk: i, f: v} for i, v, p in zip(ids, vecs, payloads)]
-        self._write(s, rows, vecs.shape[1] * 4 + 256)
-
-    def iter_dense(
-        self,
-        collection_name: str,
-        batch_size: int = 1000,
-        after: Id | None = None,
-        vector_field: str | None = None,
-    ) -> Iterator[DensePage]:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        s = self._schema(collection_name)
-        f = s.dense_field(vector_field, self.uri)
-        want = int if s.id_type == "int" else str
-        if after is not None and (not isinstance(after, want) or isinstance(after, bool)):
-            raise DataError(f"cursor {after!r} is not a {s.id_type} id of collection '{s.name}'")
-        self._ensure_loaded(s)
-        if self._is_lite:
-            yield from self._pages_by_ids(s, f, batch_size, after)
-        else:
-            yield from self._pages_by_cursor(s, f, batch_size, after)
-
-    def _page(self, s: _Schema, f: str, rows: Iterable[dict[str, Any]]) -> DensePage:
-        # pymilvus decodes a result row on every access: walk the rows once
-        ids, vecs, payloads = [], [], []
-        for r in rows:
-            ids.append(r[s.pk])
-            vecs.append(r[f])
-            payloads.append(self._payload(s, r))
-        return DensePage(
-            ids=ids,
-            vectors=np.asarray(vecs, dtype=np.float32).reshape(len(ids), s.dense[f][0]),
-            payloads=payloads,
+    def _same_schema(self, src: _Schema, tgt: _Schema) -> bool:  # type: ignore[override]
+        return (
+            tgt.pk == src.pk
+            and {k: v["type"] for k, v in tgt.scalars.items()} == {k: v["type"] for k, v in src.scalars.items()}
+            and tgt.dynamic
         )
 
-    def _pages_by_cursor(self, s: _Schema, f: str, batch_size: int, after: Id | None) -> Iterator[DensePage]:
-        """Servers: ``pk > cursor`` queries returned in primary-key order, one page per query."""
-        limit = min(batch_size, _MAX_WINDOW)
-        fields = [*self._payload_fields(s), f]
-        while True:
-            expr = f"{s.pk} > {_literal(after)}" if after is not None else ""
-            with self._errors("query", s.name):
-                # iterator="True" asks the server for primary-key order before the limit is
-                # applied (what pymilvus' own query_iterator relies on); without it Milvus Lite
-                # returns an arbitrary subset and a cursor would skip rows.
-                rows = self._client.query(
-                    s.name, filter=expr, limit=limit, output_fields=fields, iterator="True", consistency_level=_READ
-                )
-            if not rows:
-                return
-            page = self._page(s, f, rows)
-            ids = page.ids
-            if any(b <= a for a, b in zip(ids, ids[1:])) or (after is not None and ids[0] <= after):
-                raise StoreError(
-                    f"Milvus at {self.uri} returned collection '{s.name}' out of primary-key order; "
-                    "cannot page it safely"
-                )
-            yield page
-            # a short page is no proof of the end (a server may stop a page at a segment
-            # boundary to keep primary-key order), so only an empty page ends the scan
-            after = page.cursor
+    def _reuse(self, tgt: _Schema) -> None:  # type: ignore[override]
+        self._ensure_loaded(tgt)
 
-    def _pages_by_ids(self, s: _Schema, f: str, batch_size: int, after: Id | None) -> Iterator[DensePage]:
-        """Milvus Lite: every ordered query filters and sorts all remaining rows in Python, so
-        paging by cursor costs O(n^2 / batch_size). Read the primary keys once (ids only, not
-        vectors), sort them, and get the rows page by page by key: linear, and still streaming."""
-        with self._errors("flush", s.name):
-            self._client.flush(s.name)  # sealed segments are read far faster than the write buffer
-        expr = f"{s.pk} > {_literal(after)}" if after is not None else ""
-        with self._errors("query", s.name):
-            keys = sorted(r[s.pk] for r in self._client.query(s.name, filter=expr, output_fields=[s.pk],
-                                                               consistency_level=_READ))
-        fields = [*self._payload_fields(s), f]
-        for a in range(0, len(keys), batch_size):
-            chunk = keys[a : a + batch_size]
-            expr = f"{s.pk} in [{', '.join(_literal(i) for i in chunk)}]"
-            with self._errors("query", s.name):
-                rows = {r[s.pk]: r for r in self._client.query(s.name, filter=expr, output_fields=fields,
-                                                                consistency_level=_READ)}
-            found = [rows[i] for i in chunk if i in rows]  # rows deleted meanwhile are left out
-            if found:
-                yield self._page(s, f, found)
-
-    def create_sparse_collection(
-        self,
-        collection_name: str,
-        like: str,
-        *,
-        keep_dense: bool = True,
-        vector_field: str | None = None,
-    ) -> None:
-        src = self._schema(like)
-        kept = src.dense_field(vector_field, self.uri) if keep_dense and src.dense else None
+    def _create_sparse(self, name: str, src: _Schema, dense: dict[str, tuple[int, Metric]]) -> None:  # type: ignore[override]
+        """The source's primary key and typed scalar fields, its dense field (with its index) when
+        kept, the dynamic field, and `SPARSE_FIELD` (SPARSE_INVERTED_INDEX, IP)."""
         if SPARSE_FIELD in src.scalars:
             raise StoreError(f"collection '{src.name}' in {self.uri} has a payload field named '{SPARSE_FIELD}'")
-        if self.has_collection(collection_name):
-            tgt = self._schema(collection_name)
-            same = (
-                tgt.sparse
-                and tgt.id_type == src.id_type
-                and tgt.pk == src.pk
-                and tgt.dense == ({kept: src.dense[kept]} if kept else {})
-                and {k: v["type"] for k, v in tgt.scalars.items()} == {k: v["type"] for k, v in src.scalars.items()}
-                and tgt.dynamic
-            )
-            if not same:
-                raise StoreError(f"collection '{collection_name}' already exists with another schema in {self.uri}")
-            self._ensure_loaded(tgt)
-            return
-        with self._errors("create collection", collection_name):
+        kept = next(iter(dense), None)
+        with self._errors("create collection", name):
             schema = self._client.create_schema(auto_id=False, enable_dynamic_field=True)
             index = self._client.prepare_index_params()
             for f in src.raw_fields:
@@ -540,158 +368,175 @@ class MilvusStore:
             # Milvus Lite accepts only this index/metric pair for sparse vectors; with its default
             # drop ratio of 0 nothing is pruned, so search is exact.
             index.add_index(SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
-            self._create(collection_name, schema, index)
-        logger.info("created sparse collection '%s' like '%s' in %s", collection_name, src.name, self.uri)
+            self._create(name, schema, index)
+        logger.info("created sparse collection '%s' like '%s' in %s", name, src.name, self.uri)
 
-    def upsert(
-        self,
-        collection_name: str,
-        ids: Sequence[Id],
-        sparse: SparseVectors,
-        payloads: Sequence[dict[str, Any]] | None = None,
-        dense: np.ndarray | None = None,
+    # ------------------------------------------------------------------ protocol: writes
+    def _insert_dense(self, s: _Schema, f: str, ids: list[Id], vectors: np.ndarray, payloads: list[dict]) -> None:  # type: ignore[override]
+        rows = [{**p, s.pk: i, f: v} for i, v, p in zip(ids, vectors, payloads)]
+        self._write(s, rows, vectors.shape[1] * 4 + 256)
+
+    def _upsert(  # type: ignore[override]
+        self, s: _Schema, ids: list[Id], codes: SparseVectors, payloads: list[dict], f: str | None, dense: np.ndarray | None
     ) -> None:
-        s = self._schema(collection_name)
-        if not s.sparse:
-            raise StoreError(f"collection '{s.name}' in {self.uri} has no sparse field '{SPARSE_FIELD}'")
-        ids = check_ids(ids, s.id_type, len(sparse))
-        sparse.validate(ids)
-        payloads = check_payloads(payloads, len(ids))
-        self._check_payload_keys(s, payloads, ids)
-        f = next(iter(s.dense), None)
-        if dense is not None:
-            if f is None:
-                raise DataError(f"collection '{s.name}' keeps no dense vectors")
-            dense = check_dense(dense, s.dense[f][0], ids)
-        elif f is not None:
-            raise DataError(f"collection '{s.name}' needs dense vectors for field '{f}'")
-        codes = sparse.to_milvus()
         rows = []
-        for n, i in enumerate(ids):
-            row = {**payloads[n], s.pk: i, SPARSE_FIELD: codes[n]}
+        for n, (i, code) in enumerate(zip(ids, codes.to_milvus())):
+            row = {**payloads[n], s.pk: i, SPARSE_FIELD: code}
             if f is not None:
-                row[f] = dense[n]
+                row[f] = dense[n]  # type: ignore[index]
             rows.append(row)
         dim = s.dense[f][0] if f else 0
-        self._write(s, rows, dim * 4 + sparse.width * 12 + 256)
+        self._write(s, rows, dim * 4 + codes.width * 12 + 256)
 
-    def _search(
-        self, s: _Schema, data: list, anns_field: str, metric: Metric, limit: int, with_payload: bool, params: dict
-    ) -> list[list[Hit]]:
+    # ------------------------------------------------------------------ protocol: reads
+    def _iter_dense(self, s: _Schema, f: str, batch_size: int, cursor: Id | None) -> Iterator[DensePage]:  # type: ignore[override]
         self._ensure_loaded(s)
-        out_fields = self._payload_fields(s) if with_payload else [s.pk]
-        results: list[list[Hit]] = []
+        if self._is_lite:
+            yield from self._pages_by_ids(s, f, batch_size, cursor)
+        else:
+            yield from self._pages_by_cursor(s, f, batch_size, cursor)
+
+    def _page(self, s: _Schema, f: str, rows: Iterable[dict[str, Any]]) -> DensePage:
+        # pymilvus decodes a result row on every access: walk the rows once
+        ids, vecs, payloads = [], [], []
+        for r in rows:
+            ids.append(r[s.pk])
+            vecs.append(r[f])
+            payloads.append(self._payload(s, r))
+        return DensePage(
+            ids=ids,
+            vectors=np.asarray(vecs, dtype=np.float32).reshape(len(ids), s.dense[f][0]),
+            payloads=payloads,
+        )
+
+    def _pages_by_cursor(self, s: _Schema, f: str, batch_size: int, cursor: Id | None) -> Iterator[DensePage]:
+        """Servers: ``pk > cursor`` queries returned in primary-key order, one page per query."""
+        limit = min(batch_size, _MAX_WINDOW)
+        fields = [*self._payload_fields(s), f]
+        while True:
+            expr = f"{s.pk} > {_literal(cursor)}" if cursor is not None else ""
+            with self._errors("query", s.name):
+                # iterator="True" asks the server for primary-key order before the limit is
+                # applied (what pymilvus' own query_iterator relies on); without it Milvus Lite
+                # returns an arbitrary subset and a cursor would skip rows.
+                rows = self._client.query(
+                    s.name, filter=expr, limit=limit, output_fields=fields, iterator="True", consistency_level=_READ
+                )
+            if not rows:
+                return
+            page = self._page(s, f, rows)
+            ids = page.ids
+            if any(b <= a for a, b in zip(ids, ids[1:])) or (cursor is not None and ids[0] <= cursor):
+                raise StoreError(
+                    f"Milvus at {self.uri} returned collection '{s.name}' out of primary-key order; "
+                    "cannot page it safely"
+                )
+            yield page
+            # a short page is no proof of the end (a server may stop a page at a segment
+            # boundary to keep primary-key order), so only an empty page ends the scan
+            cursor = page.cursor
+
+    def _pages_by_ids(self, s: _Schema, f: str, batch_size: int, cursor: Id | None) -> Iterator[DensePage]:
+        """Milvus Lite: every ordered query filters and sorts all remaining rows in Python, so
+        paging by cursor costs O(n^2 / batch_size). Read the primary keys once (ids only, not
+        vectors), sort them, and get the rows page by page by key: linear, and still streaming."""
+        with self._errors("flush", s.name):
+            self._client.flush(s.name)  # sealed segments are read far faster than the write buffer
+        expr = f"{s.pk} > {_literal(cursor)}" if cursor is not None else ""
+        with self._errors("query", s.name):
+            keys = sorted(r[s.pk] for r in self._client.query(s.name, filter=expr, output_fields=[s.pk],
+                                                               consistency_level=_READ))
+        fields = [*self._payload_fields(s), f]
+        for a in range(0, len(keys), batch_size):
+            rows = self._rows_by_key(s, keys[a : a + batch_size], fields)
+            found = [rows[i] for i in keys[a : a + batch_size] if i in rows]  # rows deleted meanwhile are left out
+            if found:
+                yield self._page(s, f, found)
+
+    def _rows_by_key(self, s: _Schema, keys: list[Id], fields: list[str]) -> dict[Id, dict[str, Any]]:
+        """The rows of ``keys`` (at most 1000 per query, so the filter stays short), by key."""
+        out: dict[Id, dict[str, Any]] = {}
+        with self._errors("query", s.name):
+            for a in range(0, len(keys), 1000):
+                expr = f"{s.pk} in [{', '.join(_literal(i) for i in keys[a : a + 1000])}]"
+                for r in self._client.query(s.name, filter=expr, output_fields=fields, consistency_level=_READ):
+                    out[r[s.pk]] = r
+        return out
+
+    def _found(
+        self, s: _Schema, row: dict[str, Any], score: float, with_payload: bool, with_code: bool, f: str | None
+    ) -> Found:
+        code = row.get(SPARSE_FIELD) if with_code else None
+        return Found(
+            row[s.pk],
+            score,
+            self._payload(s, row) if with_payload else None,
+            (code.keys(), code.values()) if code is not None else None,  # Milvus' {index: value}
+            row.get(f) if f is not None else None,
+        )
+
+    def _run_search(
+        self, s: _Schema, data: list, anns_field: str, metric: Metric, limit: int, fields: list[str], params: dict
+    ) -> list[list[tuple[dict[str, Any], float]]]:
+        """Per query ``(entity, score)`` pairs; higher is better for every metric (Milvus reports
+        the L2 distance, its negative is the score)."""
+        self._ensure_loaded(s)
+        out: list[list[tuple[dict[str, Any], float]]] = []
         with self._errors("search", s.name):
             for a in range(0, len(data), 4096):
                 res = self._client.search(
                     s.name,
                     data=data[a : a + 4096],
                     anns_field=anns_field,
-                    limit=limit,
-                    output_fields=out_fields,
+                    limit=min(limit, _MAX_WINDOW),
+                    output_fields=fields,
                     search_params={"metric_type": metric.upper(), "params": params},
                     consistency_level=_READ,
                 )
                 for hits in res:
                     row = []
                     for h in hits:
-                        hid = h.get(s.pk, h.get("id"))
+                        entity = dict(h.get("entity", {}))
+                        entity.setdefault(s.pk, h.get(s.pk, h.get("id")))
                         dist = float(h["distance"])
-                        # one convention for every store: higher is better (Milvus reports L2 distance)
-                        score = -dist if metric == "l2" else dist
-                        payload = self._payload(s, h.get("entity", {})) if with_payload else None
-                        row.append(Hit(hid, score, payload))
-                    results.append(row)
-        return results
-
-    def search_sparse(
-        self,
-        collection_name: str,
-        queries: SparseVectors,
-        limit: int = 10,
-        with_payload: bool = False,
-    ) -> list[list[Hit]]:
-        s = self._schema(collection_name)
-        if not s.sparse:
-            raise StoreError(f"collection '{s.name}' in {self.uri} has no sparse field '{SPARSE_FIELD}'")
-        if limit < 1:
-            raise ConfigError(f"limit must be at least 1, got {limit}")
-        queries.validate(allow_empty=True)
-        codes = queries.to_milvus()
-        # Milvus rejects an empty sparse query; such a query matches nothing anyway.
-        live = [n for n, c in enumerate(codes) if c]
-        found = (
-            self._search(s, [codes[n] for n in live], SPARSE_FIELD, "ip", min(limit, _MAX_WINDOW), with_payload, {})
-            if live
-            else []
-        )
-        out: list[list[Hit]] = [[] for _ in codes]
-        for n, hits in zip(live, found):
-            out[n] = [h for h in hits if h.score > 0]
+                        row.append((entity, -dist if metric == "l2" else dist))
+                    out.append(row)
         return out
 
-    def search_dense(
-        self,
-        collection_name: str,
-        queries: np.ndarray,
-        limit: int = 10,
-        with_payload: bool = False,
-        vector_field: str | None = None,
-    ) -> list[list[Hit]]:
-        s = self._schema(collection_name)
-        f = s.dense_field(vector_field, self.uri)
-        dim, metric = s.dense[f]
-        if limit < 1:
-            raise ConfigError(f"limit must be at least 1, got {limit}")
-        q = check_dense(queries, dim, what="queries")
+    def _search(  # type: ignore[override]
+        self, s: _Schema, queries: SparseVectors, limit: int, with_payload: bool, with_codes: bool, dense_field: str | None
+    ) -> list[list[Found]]:
+        """One request returns the hits with their codes and dense vectors (``output_fields``)."""
+        codes = queries.to_milvus()
+        fields = self._payload_fields(s) if with_payload else [s.pk]
+        fields += ([SPARSE_FIELD] if with_codes else []) + ([dense_field] if dense_field else [])
+        # Milvus rejects an empty sparse query; such a query matches nothing anyway.
+        live = [n for n, c in enumerate(codes) if c]
+        out: list[list[Found]] = [[] for _ in codes]
+        if live:
+            found = self._run_search(s, [codes[n] for n in live], SPARSE_FIELD, "ip", limit, fields, {})
+            for n, rows in zip(live, found):
+                out[n] = [self._found(s, e, score, with_payload, with_codes, dense_field) for e, score in rows]
+        return out
+
+    def _search_dense(  # type: ignore[override]
+        self, s: _Schema, f: str, queries: np.ndarray, limit: int, with_payload: bool
+    ) -> list[list[Found]]:
         params: dict[str, Any] = {}
         if "HNSW" in str(s.dense_index[f].get("index_type", "")).upper():
             # a generous ef keeps HNSW close to exact at small limits
             params["ef"] = max(64, min(limit * 4, _MAX_WINDOW))
-        return self._search(s, list(q), f, metric, min(limit, _MAX_WINDOW), with_payload, params)
+        fields = self._payload_fields(s) if with_payload else [s.pk]
+        found = self._run_search(s, list(queries), f, s.dense[f][1], limit, fields, params)
+        return [[self._found(s, e, score, with_payload, False, None) for e, score in rows] for rows in found]
 
-    def fetch(
-        self,
-        collection_name: str,
-        ids: Sequence[Id],
-        with_dense: bool = False,
-        with_sparse: bool = False,
-    ) -> list[Record]:
-        s = self._schema(collection_name)
-        want = int if s.id_type == "int" else str
-        asked = [i for i in ids if isinstance(i, want) and not isinstance(i, bool)]
-        if not asked:
-            return []
+    def _fetch(self, s: _Schema, ids: list[Id], dense_field: str | None, with_sparse: bool) -> Mapping[Id, Found]:  # type: ignore[override]
         self._ensure_loaded(s)
-        dense_f = next(iter(s.dense), None)
-        fields = self._payload_fields(s)
-        if with_dense and dense_f:
-            fields.append(dense_f)
-        if with_sparse and s.sparse:
-            fields.append(SPARSE_FIELD)
-        found: dict[Id, dict[str, Any]] = {}
-        uniq = list(dict.fromkeys(asked))
-        with self._errors("fetch", s.name):
-            for a in range(0, len(uniq), 1000):
-                chunk = uniq[a : a + 1000]
-                expr = f"{s.pk} in [{', '.join(_literal(i) for i in chunk)}]"
-                for r in self._client.query(s.name, filter=expr, output_fields=fields, consistency_level=_READ):
-                    found[r[s.pk]] = r
-        out = []
-        for i in asked:
-            r = found.get(i)
-            if r is None:
-                continue
-            sparse = None
-            if with_sparse and s.sparse and r.get(SPARSE_FIELD) is not None:
-                items = sorted((int(k), float(v)) for k, v in dict(r[SPARSE_FIELD]).items())
-                sparse = ([k for k, _ in items], [v for _, v in items])
-            dense = None
-            if with_dense and dense_f and r.get(dense_f) is not None:
-                dense = np.asarray(r[dense_f], dtype=np.float32)
-            out.append(Record(id=i, payload=self._payload(s, r), dense=dense, sparse=sparse))
-        return out
+        fields = self._payload_fields(s) + ([dense_field] if dense_field else []) + ([SPARSE_FIELD] if with_sparse else [])
+        rows = self._rows_by_key(s, ids, fields)
+        return {i: self._found(s, r, 0.0, True, with_sparse, dense_field) for i, r in rows.items()}
 
+    # ------------------------------------------------------------------ protocol: aliases, admin
     def get_alias(self, alias: str) -> str | None:
         if alias not in self._aliases():
             return None
@@ -750,12 +595,6 @@ class MilvusStore:
         from milvus_lite.server_manager import server_manager_instance
 
         server_manager_instance.release_server(path)
-
-    def __enter__(self) -> MilvusStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"MilvusStore({self.uri!r})"

@@ -16,11 +16,10 @@ strings as ``uuid5`` point ids with the original kept in a hidden payload key); 
 in point-id order, which for such strings is the order of their ``uuid5`` values.
 
 Durability: `upsert` returns after the engine has applied the batch and appended it to the shard's
-write-ahead log. Measured: a process killed with SIGKILL right after `upsert` returns loses nothing
-(the WAL is replayed on the next open). The WAL lives in the OS page cache until the engine
-flushes, so for durability against power loss / OS crash open the store with ``fsync=True``, which
-calls the engine's ``flush()`` after every upsert (measured ~0.1 s per call, about halving
-throughput at 1000-row batches).
+write-ahead log, which is replayed on the next open: a process killed right after `upsert` returns
+loses nothing. The WAL lives in the OS page cache until the engine flushes, so for durability
+against power loss / OS crash open the store with ``fsync=True``, which calls the engine's
+``flush()`` after every upsert (slower writes).
 """
 
 from __future__ import annotations
@@ -31,44 +30,19 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import qdrant_edge as qe
 
-from csr_vdb.adapters._qdrant_common import (
-    METRIC_TO_QDRANT,
-    RESERVED_ID_KEY,
-    as_float_lists,
-    check_payload_keys,
-    l2_score,
-    payload_schema,
-    restore,
-    scroll_start,
-    sort_hits,
-    sorted_sparse,
-    sparse_rows,
-    stored_payload,
-    to_point_id,
-)
-from csr_vdb.adapters.base import (
-    SPARSE_FIELD,
-    CollectionInfo,
-    DensePage,
-    Hit,
-    Id,
-    IdType,
-    Metric,
-    Record,
-)
-from csr_vdb.adapters.memory import check_ids, check_payloads
-from csr_vdb.errors import CollectionNotFoundError, DataError, StoreError
+from csr_vdb.adapters._common import Layout
+from csr_vdb.adapters._qdrant_common import METRIC_TO_QDRANT, QdrantBase
+from csr_vdb.errors import StoreError
 from csr_vdb.fileutil import atomic_write_json
-from csr_vdb.sparse import SparseVectors
-from csr_vdb.validation import check_dense
+from csr_vdb.store import SPARSE_FIELD, IdType, Metric
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +57,14 @@ SCHEMA_SAMPLE = 100  # points read to report a payload schema (payloads are sche
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
 
 
-def _point_key(point_id: Any) -> int | str:
-    """Edge returns ints and `uuid.UUID`s; compare point ids as int or canonical string."""
-    return point_id if isinstance(point_id, int) else str(point_id)
+@dataclass
+class _Shard(Layout):
+    """An open collection: its schema (from ``csr_vdb.json``) and its engine shard."""
+
+    shard: Any = None
 
 
-class QdrantEdgeStore:
+class QdrantEdgeStore(QdrantBase):
     """A `VectorStore` on Qdrant Edge: one root directory, one shard directory per collection.
 
     Only one store (one process) may open a root directory at a time; a second open raises
@@ -102,6 +78,9 @@ class QdrantEdgeStore:
     Raises:
         StoreError: the directory cannot be created or is in use by another process.
     """
+
+    QUERY_BATCH = QUERY_BATCH
+    SCHEMA_SAMPLE = SCHEMA_SAMPLE
 
     def __init__(self, uri: str, *, fsync: bool = False) -> None:
         self.uri = str(uri)
@@ -124,12 +103,6 @@ class QdrantEdgeStore:
         self._aliases = self._read_aliases()
 
     # ------------------------------------------------------------------ plumbing
-    def __enter__(self) -> QdrantEdgeStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _check_open(self) -> None:
         if self._lock_fd is None:
             raise StoreError(f"Qdrant Edge store {self.uri} is closed")
@@ -151,11 +124,10 @@ class QdrantEdgeStore:
     def _dir(self, name: str) -> Path:
         return self._root / "collections" / name
 
-    @staticmethod
-    def _check_name(name: str, what: str = "collection") -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
+    def _check_new_name(self, collection_name: str, what: str = "collection") -> None:
+        if not isinstance(collection_name, str) or not _NAME.match(collection_name):
             raise StoreError(
-                f"invalid {what} name {name!r}: use letters, digits, '_', '-' and '.' (not first)"
+                f"invalid {what} name {collection_name!r}: use letters, digits, '_', '-' and '.' (not first)"
             )
 
     def _read_aliases(self) -> dict[str, str]:
@@ -192,38 +164,29 @@ class QdrantEdgeStore:
         self._meta[real] = meta
         return meta
 
-    def _col(self, name: str) -> tuple[str, dict[str, Any], qe.EdgeShard]:
+    def _layout(self, collection_name: str) -> _Shard:
         """Resolve an alias and open the collection's shard (kept open until `close`)."""
         self._check_open()
-        real = self._resolve(name)
+        real = self._resolve(collection_name)
         meta = self._load_meta(real)
         if meta is None:
-            raise CollectionNotFoundError(f"collection '{name}' not found in {self.uri}")
+            raise self._not_found(collection_name)
         shard = self._shards.get(real)
         if shard is None:
             shard = self._call("open", real, qe.EdgeShard.load, str(self._dir(real)))
             self._shards[real] = shard
-        return real, meta, shard
+        dense = {f: (int(p["dim"]), p["metric"]) for f, p in meta["dense"].items()}
+        return _Shard(real, meta["id_type"], dense, meta.get("sparse_field") == SPARSE_FIELD, shard)
 
-    @staticmethod
-    def _field(meta: dict[str, Any], name: str, vector_field: str | None) -> str:
-        dense = meta["dense"]
-        if not dense:
-            raise StoreError(f"collection '{name}' has no dense vector field")
-        f = vector_field if vector_field is not None else next(iter(dense))
-        if f not in dense:
-            raise StoreError(f"collection '{name}' has no vector field '{f}' (fields: {', '.join(dense)})")
-        return f
-
-    def _create(self, name: str, dense: dict[str, dict[str, Any]], sparse: bool, id_type: IdType) -> None:
+    def _create(self, name: str, dense: dict[str, tuple[int, Metric]], sparse: bool, id_type: IdType) -> None:
         """Create the shard, then publish it by writing its metadata file."""
         path = self._dir(name)
         if path.exists():
             # A directory without metadata is the leftover of a create that crashed: start afresh.
             shutil.rmtree(path)
         vectors = {
-            f: qe.EdgeVectorParams(size=int(p["dim"]), distance=getattr(qe.Distance, METRIC_TO_QDRANT[p["metric"]]))
-            for f, p in dense.items()
+            f: qe.EdgeVectorParams(size=dim, distance=getattr(qe.Distance, METRIC_TO_QDRANT[metric]))
+            for f, (dim, metric) in dense.items()
         }
         config = qe.EdgeConfig(
             vectors=vectors or None,
@@ -233,7 +196,7 @@ class QdrantEdgeStore:
         meta = {
             "format": META_FORMAT,
             "id_type": id_type,
-            "dense": dense,
+            "dense": {f: {"dim": dim, "metric": metric} for f, (dim, metric) in dense.items()},
             "sparse_field": SPARSE_FIELD if sparse else None,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -242,13 +205,39 @@ class QdrantEdgeStore:
         self._meta[name] = meta
         logger.info("created Qdrant Edge collection '%s' in %s", name, self.uri)
 
-    def _records(self, records: list[Any]) -> list[tuple[int | str, Any, dict[str, Any]]]:
-        """(original id, record, user payload) for engine records."""
-        out = []
-        for r in records:
-            id_, payload = restore(_point_key(r.id), r.payload)
-            out.append((id_, r, payload))
-        return out
+    # ------------------------------------------------------------------ engine hooks
+    def _scroll(self, s: _Shard, offset: Any, limit: int, f: str | None) -> tuple[list[Any], Any]:  # type: ignore[override]
+        req = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=[f] if f is not None else False)
+        return self._call("scroll", s.name, s.shard.scroll, req)
+
+    def _retrieve(self, s: _Shard, pids: list[Any], with_payload: Any, vectors: list[str]) -> list[Any]:  # type: ignore[override]
+        return self._call("fetch", s.name, s.shard.retrieve, pids, with_payload=with_payload, with_vector=vectors or False)
+
+    def _query_batch(  # type: ignore[override]
+        self, s: _Shard, queries: list[Any], using: str, limit: int, with_payload: Any, vectors: list[str]
+    ) -> list[list[Any]]:
+        req = qe.QueryBatchRequest(
+            [
+                qe.QueryRequest(limit=int(limit), query=qe.Query.Nearest(q, using=using), with_payload=with_payload,
+                                with_vector=vectors or False)
+                for q in queries
+            ]
+        )  # fmt: skip
+        return self._call("search", s.name, s.shard.query_batch, req)
+
+    def _sparse_vector(self, indices: list[int], values: list[float]) -> Any:
+        return qe.SparseVector(indices, values)
+
+    def _point(self, pid: Any, vectors: dict[str, Any], payload: dict[str, Any]) -> Any:
+        return qe.Point(pid, vectors, payload)
+
+    def _write(self, s: _Shard, points: list[Any]) -> None:  # type: ignore[override]
+        """One engine update, appended to the shard's WAL (see the module docstring for durability)."""
+        if not points:
+            return
+        self._call("upsert", s.name, s.shard.update, qe.UpdateOperation.upsert_points(points))
+        if self.fsync:
+            self._call("flush", s.name, s.shard.flush)
 
     # ------------------------------------------------------------------ protocol: schema
     def list_collections(self) -> list[str]:
@@ -260,297 +249,18 @@ class QdrantEdgeStore:
         self._check_open()
         return self._load_meta(self._resolve(collection_name)) is not None
 
-    def describe(self, collection_name: str) -> CollectionInfo:
-        real, meta, shard = self._col(collection_name)
-        dense = meta["dense"]
-        first = next(iter(dense), None)
-        records, _ = self._call(
-            "scroll", real, shard.scroll, qe.ScrollRequest(limit=SCHEMA_SAMPLE, with_payload=True, with_vector=False)
-        )
-        return CollectionInfo(
-            name=real,
-            dimension=int(dense[first]["dim"]) if first else 0,
-            metric=dense[first]["metric"] if first else "ip",
-            vector_field=first,
-            id_type=meta["id_type"],
-            count=self.count(real),
-            vector_fields={f: int(p["dim"]) for f, p in dense.items()},
-            sparse_field=meta.get("sparse_field"),
-            payload_schema=payload_schema(p for _, _, p in self._records(records)),
-        )
+    def _count(self, s: _Shard) -> int:  # type: ignore[override]
+        return int(self._call("count", s.name, s.shard.count, qe.CountRequest(exact=True)))
 
-    def count(self, collection_name: str) -> int:
-        real, _, shard = self._col(collection_name)
-        return int(self._call("count", real, shard.count, qe.CountRequest(exact=True)))
+    def _create_dense(self, name: str, dimension: int, metric: Metric, id_type: IdType, vector_field: str) -> None:
+        if name in self._aliases:
+            raise StoreError(f"collection '{name}' already exists in {self.uri}")
+        self._create(name, {vector_field: (dimension, metric)}, False, id_type)
 
-    def create_dense_collection(
-        self,
-        collection_name: str,
-        dimension: int,
-        *,
-        metric: Metric = "cosine",
-        id_type: IdType = "int",
-        vector_field: str = "vector",
-    ) -> None:
-        """Create a shard with one named dense vector; raises `StoreError` if the name is taken."""
-        self._check_open()
-        self._check_name(collection_name)
-        if metric not in METRIC_TO_QDRANT:
-            raise StoreError(f"unsupported metric '{metric}' (choose from {', '.join(METRIC_TO_QDRANT)})")
-        if id_type not in ("int", "str"):
-            raise StoreError(f"unsupported id type '{id_type}' (int or str)")
-        if int(dimension) <= 0:
-            raise DataError(f"dimension must be positive, got {dimension}")
-        if self.has_collection(collection_name) or collection_name in self._aliases:
-            raise StoreError(f"collection '{collection_name}' already exists in {self.uri}")
-        self._create(collection_name, {vector_field: {"dim": int(dimension), "metric": metric}}, False, id_type)
-
-    def create_sparse_collection(
-        self,
-        collection_name: str,
-        like: str,
-        *,
-        keep_dense: bool = True,
-        vector_field: str | None = None,
-    ) -> None:
-        """Create a shard with `SPARSE_FIELD` (dot product) and, when ``keep_dense``, the dense
-        field of ``like``; idempotent for an identical schema, `StoreError` for another."""
-        _, src, _ = self._col(like)
-        self._check_name(collection_name)
-        dense: dict[str, dict[str, Any]] = {}
-        if keep_dense and src["dense"]:
-            f = self._field(src, like, vector_field)
-            dense = {f: dict(src["dense"][f])}
-        if self.has_collection(collection_name) or collection_name in self._aliases:
-            tgt = self._load_meta(self._resolve(collection_name))
-            if (
-                tgt is None
-                or tgt["id_type"] != src["id_type"]
-                or tgt["dense"] != dense
-                or tgt.get("sparse_field") != SPARSE_FIELD
-            ):
-                raise StoreError(f"collection '{collection_name}' already exists with another schema in {self.uri}")
-            return
-        self._create(collection_name, dense, True, src["id_type"])
-
-    # ------------------------------------------------------------------ protocol: writes
-    def insert_dense(
-        self,
-        collection_name: str,
-        ids: Sequence[Id],
-        vectors: np.ndarray,
-        payloads: Sequence[dict[str, Any]] | None = None,
-    ) -> None:
-        real, meta, shard = self._col(collection_name)
-        f = self._field(meta, collection_name, None)
-        vecs = check_dense(vectors, int(meta["dense"][f]["dim"]))
-        ids = check_ids(ids, meta["id_type"], len(vecs))
-        payloads = check_payloads(payloads, len(vecs))
-        check_payload_keys(payloads, ids)
-        points = [
-            qe.Point(to_point_id(i), {f: v}, stored_payload(i, p))
-            for i, v, p in zip(ids, as_float_lists(vecs), payloads)
-        ]
-        self._write(real, shard, points)
-
-    def upsert(
-        self,
-        collection_name: str,
-        ids: Sequence[Id],
-        sparse: SparseVectors,
-        payloads: Sequence[dict[str, Any]] | None = None,
-        dense: np.ndarray | None = None,
-    ) -> None:
-        """Validate everything, then write the batch in one engine update (see module docstring
-        for durability). Raises `DataError` with nothing written on any invalid row."""
-        real, meta, shard = self._col(collection_name)
-        if meta.get("sparse_field") != SPARSE_FIELD:
-            raise StoreError(f"collection '{collection_name}' has no sparse field '{SPARSE_FIELD}'")
-        ids = check_ids(ids, meta["id_type"], len(sparse))
-        rows = sparse_rows(sparse, ids)
-        payloads = check_payloads(payloads, len(ids))
-        check_payload_keys(payloads, ids)
-        f = next(iter(meta["dense"]), None)
-        dense_rows: list[list[float]] | None = None
-        if dense is not None:
-            if f is None:
-                raise DataError(f"collection '{collection_name}' keeps no dense vectors")
-            dense_rows = as_float_lists(check_dense(dense, int(meta["dense"][f]["dim"]), ids))
-        elif f is not None:
-            raise DataError(f"collection '{collection_name}' needs dense vectors for field '{f}'")
-        points = []
-        for n, i in enumerate(ids):
-            vec: dict[str, Any] = {SPARSE_FIELD: qe.SparseVector(rows[n][0], rows[n][1])}
-            if dense_rows is not None:
-                vec[f] = dense_rows[n]  # type: ignore[index]
-            points.append(qe.Point(to_point_id(i), vec, stored_payload(i, payloads[n])))
-        self._write(real, shard, points)
-
-    def _write(self, real: str, shard: qe.EdgeShard, points: list[Any]) -> None:
-        if not points:
-            return
-        self._call("upsert", real, shard.update, qe.UpdateOperation.upsert_points(points))
-        if self.fsync:
-            self._call("flush", real, shard.flush)
-
-    # ------------------------------------------------------------------ protocol: reads
-    def iter_dense(
-        self,
-        collection_name: str,
-        batch_size: int = 1000,
-        after: Id | None = None,
-        vector_field: str | None = None,
-    ) -> Iterator[DensePage]:
-        """Pages in point-id order (ints ascending; str ids by point id, see module docstring)."""
-        real, meta, shard = self._col(collection_name)
-        f = self._field(meta, collection_name, vector_field)
-        if batch_size <= 0:
-            raise DataError(f"batch_size must be positive, got {batch_size}")
-        skip: Any = None
-        offset: Any = None
-        if after is not None:
-            check_ids([after], meta["id_type"], 1)
-
-            def stored_mapped(pid: str) -> bool:
-                recs = self._call(
-                    "fetch", real, shard.retrieve, [pid], with_payload=[RESERVED_ID_KEY], with_vector=False
-                )
-                return bool(recs) and (recs[0].payload or {}).get(RESERVED_ID_KEY) == after
-
-            # scroll offsets are inclusive: the cursor row itself is dropped below
-            offset, skip, exhausted = scroll_start(after, stored_mapped)
-            if exhausted:
-                return
-        while True:
-            limit = batch_size + (1 if skip is not None else 0)
-            req = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=[f])
-            records, nxt = self._call("scroll", real, shard.scroll, req)
-            if skip is not None:
-                records = [r for r in records if _point_key(r.id) != skip]
-                skip = None
-            if len(records) > batch_size:  # the cursor row was absent: one row too many
-                nxt = records[batch_size].id
-                records = records[:batch_size]
-            if records:
-                rows = self._records(records)
-                missing = [i for i, r, _ in rows if not r.vector or f not in r.vector]
-                if missing:
-                    raise StoreError(
-                        f"collection '{real}' has rows without vector '{f}' in {self.uri}: ids {missing[:5]}"
-                    )
-                yield DensePage(
-                    ids=[i for i, _, _ in rows],
-                    vectors=np.asarray([r.vector[f] for _, r, _ in rows], dtype=np.float32),
-                    payloads=[p for _, _, p in rows],
-                )
-            if nxt is None:
-                return
-            offset = nxt
-
-    def search_sparse(
-        self,
-        collection_name: str,
-        queries: SparseVectors,
-        limit: int = 10,
-        with_payload: bool = False,
-    ) -> list[list[Hit]]:
-        """Top-``limit`` by sparse dot product, queries sent in batches of `QUERY_BATCH`.
-
-        Args:
-            queries: ``[q, width]`` query codes (rows without a non-zero get no hits).
-        """
-        real, meta, shard = self._col(collection_name)
-        if meta.get("sparse_field") != SPARSE_FIELD:
-            raise StoreError(f"collection '{collection_name}' has no sparse field '{SPARSE_FIELD}'")
-        rows = sparse_rows(queries, allow_empty=True)
-        nearest = [
-            qe.Query.Nearest(qe.SparseVector(i, v), using=SPARSE_FIELD) if i else None for i, v in rows
-        ]
-        return self._search(real, meta, shard, nearest, limit, with_payload, positive_only=True, metric="ip")
-
-    def search_dense(
-        self,
-        collection_name: str,
-        queries: np.ndarray,
-        limit: int = 10,
-        with_payload: bool = False,
-        vector_field: str | None = None,
-    ) -> list[list[Hit]]:
-        """Top-``limit`` by the dense field's metric (HNSW once optimized; l2 scores are
-        negative squared distances, as in the reference store).
-
-        Args:
-            queries: ``[q, dimension]`` float32.
-        """
-        real, meta, shard = self._col(collection_name)
-        f = self._field(meta, collection_name, vector_field)
-        q = check_dense(queries, int(meta["dense"][f]["dim"]), what="queries")
-        nearest = [qe.Query.Nearest(v, using=f) for v in as_float_lists(q)]
-        return self._search(
-            real, meta, shard, nearest, limit, with_payload, positive_only=False, metric=meta["dense"][f]["metric"]
-        )
-
-    def _search(self, real, meta, shard, nearest, limit, with_payload, positive_only, metric) -> list[list[Hit]]:
-        out: list[list[Hit]] = [[] for _ in nearest]
-        if limit <= 0:
-            return out
-        if with_payload:
-            wp: Any = True
-        elif meta["id_type"] == "str":
-            wp = [RESERVED_ID_KEY]  # mapped str ids live in the payload
-        else:
-            wp = False
-        todo = [n for n, q in enumerate(nearest) if q is not None]
-        for s in range(0, len(todo), QUERY_BATCH):
-            chunk = todo[s : s + QUERY_BATCH]
-            req = qe.QueryBatchRequest(
-                [qe.QueryRequest(limit=int(limit), query=nearest[n], with_payload=wp, with_vector=False) for n in chunk]
-            )
-            results = self._call("search", real, shard.query_batch, req)
-            for n, points in zip(chunk, results):
-                hits = []
-                for p in points:
-                    id_, payload = restore(_point_key(p.id), p.payload)
-                    score = l2_score(p.score) if metric == "l2" else float(p.score)
-                    hits.append(Hit(id_, score, payload if with_payload else None))
-                out[n] = sort_hits(hits, positive_only)
-        return out
-
-    def fetch(
-        self,
-        collection_name: str,
-        ids: Sequence[Id],
-        with_dense: bool = False,
-        with_sparse: bool = False,
-    ) -> list[Record]:
-        real, meta, shard = self._col(collection_name)
-        ids = list(ids)
-        if not ids:
-            return []
-        want = "int" if meta["id_type"] == "int" else "str"
-        ids_ok = [i for i in ids if isinstance(i, int if want == "int" else str) and not isinstance(i, bool)]
-        f = next(iter(meta["dense"]), None)
-        vectors = ([f] if with_dense and f is not None else []) + (
-            [SPARSE_FIELD] if with_sparse and meta.get("sparse_field") else []
-        )
-        pids = list(dict.fromkeys(to_point_id(i) for i in ids_ok if not (isinstance(i, int) and i < 0)))
-        records = self._call(
-            "fetch", real, shard.retrieve, pids, with_payload=True, with_vector=vectors if vectors else False
-        )
-        found: dict[Id, Record] = {}
-        for id_, r, payload in self._records(records):
-            vec = r.vector or {}
-            dense_v = vec.get(f) if with_dense and f is not None else None
-            sp = vec.get(SPARSE_FIELD) if with_sparse else None
-            if sp is not None:
-                sp = sorted_sparse(sp.indices, sp.values)
-            found[id_] = Record(
-                id=id_,
-                payload=payload,
-                dense=np.asarray(dense_v, dtype=np.float32) if dense_v is not None else None,
-                sparse=sp,
-            )
-        return [found[i] for i in ids if i in found]
+    def _create_sparse(self, name: str, src: Layout, dense: dict[str, tuple[int, Metric]]) -> None:
+        if name in self._aliases:  # an alias to a dropped collection still holds the name
+            raise StoreError(f"collection '{name}' already exists with another schema in {self.uri}")
+        self._create(name, dense, True, src.id_type or "int")
 
     # ------------------------------------------------------------------ protocol: aliases, admin
     def get_alias(self, alias: str) -> str | None:
@@ -560,10 +270,10 @@ class QdrantEdgeStore:
     def set_alias(self, alias: str, collection_name: str) -> None:
         """Point ``alias`` at a collection by replacing ``aliases.json`` atomically."""
         self._check_open()
-        self._check_name(alias, "alias")
+        self._check_new_name(alias, "alias")
         if self._load_meta(alias) is not None:
             raise StoreError(f"alias '{alias}' would shadow a collection of that name in {self.uri}")
-        real, _, _ = self._col(collection_name)
+        real = self._layout(collection_name).name
         self._write_aliases({**self._aliases, alias: real})
         logger.info("alias '%s' -> '%s' in %s", alias, real, self.uri)
 
@@ -590,10 +300,10 @@ class QdrantEdgeStore:
 
     def flush(self, collection_name: str) -> None:
         """Run the engine's optimizers (build sparse/HNSW indexes, merge segments) and flush to
-        disk. Call after bulk writes, not per batch (~50 s per 100k rows with 384-d dense)."""
-        real, _, shard = self._col(collection_name)
-        self._call("optimize", real, shard.optimize)
-        self._call("flush", real, shard.flush)
+        disk. Call after bulk writes, not per batch (building an HNSW index takes a while)."""
+        s = self._layout(collection_name)
+        self._call("optimize", s.name, s.shard.optimize)
+        self._call("flush", s.name, s.shard.flush)
 
     def close(self) -> None:
         """Close every open shard and release the directory lock (idempotent)."""

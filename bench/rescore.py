@@ -1,33 +1,49 @@
-"""Per-query latency of the search modes a `Retriever` offers, on an embedded store, side by side.
+"""Per-query latency of a `Retriever`'s search modes next to the database search alone, side by side.
 
-    python bench/rescore.py --beir ../shared/data/scifact --store qdrant-edge --copies 10 \\
+    python bench/rescore.py --beir ../shared/data/scifact --store qdrant-edge \\
         --out bench/results/rescore_qdrant_edge.json
-    python bench/rescore.py --beir ../shared/data/scifact --store milvus --copies 4
+    python bench/rescore.py --beir ../shared/data/scifact --store milvus --model MODEL_DIR
 
 A CSR encoder is trained with the recipe on the BEIR folder's corpus (or loaded with ``--model``);
 the corpus codes are written ``--copies`` times (distinct ids) into two collections of one store:
 ``lean`` (codes only) and ``full`` (codes + dense vectors). Then, one query at a time and the modes
-interleaved per query (so that machine noise hits them alike), the median milliseconds of:
+interleaved per query in a shuffled order (so that machine noise hits them alike), p50 and p95
+milliseconds of:
 
-- ``search``: the database's sparse search alone (`Retriever.search(rerank=False)`, top 10);
-- ``rescore``: search 100 candidates, re-score them from their stored codes with the signed query
-  (`rerank="codes"`, on ``lean``);
-- ``rerank_dense``: search 100 candidates, re-rank them by their dense vectors (on ``full``);
-- ``raw_search`` / ``raw_search_bias``: the store's `search_sparse` for 100 hits with the search
-  query as the encoder makes it (without the bias latent), and with the bias latent's entry
-  ``<x, b_pre>`` added where it is positive (its posting list holds every document).
+- ``encode``: the query through the encoder once (`Retriever.query_codes`, with the signed query);
+- ``raw_search`` / ``raw_search_full``: the store's `search_sparse` alone, 100 hits, on ``lean`` /
+  ``full`` (what the whole query path is compared with);
+- ``search``: `Retriever.search(rerank=False)`, top 10;
+- ``rescore``: `Retriever.search(rerank="codes")`: 100 candidates re-scored from their stored
+  codes with the signed query (on ``lean``);
+- ``rerank_dense``: `Retriever.search(rerank="dense")`: 100 candidates re-ranked by their dense
+  vectors (on ``full``);
+- ``raw_search_bias``: ``raw_search`` with the bias latent's entry ``<x, b_pre>`` added to the
+  search query where it is positive (its posting list holds every document).
 
-Ratios are against ``search`` (and ``raw_search``) of the same run. Without ``--beir`` the
-data is synthetic (clustered unit vectors), which exercises the code paths but not the real
-distribution of codes.
+Ratios: ``rescore`` over ``raw_search``, ``rerank_dense`` over ``raw_search_full``, and
+``raw_search_bias`` over ``raw_search``. Without ``--beir`` the data is synthetic (clustered unit
+vectors), which exercises the code paths but not the real distribution of codes.
+
+``--baseline REV`` adds the modes ``baseline_search`` / ``baseline_rescore`` /
+``baseline_rerank_dense``: the same calls through the `Retriever` of an older commit (its
+``csr_vdb/`` core, imported beside this one as ``csr_vdb_baseline``) on the same store and model,
+interleaved with the others, so that a change of the query path is measured before/after in one
+run. (The store object is this commit's adapter: the database work is the same, the query path
+around it is the old one.)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import os
+import re
 import shutil
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +51,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from csr_vdb.adapters import open_store  # noqa: E402
 from csr_vdb.evaluation import load_beir_dir  # noqa: E402
@@ -48,6 +65,34 @@ from csr_vdb.training import train_encoder  # noqa: E402
 
 CANDIDATES = 100
 TOP_K = 10
+# each ratio's denominator: the database search that the mode's whole path contains
+RATIO_BASE = {
+    "rescore": "raw_search",
+    "rerank_dense": "raw_search_full",
+    "raw_search_bias": "raw_search",
+    "baseline_rescore": "raw_search",
+    "baseline_rerank_dense": "raw_search_full",
+}
+
+
+def load_baseline(rev: str) -> type:
+    """The `Retriever` class of commit ``rev``: its ``csr_vdb/`` exported from git into a temporary
+    folder as the package ``csr_vdb_baseline`` (imports rewritten), importable beside this one."""
+    try:
+        tar = subprocess.run(
+            ["git", "-C", str(REPO), "archive", rev, "csr_vdb"], check=True, capture_output=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"error: cannot export csr_vdb/ of {rev!r} from git: {exc}") from None
+    root = Path(tempfile.mkdtemp(prefix="csr_baseline_"))
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(root, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    pkg = root / "csr_vdb_baseline"
+    (root / "csr_vdb").rename(pkg)
+    for f in pkg.rglob("*.py"):
+        f.write_text(re.sub(r"\bcsr_vdb\b(?=[.\s])", "csr_vdb_baseline", f.read_text()))
+    sys.path.insert(0, str(root))
+    return importlib.import_module("csr_vdb_baseline.retriever").Retriever
 
 
 def load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +129,8 @@ def run(args: argparse.Namespace) -> dict:
     else:
         model_cfg, train_cfg = default_configs(corpus.shape[1], len(corpus))
         enc = train_encoder(corpus, model_cfg, train_cfg.model_copy(update={"threads": args.threads})).encoder
+        if args.save_model:
+            enc.save(args.save_model)
     train_s = time.perf_counter() - t0
     codes = enc.encode(corpus)
     n = len(corpus)
@@ -109,22 +156,40 @@ def run(args: argparse.Namespace) -> dict:
         if enc.config.bias_latent:
             bias = enc.encode_queries(queries, signed=True).to_dense()[:, h]
         with_bias = with_entry(search_q, h, bias)
-        modes = {
-            "search": lambda i: lean.search(queries[i : i + 1], top_k=TOP_K, rerank=False),
-            "rescore": lambda i: lean.search(queries[i : i + 1], top_k=TOP_K, candidates=CANDIDATES, rerank="codes"),
-            "rerank_dense": lambda i: full.search(queries[i : i + 1], top_k=TOP_K, candidates=CANDIDATES),
+        one = [queries[i : i + 1] for i in range(len(queries))]
+        modes: dict[str, object] = {
+            "encode": lambda i: encode_once(lean, one[i]),
             "raw_search": lambda i: store.search_sparse("lean", search_q[i : i + 1], limit=CANDIDATES),
+            "raw_search_full": lambda i: store.search_sparse("full", search_q[i : i + 1], limit=CANDIDATES),
+            "search": lambda i: lean.search(one[i], top_k=TOP_K, rerank=False),
+            "rescore": lambda i: lean.search(one[i], top_k=TOP_K, candidates=CANDIDATES, rerank="codes"),
+            "rerank_dense": lambda i: full.search(one[i], top_k=TOP_K, candidates=CANDIDATES, rerank="dense"),
             "raw_search_bias": lambda i: store.search_sparse("lean", with_bias[i : i + 1], limit=CANDIDATES),
         }
+        if args.baseline:
+            old = load_baseline(args.baseline)
+            old_lean, old_full = old(store, "lean", enc, device="cpu"), old(store, "full", enc, device="cpu")
+            modes["baseline_search"] = lambda i: old_lean.search(one[i], top_k=TOP_K, rerank=False)
+            modes["baseline_rescore"] = lambda i: old_lean.search(
+                one[i], top_k=TOP_K, candidates=CANDIDATES, rerank="codes"
+            )
+            modes["baseline_rerank_dense"] = lambda i: old_full.search(
+                one[i], top_k=TOP_K, candidates=CANDIDATES, rerank="dense"
+            )
         for f in modes.values():  # warm-up
             f(0)
         times: dict[str, list[float]] = {m: [] for m in modes}
+        names = list(modes)
+        rng = np.random.default_rng(0)
         for i in range(len(queries)):
-            for m, f in modes.items():
+            # a fresh order per query: a mode's cost must not depend on what ran just before it
+            # (torch's worker threads keep spinning for a while after an encoding, for instance)
+            for m in rng.permutation(names):
                 t = time.perf_counter()
-                f(i)
+                modes[m](i)  # type: ignore[operator]
                 times[m].append((time.perf_counter() - t) * 1000.0)
-        ms = {m: float(np.median(v)) for m, v in times.items()}
+        p50 = {m: float(np.percentile(v, 50)) for m, v in times.items()}
+        p95 = {m: float(np.percentile(v, 95)) for m, v in times.items()}
         n_bias = int((bias > 0).sum())
         return {
             "store": args.store,
@@ -137,9 +202,10 @@ def run(args: argparse.Namespace) -> dict:
             "queries_with_bias_entry": n_bias,
             "train_s": round(train_s, 1),
             "insert_s": round(insert_s, 1),
-            "median_ms": {m: round(v, 3) for m, v in ms.items()},
-            "ratio_vs_search": {m: round(ms[m] / ms["search"], 3) for m in ("rescore", "rerank_dense")},
-            "bias_entry_ratio": round(ms["raw_search_bias"] / ms["raw_search"], 3),
+            "median_ms": {m: round(v, 3) for m, v in p50.items()},
+            "p95_ms": {m: round(v, 3) for m, v in p95.items()},
+            "baseline": args.baseline,
+            "ratio_vs_search": {m: round(p50[m] / p50[base], 3) for m, base in RATIO_BASE.items() if m in p50},
             "load_avg_1m_end": os.getloadavg()[0],
         }
     finally:
@@ -147,16 +213,25 @@ def run(args: argparse.Namespace) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def encode_once(retriever: Retriever, x: np.ndarray) -> object:
+    """The query codes `Retriever.search(rerank="codes")` makes (older code: its two encodings)."""
+    if hasattr(retriever, "query_codes"):
+        return retriever.query_codes(x, signed=True)
+    enc = retriever.encoder
+    codes = enc.encode_queries(x)
+    if enc.config.query_projection == "decoder":
+        return codes, enc.encode_queries(x, projection="decoder", signed=True)
+    return codes, codes
+
+
 def table(res: dict) -> str:
-    lines = [f"{res['store']}, {res['rows']:,} rows, {res['queries']} queries one at a time (median ms)",
-             "| mode | ms / query | ratio |", "|---|---|---|"]
-    ms = res["median_ms"]
-    for m in ("search", "rescore", "rerank_dense"):
-        ratio = 1.0 if m == "search" else res["ratio_vs_search"][m]
-        lines.append(f"| {m} | {ms[m]:.2f} | {ratio:.2f}x |")
-    lines.append(f"| raw_search | {ms['raw_search']:.2f} | 1.00x |")
-    lines.append(f"| raw_search_bias (bias entry in {res['queries_with_bias_entry']} queries) | "
-                 f"{ms['raw_search_bias']:.2f} | {res['bias_entry_ratio']:.2f}x |")
+    lines = [f"{res['store']}, {res['rows']:,} rows, {res['queries']} queries one at a time (ms)",
+             "| mode | p50 | p95 | p50 ratio |", "|---|---|---|---|"]
+    for m in res["median_ms"]:
+        base = RATIO_BASE.get(m)
+        ratio = f"{res['ratio_vs_search'][m]:.2f}x {base}" if base else ""
+        lines.append(f"| {m} | {res['median_ms'][m]:.2f} | {res['p95_ms'][m]:.2f} | {ratio} |")
+    lines.append(f"(bias entry in {res['queries_with_bias_entry']} of {res['queries']} queries)")
     return "\n".join(lines)
 
 
@@ -170,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=int, default=1, help="write the corpus this many times (distinct ids)")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--baseline", metavar="REV", help="also time the Retriever of this git commit (see above)")
+    p.add_argument("--save-model", metavar="DIR", help="save the trained encoder here (reuse with --model)")
     p.add_argument("--out", help="write the result as JSON here")
     args = p.parse_args(argv)
     if args.copies < 1 or args.queries < 1:

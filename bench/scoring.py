@@ -3,7 +3,7 @@
 Speed mode (default) times, in ONE run on the same machine and the same N/Q:
   * dense fp32 matmul + top-k at dimension d (and bf16 on CUDA),
   * stock ``torch.sparse.mm`` (codes as CSR [N, h] times the dense queries) + top-k,
-  * `csr_vdb.scoring.SparseIndex` (inverted lists): on CPU its native kernel when a C compiler is
+  * `csr_vdb.index.SparseIndex` (inverted lists): on CPU its native kernel when a C compiler is
     present, and then also its pure-torch path (``sparse_index_torch_ms``, the fallback).
 Synthetic codes imitate real CSR codes: latent usage is Zipf-like (``p_i ~ 1/rank**zipf`` over a
 random permutation of the latents, so a few latents fire often and many rarely), every row has k
@@ -35,7 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from csr_vdb.scoring import Reranker, SparseIndex, resolve_device
+from csr_vdb.device import resolve_device
+from csr_vdb.index import SparseIndex
+from csr_vdb.rerank import Reranker
 from csr_vdb.sparse import SparseVectors
 
 

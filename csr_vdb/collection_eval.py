@@ -2,7 +2,7 @@
 
 Sampled rows of the collection serve as queries; the reference is the database's own dense
 search, so the figures say how much of the dense neighbourhood a user keeps after migrating.
-The store is duck-typed (the `VectorStore` protocol); the core never imports an adapter.
+The store is any `csr_vdb.store.VectorStore`; the core never imports an adapter.
 """
 
 from __future__ import annotations
@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from csr_vdb.errors import ConfigError, DataError
-from csr_vdb.retriever import Retriever
+from csr_vdb.retriever import Projection, Retriever
+from csr_vdb.store import Hit, Id, VectorStore
+
+if TYPE_CHECKING:
+    from csr_vdb.model import CSREncoder
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +53,14 @@ class CollectionEvalReport(BaseModel):
 
 
 def sample_rows(
-    store: Any,
+    store: VectorStore,
     collection_name: str,
     n: int,
     *,
     seed: int = 0,
     vector_field: str | None = None,
     batch_size: int = 1000,
-) -> tuple[list[Any], np.ndarray]:
+) -> tuple[list[Id], np.ndarray]:
     """Uniform sample of ``n`` rows (reservoir sampling over one streaming pass of `iter_dense`).
 
     Returns:
@@ -66,7 +70,7 @@ def sample_rows(
         DataError: the collection is empty.
     """
     rng = np.random.default_rng(seed)
-    ids: list[Any] = []
+    ids: list[Id] = []
     vecs: list[np.ndarray] = []
     seen = 0
     for page in store.iter_dense(collection_name, batch_size=batch_size, vector_field=vector_field):
@@ -85,7 +89,7 @@ def sample_rows(
     return ids, np.stack(vecs)
 
 
-def _recall(ref: Sequence[Sequence[Any]], got: Sequence[Sequence[Any]], top_k: int) -> float:
+def _recall(ref: Sequence[Sequence[Id]], got: Sequence[Sequence[Id]], top_k: int) -> float:
     vals = []
     for r, g in zip(ref, got):
         r = list(r)[:top_k]
@@ -94,7 +98,7 @@ def _recall(ref: Sequence[Sequence[Any]], got: Sequence[Sequence[Any]], top_k: i
     return float(np.mean(vals)) if vals else 0.0
 
 
-def _drop_self(lists: Sequence[Sequence[Any]], ids: Sequence[Any], top_k: int) -> list[list[Any]]:
+def _drop_self(lists: Sequence[Sequence[Hit]], ids: Sequence[Id], top_k: int) -> list[list[Id]]:
     # a sampled row finds itself first in every mode; neighbour recall is about the others
     return [[h.id for h in hs if h.id != qid][:top_k] for hs, qid in zip(lists, ids)]
 
@@ -106,10 +110,10 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def evaluate_collection(
-    store: Any,
+    store: VectorStore,
     source: str,
     target: str,
-    encoder: Any,
+    encoder: CSREncoder,
     *,
     sample: int = 200,
     top_k: int = 10,
@@ -119,7 +123,7 @@ def evaluate_collection(
     device: str | None = None,
     single_queries: int = 20,
     progress: Callable[[int, int], None] | None = None,
-    query_projection: str | None = None,
+    query_projection: Projection | None = None,
 ) -> CollectionEvalReport:
     """Compare sparse search on ``target`` with dense search on ``source``, on sampled rows.
 
@@ -220,7 +224,7 @@ def _exact_top(scores: np.ndarray, top_k: int, exclude: np.ndarray | None) -> np
 
 def quality_vs_k(
     x: np.ndarray,
-    encoder: Any,
+    encoder: CSREncoder,
     ks: Sequence[int],
     *,
     queries: int = 200,

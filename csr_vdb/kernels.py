@@ -5,11 +5,8 @@ through ``topk`` / ``embedding_bag`` / dense ``z @ z.T`` spends most of a traini
 ``[n, hidden_dim]`` matrix products and in a slow ``embedding_bag`` backward; these functions
 compute the same values and gradients with a sampled dense-dense product
 (``torch.sparse.sampled_addmm``) and a per-latent ``embedding_bag`` for ``Z^T @ dense``, both of
-which touch only the k selected latents per row. Measured on the shared 2-core CPU at n=1024,
-d=384, h=1536, k=32 (single thread, CPU time): decoder value gradient 4 ms (sampled product) vs
-37-60 ms (dense ``g @ W.T`` then gather); decoder weight gradient 2 ms (per-latent bags) vs 6 ms
-(``torch.sparse.mm``) and 120+ ms (stock ``embedding_bag`` backward); the contrastive ``z z^T``
-and its backward drop from three dense ``[n, h] x [h, n]`` products to n*k*n work.
+which touch only the k selected latents per row; the contrastive ``z z^T`` and its backward
+drop from three dense ``[n, h] x [h, n]`` products to n*k*n work.
 """
 
 from __future__ import annotations
@@ -26,11 +23,11 @@ def spmm_t(indices: torch.Tensor, values: torch.Tensor, hidden_dim: int, dense: 
     """``Z^T @ dense`` for codes ``Z`` ``[n, hidden_dim]`` and ``dense`` ``[n, m]`` -> ``[hidden_dim, m]``.
 
     Entries are sorted by latent and summed per latent with ``embedding_bag`` (one bag per latent),
-    which measured ~2.5x faster than ``torch.sparse.mm`` on a COO matrix at k=32 on CPU.
+    which beats ``torch.sparse.mm`` on a COO matrix on CPU.
     """
     n, w = indices.shape
     flat = indices.reshape(-1)
-    # narrow keys sort 2-3x faster (int16: 0.4 ms vs 1.3 ms for 98k entries on CPU)
+    # narrow keys sort faster
     key_dtype = torch.int16 if hidden_dim <= torch.iinfo(torch.int16).max else torch.int32
     order = torch.argsort(flat.to(key_dtype))
     counts = torch.bincount(flat, minlength=hidden_dim)
@@ -138,9 +135,9 @@ def selected_linear(
 def topk_indices(scores: torch.Tensor, K: int, k: int | None = None) -> torch.Tensor:
     """Positions of each row's ``K`` largest scores, the ``k`` largest first and in descending order.
 
-    On CPU (float32) this uses the native radix select (`csr_vdb.native.row_topk`): 2x faster than
-    ``torch.topk`` at ``[1024, 1536]``, K=128 on one thread. Elsewhere, or without a C compiler, it is
-    ``torch.topk`` (fully sorted). Both select the same set up to the order of tied values.
+    On CPU (float32) this uses the native radix select (`csr_vdb.native.row_topk`), faster than
+    ``torch.topk`` for the K of training. Elsewhere, or without a C compiler, it is ``torch.topk``
+    (fully sorted). Both select the same set up to the order of tied values.
 
     Args:
         scores: ``[n, h]`` (no NaN).

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from csr_vdb.config import CSRConfig
+from csr_vdb.device import resolve_device
 from csr_vdb.errors import ConfigError, DataError, ModelError
 from csr_vdb.fileutil import atomic_write_bytes, atomic_write_json, sha256_file
 from csr_vdb.kernels import selected_linear, sparse_decode, topk_indices
@@ -34,20 +35,6 @@ MIN_ACTIVATION = 1e-6
 sparse vectors, and a code must never be all zero)."""
 
 _TENSOR_NAMES = ("W_enc", "W_dec", "b_enc", "b_pre")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> CUDA when present, else CPU; anything else as given.
-
-    Raises:
-        ModelError: CUDA requested but not available.
-    """
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' requested but CUDA is not available")
-    return dev
 
 
 class CSREncoder(nn.Module):

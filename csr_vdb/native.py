@@ -1,4 +1,4 @@
-"""Optional native CPU kernels, compiled on first use: `csr_vdb.scoring.SparseIndex`'s exact sparse
+"""Optional native CPU kernels, compiled on first use: `csr_vdb.index.SparseIndex`'s exact sparse
 top-k (`topk`), the row-wise top-K selection of TopK training (`row_topk`) and the matching
 pursuit of ``doc_codes="pursuit"`` (`pursuit`).
 

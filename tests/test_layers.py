@@ -15,8 +15,13 @@ DB_CLIENTS = {"pymilvus", "milvus_lite", "qdrant_client", "qdrant_edge"}
 CLIENT_MODULES = {"adapters/milvus.py", "adapters/qdrant.py", "adapters/qdrant_edge.py"}
 # what migrations/ may import from the project
 MIGRATION_PROJECT_OK = {
-    "csr_vdb.adapters.base", "csr_vdb.errors", "csr_vdb.sparse", "csr_vdb.validation", "csr_vdb.fileutil",
+    "csr_vdb.store", "csr_vdb.adapters.base", "csr_vdb.errors", "csr_vdb.sparse", "csr_vdb.validation",
+    "csr_vdb.fileutil",
 }
+# the store contract: what every layer imports, so it imports (almost) nothing itself
+STORE_MODULE = "csr_vdb/store.py"
+STORE_PROJECT_OK = {"csr_vdb.errors", "csr_vdb.sparse"}
+STORE_THIRD_PARTY_OK = {"numpy"}
 MIGRATION_THIRD_PARTY_OK = {"numpy", "pydantic"}
 PACKAGES = ("csr_vdb", "adapters", "migrations", "cli")
 BARE_NAMES = {"adapters", "migrations", "cli"}  # never importable bare: installed under csr_vdb.*
@@ -62,6 +67,9 @@ def violations(root: Path) -> list[str]:
                     bad.append(f"{where}: bare import '{name}' (use csr_vdb.{name})")
                 if first in DB_CLIENTS and relp not in CLIENT_MODULES:
                     bad.append(f"{where}: only the adapter modules may import DB client '{name}'")
+                if relp == STORE_MODULE and first != "__future__" and first not in stdlib:
+                    if name not in STORE_PROJECT_OK and first not in STORE_THIRD_PARTY_OK:
+                        bad.append(f"{where}: the store contract may not import '{name}'")
                 if top == "csr_vdb":
                     if first == "click" or any(
                         name == p or name.startswith(p + ".")
@@ -87,6 +95,16 @@ def test_project_respects_the_layers():
 def test_every_package_is_checked():
     for top in PACKAGES:
         assert list((REPO / top).rglob("*.py")), f"no modules found under {top}/"
+    assert (REPO / STORE_MODULE).is_file()
+
+
+def test_the_store_contract_is_light_and_everyone_can_import_it():
+    """csr_vdb/store.py: stdlib, numpy and two core modules; migrations may import it."""
+    names = {name for _, name in imports_of(REPO / STORE_MODULE, "csr_vdb")}
+    project = {n for n in names if n.startswith("csr_vdb")}
+    assert project <= STORE_PROJECT_OK, project
+    assert not {n.split(".")[0] for n in names} & (DB_CLIENTS | {"click", "torch"})
+    assert "csr_vdb.store" in MIGRATION_PROJECT_OK
 
 
 @pytest.mark.parametrize(
@@ -104,6 +122,10 @@ def test_every_package_is_checked():
         ("cli/x.py", "from migrations import plan\n", "bare import"),
         ("adapters/memory.py", "import qdrant_client\n", "only the adapter modules"),
         ("adapters/x.py", "from csr_vdb.cli.main import main\n", "adapters must not import"),
+        ("csr_vdb/store.py", "import torch\n", "the store contract may not import 'torch'"),
+        ("csr_vdb/store.py", "from csr_vdb.model import CSREncoder\n", "may not import 'csr_vdb.model'"),
+        ("csr_vdb/store.py", "import qdrant_client\n", "only the adapter modules"),
+        ("csr_vdb/store.py", "from csr_vdb.adapters.base import Hit\n", "core must not import"),
     ],
 )
 def test_checker_catches_violations(tmp_path, rel, source, expect):
@@ -126,4 +148,9 @@ def test_checker_accepts_allowed_imports(tmp_path):
     (tmp_path / "adapters/milvus.py").write_text("from pymilvus import MilvusClient\n")
     (tmp_path / "cli/ok.py").write_text("import click\nfrom csr_vdb.migrations import run_migration\n")
     (tmp_path / "csr_vdb/ok.py").write_text("import torch\nfrom csr_vdb.sparse import SparseVectors\n")
+    (tmp_path / "csr_vdb/store.py").write_text(
+        "import json, warnings\nimport numpy as np\nfrom csr_vdb.errors import DataError\n"
+        "from csr_vdb.sparse import SparseVectors\n"
+    )
+    (tmp_path / "migrations/uses_store.py").write_text("from csr_vdb.store import VectorStore, check_ids\n")
     assert violations(tmp_path) == []

@@ -45,6 +45,12 @@ ALL_KINDS = LOCAL_KINDS + REMOTE_KINDS
 # Kinds whose data lives outside the test's tmp dir: collections must be dropped explicitly.
 SHARED_KINDS = {"milvus-server", "milvus-docker", "qdrant-docker", "milvus-external", "qdrant-external"}
 
+# external servers: kind -> (adapter, variable naming the URI, variable holding the token / API key)
+EXTERNAL = {
+    "milvus-external": ("milvus", "CSR_VDB_MILVUS_URI", "CSR_VDB_MILVUS_TOKEN"),
+    "qdrant-external": ("qdrant", "CSR_VDB_QDRANT_URL", "CSR_VDB_QDRANT_API_KEY"),
+}
+
 _MODULES = {
     "milvus": "csr_vdb.adapters.milvus",
     "qdrant": "csr_vdb.adapters.qdrant",
@@ -168,18 +174,13 @@ def open_kind(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Vect
     if kind == "qdrant-docker":
         mod = adapter_module("qdrant")
         return mod.QdrantStore(request.getfixturevalue("qdrant_container"), timeout=30)
-    if kind == "milvus-external":
-        uri = os.environ.get("CSR_VDB_MILVUS_URI")
+    if kind in EXTERNAL:
+        family, uri_var, secret_var = EXTERNAL[kind]
+        uri = os.environ.get(uri_var)
         if not uri:
-            pytest.skip("CSR_VDB_MILVUS_URI is not set")
-        mod = adapter_module("milvus")
-        return mod.MilvusStore(uri, token=os.environ.get("CSR_VDB_MILVUS_TOKEN"), timeout=30)
-    if kind == "qdrant-external":
-        url = os.environ.get("CSR_VDB_QDRANT_URL")
-        if not url:
-            pytest.skip("CSR_VDB_QDRANT_URL is not set")
-        mod = adapter_module("qdrant")
-        return mod.QdrantStore(url, api_key=os.environ.get("CSR_VDB_QDRANT_API_KEY"), timeout=30)
+            pytest.skip(f"{uri_var} is not set")
+        cls = {"milvus": "MilvusStore", "qdrant": "QdrantStore"}[family]
+        return getattr(adapter_module(family), cls)(uri, os.environ.get(secret_var), timeout=30)
     raise ValueError(f"unknown store kind {kind!r}")
 
 

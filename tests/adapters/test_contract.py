@@ -11,7 +11,7 @@ import pytest
 
 from csr_vdb.adapters.base import SPARSE_FIELD, DensePage, Hit, VectorStore
 from csr_vdb.adapters.memory import MemoryStore
-from csr_vdb.errors import CollectionNotFoundError, DataError, StoreError
+from csr_vdb.errors import CollectionNotFoundError, ConfigError, DataError, StoreError
 from csr_vdb.sparse import SparseVectors
 from tests.adapters.conftest import adapter_module
 from tests.helpers import clustered
@@ -209,13 +209,17 @@ def test_iter_dense_order_cursor_and_batch_sizes(store, make_name, id_type):
         assert all(p.vectors.dtype == np.float32 and p.vectors.shape == (len(p), DIM) for p in pages)
     # resume after any cursor (exclusive), including one that is not a stored id
     for cut in (0, 12, 39):
-        got, _, got_pl = concat_pages(list(store.iter_dense(name, batch_size=9, after=want[cut])))
+        got, _, got_pl = concat_pages(list(store.iter_dense(name, batch_size=9, cursor=want[cut])))
         assert got == want[cut + 1 :]
         assert got_pl == [pl[r] for r in order[cut + 1 :]]
     between = want[5] + 1 if id_type == "int" else want[5] + "0"
-    got, _, _ = concat_pages(list(store.iter_dense(name, batch_size=8, after=between)))
+    got, _, _ = concat_pages(list(store.iter_dense(name, batch_size=8, cursor=between)))
     assert got == want[6:]
-    assert list(store.iter_dense(name, batch_size=5, after=want[-1])) == []
+    assert list(store.iter_dense(name, batch_size=5, cursor=want[-1])) == []
+    # the cursor's former name still works, with a deprecation warning
+    with pytest.warns(DeprecationWarning, match="cursor="):
+        old = concat_pages(list(store.iter_dense(name, batch_size=9, after=want[12])))
+    assert old[0] == want[13:]
 
 
 def test_iter_dense_matches_memory_store(store, make_name):
@@ -223,9 +227,9 @@ def test_iter_dense_matches_memory_store(store, make_name):
     ref = MemoryStore()
     ids, x, pl = fill_dense(store, name, 30)
     fill_dense(ref, name, 30)
-    for bs, after in ((4, None), (11, ids[3])):
-        a = concat_pages(list(store.iter_dense(name, batch_size=bs, after=after)))
-        b = concat_pages(list(ref.iter_dense(name, batch_size=bs, after=after)))
+    for bs, cursor in ((4, None), (11, ids[3])):
+        a = concat_pages(list(store.iter_dense(name, batch_size=bs, cursor=cursor)))
+        b = concat_pages(list(ref.iter_dense(name, batch_size=bs, cursor=cursor)))
         assert a[0] == b[0] and a[2] == b[2]
         assert_cosine_dense_equal(a[1], b[1])
 
@@ -310,6 +314,35 @@ def test_search_sparse_is_exact_top_k(store, make_name, id_type):
     a, b = store.search_sparse(tgt, qc, limit=10), ref.search_sparse(tgt, qc, limit=10)
     for ha, hb in zip(a, b):
         np.testing.assert_allclose([h.score for h in ha], [h.score for h in hb], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("id_type", ["int", "str"])
+def test_search_candidates_return_the_hits_with_their_stored_vectors(store, make_name, id_type):
+    """One request: the hits of `search_sparse`, and row-aligned with them the codes and dense
+    vectors that were written (what the retriever re-ranks without a second fetch)."""
+    src, tgt, lean = make_name("src"), make_name("tgt"), make_name("lean")
+    ids, x, pl = fill_dense(store, src, 80, id_type=id_type, metric="ip")  # ip: vectors kept bit for bit
+    codes = fill_sparse(store, src, tgt, ids, x, pl)
+    fill_sparse(store, src, lean, ids, x, pl, keep_dense=False)
+    qc = codes_for(clustered(5, DIM, clusters=6, seed=1, noise=0.3)[0])
+    found = store.search_candidates(tgt, qc, limit=12, with_payload=True, with_codes=True, with_dense=True)
+    plain = store.search_sparse(tgt, qc, limit=12, with_payload=True)
+    assert [[h.id for h in hs] for hs in found.hits] == [[h.id for h in hs] for hs in plain]
+    assert found.lengths == [len(hs) for hs in plain] and sum(found.lengths) > 0
+    rows = [ids.index(h.id) for hs in found.hits for h in hs]
+    assert found.codes.dim == qc.dim and len(found.codes) == len(rows)
+    assert found.codes.equals(codes[rows], atol=1e-6)  # the codes as written, up to the stored float
+    np.testing.assert_array_equal(found.dense, x[rows])
+    assert found.dense.dtype == np.float32
+    assert all(h.payload == pl[ids.index(h.id)] for hs in found.hits for h in hs)
+    # only what is asked for comes back
+    bare = store.search_candidates(lean, qc, limit=12)
+    assert bare.codes is None and bare.dense is None and all(h.payload is None for hs in bare.hits for h in hs)
+    assert store.search_candidates(lean, qc, limit=0, with_codes=True).hits == [[] for _ in range(5)]
+    with pytest.raises(ConfigError, match="keeps no dense"):
+        store.search_candidates(lean, qc, limit=3, with_dense=True)
+    with pytest.raises(ConfigError, match="limit"):
+        store.search_sparse(lean, qc, limit=-1)
 
 
 def test_search_sparse_without_overlap_is_empty(store, make_name):

@@ -191,10 +191,10 @@ def test_cursor_of_the_wrong_type_is_a_data_error(db):
     with MilvusStore(db) as store:
         store.create_dense_collection("d", 8)
         with pytest.raises(DataError):
-            list(store.iter_dense("d", after="5"))
+            list(store.iter_dense("d", cursor="5"))
         store.create_dense_collection("s", 8, id_type="str")
         with pytest.raises(DataError):
-            list(store.iter_dense("s", after=5))
+            list(store.iter_dense("s", cursor=5))
 
 
 def test_string_ids_with_quotes_and_backslashes(db):
@@ -204,7 +204,7 @@ def test_string_ids_with_quotes_and_backslashes(db):
         store.create_dense_collection("d", 8, id_type="str")
         store.insert_dense("d", ids, x)
         assert [r.id for r in store.fetch("d", ids[::-1])] == ids[::-1]
-        got = [i for p in store.iter_dense("d", batch_size=2, after=ids[0]) for i in p.ids]
+        got = [i for p in store.iter_dense("d", batch_size=2, cursor=ids[0]) for i in p.ids]
         assert got == sorted(i for i in ids if i > ids[0])
 
 
@@ -236,9 +236,9 @@ def test_server_cursor_paging_equals_lite_id_paging(db, id_type):
         ids = sorted(i for p in store.iter_dense("d", batch_size=100) for i in p.ids)
         for bs, after in ((5, None), (16, ids[10]), (100, ids[-2]), (3, ids[-1])):
             store._is_lite = True
-            lite = list(store.iter_dense("d", batch_size=bs, after=after))
+            lite = list(store.iter_dense("d", batch_size=bs, cursor=after))
             store._is_lite = False
-            server = list(store.iter_dense("d", batch_size=bs, after=after))
+            server = list(store.iter_dense("d", batch_size=bs, cursor=after))
             assert [p.ids for p in lite] == [p.ids for p in server]
             assert [p.payloads for p in lite] == [p.payloads for p in server]
             for a, b in zip(lite, server):

@@ -12,7 +12,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from csr_vdb.adapters._qdrant_common import RESERVED_ID_KEY, next_uuid_after, to_point_id
-from csr_vdb.adapters.qdrant import QdrantStore, _public_uri
+from csr_vdb.adapters.qdrant import QdrantStore
 from csr_vdb.errors import DataError, StoreError
 from csr_vdb.sparse import SparseVectors
 from tests.adapters.conftest import free_port
@@ -107,10 +107,10 @@ def test_iter_dense_order_and_cursor_with_str_ids(path, data):
         order = [i for p in s.iter_dense("s", batch_size=4) for i in p.ids]
         assert order == sorted(ids, key=lambda i: uuid.UUID(to_point_id(i)).int)
         for cut in (0, 9, 29):
-            rest = [i for p in s.iter_dense("s", batch_size=5, after=order[cut]) for i in p.ids]
+            rest = [i for p in s.iter_dense("s", batch_size=5, cursor=order[cut]) for i in p.ids]
             assert rest == order[cut + 1 :]
         absent = "8"
-        rest = [i for p in s.iter_dense("s", batch_size=5, after=absent) for i in p.ids]
+        rest = [i for p in s.iter_dense("s", batch_size=5, cursor=absent) for i in p.ids]
         assert rest == [i for i in order if to_point_id(i) > absent]
 
 
@@ -188,11 +188,6 @@ def test_unreachable_server_fails_fast_without_leaking_the_key():
         QdrantStore(uri, api_key="k-123-secret", timeout=1.0)
     assert time.monotonic() - t0 < 5
     assert uri in str(err.value) and "k-123-secret" not in str(err.value)
-
-
-def test_public_uri_drops_credentials():
-    assert _public_uri("https://user:pw@host.example:6333/p?api-key=x") == "https://host.example:6333/p"
-    assert _public_uri("/data/qdrant") == "/data/qdrant"
 
 
 def test_empty_collection_without_metadata_takes_the_id_type_of_its_first_rows(path, data):

@@ -220,12 +220,12 @@ def test_iter_dense_order_and_cursor_with_str_ids(store, data):
     # resuming behind any page cursor yields exactly the rest, in the same order
     pages = list(store.iter_dense("s", batch_size=10))
     for n, page in enumerate(pages):
-        rest = [i for p in store.iter_dense("s", batch_size=7, after=page.cursor) for i in p.ids]
+        rest = [i for p in store.iter_dense("s", batch_size=7, cursor=page.cursor) for i in p.ids]
         assert rest == order[10 * (n + 1) :]
         np.testing.assert_allclose(page.vectors, data[[ids.index(i) for i in page.ids]], atol=1e-6)
     # a cursor that is not a stored id is placed by value: rows whose point id sorts above it
     for absent in ("not-stored", "8", "80000000-0000-0000-0000-00000000000"):
-        rest = [i for p in store.iter_dense("s", batch_size=8, after=absent) for i in p.ids]
+        rest = [i for p in store.iter_dense("s", batch_size=8, cursor=absent) for i in p.ids]
         assert rest == [i for i in order if to_point_id(i) > absent]
         assert 0 < len(rest) < len(order) or absent == "not-stored"
     store.drop("s")
@@ -238,8 +238,8 @@ def test_iter_dense_int_ids_ascending(store, data):
     store.create_dense_collection("i", DIM)
     store.insert_dense("i", ids, data[: len(ids)])
     assert [i for p in store.iter_dense("i", 2) for i in p.ids] == sorted(ids)
-    assert [i for p in store.iter_dense("i", 2, after=5) for i in p.ids] == [17, 2**40, 2**63 - 1]
-    assert [i for p in store.iter_dense("i", 2, after=4) for i in p.ids] == [5, 17, 2**40, 2**63 - 1]
+    assert [i for p in store.iter_dense("i", 2, cursor=5) for i in p.ids] == [17, 2**40, 2**63 - 1]
+    assert [i for p in store.iter_dense("i", 2, cursor=4) for i in p.ids] == [5, 17, 2**40, 2**63 - 1]
 
 
 # ---------------------------------------------------------------- search and optimize
@@ -280,13 +280,13 @@ def test_l2_scores_follow_the_reference(store, data):
 def test_batched_queries_and_empty_query_rows(store, data, monkeypatch):
     import csr_vdb.adapters.qdrant_edge as mod
 
-    monkeypatch.setattr(mod, "QUERY_BATCH", 3)
+    monkeypatch.setattr(mod.QdrantEdgeStore, "QUERY_BATCH", 3)
     fill(store, "c", list(range(60)), data[:60])
     codes = codes_for(data[:10])
     empty = SparseVectors(np.zeros((1, codes.width), np.int64), np.zeros((1, codes.width), np.float32), HIDDEN)
     res = store.search_sparse("c_csr", SparseVectors.concat([codes, empty]), 3)
     assert len(res) == 11 and res[10] == []
-    monkeypatch.setattr(mod, "QUERY_BATCH", 256)
+    monkeypatch.setattr(mod.QdrantEdgeStore, "QUERY_BATCH", 256)
     assert res[:10] == store.search_sparse("c_csr", codes, 3)
     assert all(len(q) == 3 for q in res[:10])
     assert store.search_sparse("c_csr", codes[:2], 0) == [[], []]

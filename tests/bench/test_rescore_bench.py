@@ -37,8 +37,11 @@ def test_rescore_bench_on_synthetic_data(tmp_path, capsys, store):
     assert bench.main(argv) == 0
     res = json.loads(out.read_text())
     assert res["rows"] == 600 and res["queries"] == 6 and res["bias_latent"] is True
-    assert set(res["median_ms"]) == {"search", "rescore", "rerank_dense", "raw_search", "raw_search_bias"}
+    modes = {"encode", "raw_search", "raw_search_full", "search", "rescore", "rerank_dense", "raw_search_bias"}
+    assert set(res["median_ms"]) == set(res["p95_ms"]) == modes
     assert all(v > 0 for v in res["median_ms"].values())
+    assert all(res["p95_ms"][m] >= res["median_ms"][m] for m in modes)
+    assert set(res["ratio_vs_search"]) == {"rescore", "rerank_dense", "raw_search_bias"}
     assert res["queries_with_bias_entry"] > 0  # the mean as b_pre correlates with every query
     assert "rescore" in capsys.readouterr().out
 

@@ -1,0 +1,414 @@
+"""`StoreBase`: the public `VectorStore` methods with the checks every adapter shares.
+
+Each adapter implements only its engine calls (the ``_``-prefixed hooks below) on a `Layout`, the
+little it must know of a collection: real name, id type, dense fields, sparse field. The checks
+(ids, payloads, dense rows, sparse codes, limits, page cursors, dense field names) and the
+shaping of results (hits best first with ties by id, the candidates' codes as one
+`SparseVectors`, records in the order asked) are written once, here, so every store validates
+and answers alike (the contract suite in tests/adapters compares them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from csr_vdb.errors import CollectionNotFoundError, ConfigError, DataError, StoreError
+from csr_vdb.sparse import SparseVectors
+from csr_vdb.store import (
+    METRICS,
+    SPARSE_FIELD,
+    Candidates,
+    CollectionInfo,
+    DensePage,
+    Hit,
+    Id,
+    IdType,
+    Metric,
+    Record,
+    check_batch_size,
+    check_cursor,
+    check_ids,
+    check_limit,
+    check_payloads,
+    page_cursor,
+    usable_ids,
+)
+from csr_vdb.validation import check_dense
+
+__all__ = ["Found", "Layout", "StoreBase", "payload_schema", "sorted_pair"]
+
+
+@dataclass
+class Layout:
+    """What the shared checks need to know about one collection.
+
+    Attributes:
+        name: the real name (an alias resolved).
+        id_type: "int" / "str", or None while unknown (an empty Qdrant collection made by another
+            tool: the first write decides).
+        dense: dense field -> (dimension, metric), in the database's order.
+        sparse: has the sparse field `SPARSE_FIELD`.
+    """
+
+    name: str
+    id_type: IdType | None
+    dense: dict[str, tuple[int, Metric]]
+    sparse: bool
+
+    @property
+    def first_dense(self) -> str | None:
+        """The dense field migrations read and targets keep (the first), or None."""
+        return next(iter(self.dense), None)
+
+    def dense_field(self, vector_field: str | None, uri: str) -> str:
+        """``vector_field`` (default: the first dense field), checked to exist."""
+        if not self.dense:
+            raise StoreError(f"collection '{self.name}' in {uri} has no dense vector field")
+        f = vector_field if vector_field is not None else next(iter(self.dense))
+        if f not in self.dense:
+            raise StoreError(
+                f"collection '{self.name}' in {uri} has no vector field '{f}' (fields: {', '.join(self.dense)})"
+            )
+        return f
+
+
+class Found(NamedTuple):
+    """One row an engine returned, before shaping: what a hit or a record is made of."""
+
+    id: Id
+    score: float
+    payload: dict[str, Any] | None
+    code: tuple[Sequence[int], Sequence[float]] | None = None  # the stored sparse vector
+    dense: Sequence[float] | np.ndarray | None = None  # the stored dense vector
+
+
+def sorted_pair(indices: Iterable[int], values: Iterable[float]) -> tuple[list[int], list[float]]:
+    """A stored sparse vector as ``(indices, values)`` lists in ascending index order."""
+    idx = np.fromiter(indices, dtype=np.int64)
+    val = np.fromiter(values, dtype=np.float64)
+    order = np.argsort(idx, kind="stable")
+    return idx[order].tolist(), val[order].tolist()
+
+
+def payload_schema(payloads: Sequence[dict[str, Any]] | Any) -> dict[str, str]:
+    """Field -> Python type name over a sample of (schemaless) payloads, first type seen."""
+    schema: dict[str, str] = {}
+    for p in payloads:
+        for k, v in p.items():
+            schema.setdefault(k, type(v).__name__)
+    return schema
+
+
+def _ranked(found: list[Found], positive_only: bool) -> list[Found]:
+    """Best first, ties by id (the reference store's order); non-positive sparse scores dropped."""
+    if positive_only:
+        found = [f for f in found if f.score > 0]
+    return sorted(found, key=lambda f: (-f.score, f.id))
+
+
+class StoreBase:
+    """The `VectorStore` methods whose checks and result shaping every adapter shares.
+
+    Subclasses set ``uri`` and implement `_layout` plus the engine hooks (`_count`,
+    `_payload_sample`, `_create_dense`, `_create_sparse`, `_insert_dense`, `_upsert`,
+    `_iter_dense`, `_search`, `_search_dense`, `_fetch`); the alias and admin methods are
+    their own.
+    """
+
+    uri: str
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:  # pragma: no cover - every adapter overrides it
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ hooks
+    def _layout(self, collection_name: str) -> Layout:
+        """Resolve an alias and describe the collection; `CollectionNotFoundError` if absent."""
+        raise NotImplementedError
+
+    def _count(self, s: Layout) -> int:
+        raise NotImplementedError
+
+    def _payload_sample(self, s: Layout) -> dict[str, str]:
+        """Payload field -> type name, as `CollectionInfo.payload_schema` reports it."""
+        raise NotImplementedError
+
+    def _check_new_name(self, collection_name: str) -> None:
+        """Refuse a name the engine cannot hold (default: any name)."""
+
+    def _create_dense(self, name: str, dimension: int, metric: Metric, id_type: IdType, vector_field: str) -> None:
+        raise NotImplementedError
+
+    def _same_schema(self, src: Layout, tgt: Layout) -> bool:
+        """Engine-specific parts of "the target already has the schema a migration of ``src`` makes"."""
+        return True
+
+    def _reuse(self, tgt: Layout) -> None:
+        """Called when `create_sparse_collection` finds the target already made (e.g. load it)."""
+
+    def _create_sparse(self, name: str, src: Layout, dense: dict[str, tuple[int, Metric]]) -> None:
+        raise NotImplementedError
+
+    def _check_codes(self, sparse: SparseVectors, ids: Sequence[Id] | None, allow_empty: bool = False) -> Any:
+        """Validate codes before they reach the engine; returns what `_upsert` / `_search` take."""
+        sparse.validate(ids, allow_empty=allow_empty)
+        return sparse
+
+    def _check_payloads(self, s: Layout, ids: list[Id], payloads: list[dict[str, Any]]) -> None:
+        """Engine-specific payload rules (reserved keys, values it cannot store exactly)."""
+
+    def _insert_dense(self, s: Layout, f: str, ids: list[Id], vectors: np.ndarray, payloads: list[dict]) -> None:
+        raise NotImplementedError
+
+    def _upsert(
+        self, s: Layout, ids: list[Id], codes: Any, payloads: list[dict], f: str | None, dense: np.ndarray | None
+    ) -> None:
+        raise NotImplementedError
+
+    def _iter_dense(self, s: Layout, f: str, batch_size: int, cursor: Id | None) -> Iterator[DensePage]:
+        raise NotImplementedError
+
+    def _search(
+        self, s: Layout, queries: Any, limit: int, with_payload: bool, with_codes: bool, dense_field: str | None
+    ) -> list[list[Found]]:
+        """Sparse search: per query the engine's rows (``code`` / ``dense`` filled when asked)."""
+        raise NotImplementedError
+
+    def _search_dense(self, s: Layout, f: str, queries: np.ndarray, limit: int, with_payload: bool) -> list[list[Found]]:
+        raise NotImplementedError
+
+    def _fetch(self, s: Layout, ids: list[Id], dense_field: str | None, with_sparse: bool) -> Mapping[Id, Found]:
+        """Rows by id (each id once); absent ids are left out."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ protocol: schema
+    def _sparse_layout(self, collection_name: str) -> Layout:
+        s = self._layout(collection_name)
+        if not s.sparse:
+            raise StoreError(f"collection '{s.name}' in {self.uri} has no sparse field '{SPARSE_FIELD}'")
+        return s
+
+    def describe(self, collection_name: str) -> CollectionInfo:
+        s = self._layout(collection_name)
+        first = s.first_dense
+        return CollectionInfo(
+            name=s.name,
+            dimension=s.dense[first][0] if first is not None else 0,
+            metric=s.dense[first][1] if first is not None else "ip",
+            vector_field=first,
+            id_type=s.id_type or "int",
+            count=self._count(s),
+            vector_fields={f: dim for f, (dim, _) in s.dense.items()},
+            sparse_field=SPARSE_FIELD if s.sparse else None,
+            payload_schema=self._payload_sample(s),
+        )
+
+    def count(self, collection_name: str) -> int:
+        return self._count(self._layout(collection_name))
+
+    def create_dense_collection(
+        self,
+        collection_name: str,
+        dimension: int,
+        *,
+        metric: Metric = "cosine",
+        id_type: IdType = "int",
+        vector_field: str = "vector",
+    ) -> None:
+        """Create an empty dense collection; `StoreError` if the name is taken."""
+        self._check_new_name(collection_name)
+        if metric not in METRICS:
+            raise ConfigError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+        if id_type not in ("int", "str"):
+            raise ConfigError(f"unknown id type '{id_type}' (int or str)")
+        if int(dimension) <= 0:
+            raise DataError(f"dimension must be positive, got {dimension}")
+        if self.has_collection(collection_name):
+            raise StoreError(f"collection '{collection_name}' already exists in {self.uri}")
+        self._create_dense(collection_name, int(dimension), metric, id_type, vector_field)
+
+    def create_sparse_collection(
+        self,
+        collection_name: str,
+        like: str,
+        *,
+        keep_dense: bool = True,
+        vector_field: str | None = None,
+    ) -> None:
+        """Create ``collection_name`` with `SPARSE_FIELD` (inner product) and, when ``keep_dense``,
+        the dense field of ``like`` under its name and metric; idempotent for that schema,
+        `StoreError` when the name holds another."""
+        src = self._layout(like)
+        self._check_new_name(collection_name)
+        kept = src.dense_field(vector_field, self.uri) if keep_dense and src.dense else None
+        dense = {kept: src.dense[kept]} if kept is not None else {}
+        if self.has_collection(collection_name):
+            tgt = self._layout(collection_name)
+            same = tgt.sparse and tgt.id_type in (None, src.id_type) and tgt.dense == dense
+            if not (same and self._same_schema(src, tgt)):
+                raise StoreError(f"collection '{collection_name}' already exists with another schema in {self.uri}")
+            self._reuse(tgt)
+            return
+        self._create_sparse(collection_name, src, dense)
+
+    # ------------------------------------------------------------------ protocol: writes
+    def _checked_ids(self, s: Layout, ids: Sequence[Id], n: int) -> list[Id]:
+        id_type = s.id_type
+        if id_type is None:  # unknown until the first write: the batch decides
+            id_type = "str" if len(ids) and isinstance(next(iter(ids)), str) else "int"
+        return check_ids(ids, id_type, n)
+
+    def insert_dense(
+        self,
+        collection_name: str,
+        ids: Sequence[Id],
+        vectors: np.ndarray,
+        payloads: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        """Upsert dense rows (validated first: nothing is written on error)."""
+        s = self._layout(collection_name)
+        f = s.dense_field(None, self.uri)
+        vecs = check_dense(vectors, s.dense[f][0])
+        ids = self._checked_ids(s, ids, len(vecs))
+        rows = check_payloads(payloads, len(vecs))
+        self._check_payloads(s, ids, rows)
+        self._insert_dense(s, f, ids, vecs, rows)
+
+    def upsert(
+        self,
+        collection_name: str,
+        ids: Sequence[Id],
+        sparse: SparseVectors,
+        payloads: Sequence[dict[str, Any]] | None = None,
+        dense: np.ndarray | None = None,
+    ) -> None:
+        """Validate everything, then write the batch; `DataError` with nothing written on any bad row."""
+        s = self._sparse_layout(collection_name)
+        ids = self._checked_ids(s, ids, len(sparse))
+        codes = self._check_codes(sparse, ids)
+        rows = check_payloads(payloads, len(ids))
+        self._check_payloads(s, ids, rows)
+        f = s.first_dense
+        if dense is not None:
+            if f is None:
+                raise DataError(f"collection '{s.name}' keeps no dense vectors")
+            dense = check_dense(dense, s.dense[f][0], ids)
+        elif f is not None:
+            raise DataError(f"collection '{s.name}' needs dense vectors for field '{f}'")
+        self._upsert(s, ids, codes, rows, f, dense)
+
+    # ------------------------------------------------------------------ protocol: reads
+    def iter_dense(
+        self,
+        collection_name: str,
+        batch_size: int = 1000,
+        cursor: Id | None = None,
+        vector_field: str | None = None,
+        *,
+        after: Id | None = None,
+    ) -> Iterator[DensePage]:
+        """Pages in ascending id order (the engine's) behind the exclusive ``cursor``."""
+        cursor = page_cursor(cursor, after)
+        batch_size = check_batch_size(batch_size)
+        s = self._layout(collection_name)
+        f = s.dense_field(vector_field, self.uri)
+        check_cursor(cursor, s.id_type, s.name)
+        yield from self._iter_dense(s, f, batch_size, cursor)
+
+    def search_sparse(
+        self,
+        collection_name: str,
+        queries: SparseVectors,
+        limit: int = 10,
+        with_payload: bool = False,
+    ) -> list[list[Hit]]:
+        """Top-``limit`` rows by sparse inner product, best first (rows without a non-zero in
+        common with the query are not hits; an empty query row gets none)."""
+        return self.search_candidates(collection_name, queries, limit, with_payload=with_payload).hits
+
+    def search_candidates(
+        self,
+        collection_name: str,
+        queries: SparseVectors,
+        limit: int = 10,
+        *,
+        with_payload: bool = False,
+        with_codes: bool = False,
+        with_dense: bool = False,
+    ) -> Candidates:
+        """`search_sparse` with the hits' stored codes (over ``queries.dim``) and/or dense vectors."""
+        s = self._sparse_layout(collection_name)
+        limit = check_limit(limit)
+        f = s.first_dense if with_dense else None
+        if with_dense and f is None:
+            raise ConfigError(f"collection '{s.name}' in {self.uri} keeps no dense vectors")
+        checked = self._check_codes(queries, None, allow_empty=True)
+        if limit:
+            found = [_ranked(fs, True) for fs in self._search(s, checked, limit, with_payload, with_codes, f)]
+        else:
+            found = [[] for _ in range(len(queries))]
+        rows = [r for fs in found for r in fs]
+        codes = dense = None
+        if with_codes:
+            codes = SparseVectors.from_pairs([r.code or ((), ()) for r in rows], queries.dim)
+        if f is not None:
+            missing = [r.id for r in rows if r.dense is None]
+            if missing:
+                raise StoreError(f"collection '{s.name}' in {self.uri} has rows without vector '{f}': ids {missing[:5]}")
+            dense = np.asarray([r.dense for r in rows], dtype=np.float32).reshape(len(rows), s.dense[f][0])
+        hits = [[Hit(r.id, r.score, r.payload if with_payload else None) for r in fs] for fs in found]
+        return Candidates(hits, codes, dense)
+
+    def search_dense(
+        self,
+        collection_name: str,
+        queries: np.ndarray,
+        limit: int = 10,
+        with_payload: bool = False,
+        vector_field: str | None = None,
+    ) -> list[list[Hit]]:
+        """Top-``limit`` rows by the dense field's metric, best first (l2: negative squared distance)."""
+        s = self._layout(collection_name)
+        f = s.dense_field(vector_field, self.uri)
+        limit = check_limit(limit)
+        q = check_dense(queries, s.dense[f][0], what="queries")
+        found = self._search_dense(s, f, q, limit, with_payload) if limit else [[] for _ in q]
+        return [[Hit(r.id, r.score, r.payload if with_payload else None) for r in _ranked(fs, False)] for fs in found]
+
+    def fetch(
+        self,
+        collection_name: str,
+        ids: Sequence[Id],
+        with_dense: bool = False,
+        with_sparse: bool = False,
+    ) -> list[Record]:
+        """Rows by id in the order asked (a repeated id comes back each time); absent ids are left out."""
+        s = self._layout(collection_name)
+        ids = list(ids)
+        asked = list(dict.fromkeys(usable_ids(ids, s.id_type)))
+        if not asked:
+            return []
+        f = s.first_dense if with_dense else None
+        found = self._fetch(s, asked, f, with_sparse and s.sparse)
+        records: dict[Id, Record] = {}
+        for i, r in found.items():
+            records[i] = Record(
+                id=i,
+                payload=r.payload or {},
+                dense=np.asarray(r.dense, dtype=np.float32) if f is not None and r.dense is not None else None,
+                sparse=sorted_pair(*r.code) if with_sparse and r.code is not None else None,
+            )
+        return [records[i] for i in ids if i in records]
+
+    # ------------------------------------------------------------------ helpers
+    def _not_found(self, collection_name: str) -> CollectionNotFoundError:
+        return CollectionNotFoundError(f"collection '{collection_name}' not found in {self.uri}")

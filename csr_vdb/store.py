@@ -1,0 +1,467 @@
+"""The store contract: the `VectorStore` protocol, the records that cross it and their checks.
+
+Every part of csr-vdb that reads or writes a database goes through this protocol: the retriever
+and collection evaluation (core), the migration engine, the CLI. It lives in the core so that
+they type against it without importing an adapter; the implementations (`csr_vdb.adapters`:
+Milvus, Qdrant, Qdrant Edge, and the in-memory reference) are the only modules that import a
+database client, and `csr_vdb.adapters.base` re-exports everything here.
+
+Conventions every implementation follows (the contract suite in tests/adapters checks them):
+- ids are ``int`` (non-negative, < 2**63) or ``str`` (Milvus VARCHAR / Qdrant UUID); one type per
+  collection, reported by `CollectionInfo.id_type`.
+- dense vectors cross as float32 numpy arrays ``[n, dim]``; sparse vectors as `SparseVectors`
+  (each database's own sparse format stays inside its adapter).
+- payloads are JSON-compatible dicts, copied exactly (nested dicts, lists, unicode, None).
+- the sparse vector of a migrated collection is named `SPARSE_FIELD` ("csr") and scored by
+  inner product; dense vectors keep their source field name and metric.
+- `iter_dense` yields pages in ascending primary-key order; ``cursor`` is exclusive (the last id
+  of the previous page, `DensePage.cursor`), so a reader can resume anywhere.
+- writes validate their input first and raise `DataError` with nothing written.
+- aliases are names that resolve to a collection in every read method.
+- client exceptions are translated to `StoreError` / `CollectionNotFoundError` naming the
+  collection and the URI (never a token or API key: see `strip_credentials`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from csr_vdb.errors import ConfigError, DataError
+from csr_vdb.sparse import SparseVectors
+
+__all__ = [
+    "METRICS",
+    "SPARSE_FIELD",
+    "STORE_KINDS",
+    "Candidates",
+    "CollectionInfo",
+    "DensePage",
+    "Hit",
+    "Id",
+    "IdType",
+    "Metric",
+    "Record",
+    "VectorStore",
+    "check_batch_size",
+    "check_cursor",
+    "check_ids",
+    "check_limit",
+    "check_payloads",
+    "page_cursor",
+    "redact_uri",
+    "strip_credentials",
+    "usable_ids",
+]
+
+SPARSE_FIELD = "csr"
+"""Name of the sparse vector field/named vector in every collection csr-vdb writes."""
+
+STORE_KINDS: tuple[str, ...] = ("milvus", "qdrant", "qdrant-edge")
+"""The databases a user can name (``--store``); `csr_vdb.adapters.open_store` also takes "memory"."""
+
+Id = int | str
+Metric = Literal["cosine", "ip", "l2"]
+IdType = Literal["int", "str"]
+METRICS: tuple[str, ...] = ("cosine", "ip", "l2")
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """What `VectorStore.describe` reports about a collection.
+
+    Attributes:
+        name: the collection's real name (an alias is resolved).
+        dimension: dimension of the dense vector field (0 when it has none).
+        metric: metric of the dense vector field.
+        vector_field: name of the (first) dense vector field, or None.
+        vector_fields: all dense vector fields, name -> dimension.
+        sparse_field: name of the sparse vector field, or None.
+        id_type: "int" or "str".
+        count: number of rows.
+        payload_schema: payload field -> type name as the database reports it ("dynamic" for
+            schemaless payloads).
+    """
+
+    name: str
+    dimension: int
+    metric: Metric
+    vector_field: str | None
+    id_type: IdType
+    count: int
+    vector_fields: dict[str, int] = field(default_factory=dict)
+    sparse_field: str | None = None
+    payload_schema: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DensePage:
+    """One page of `VectorStore.iter_dense`: rows in ascending id order.
+
+    Attributes:
+        ids: the primary keys.
+        vectors: ``[len(ids), dimension]`` float32.
+        payloads: one dict per row (all non-vector fields).
+        cursor: pass as ``cursor`` to continue behind this page (= ``ids[-1]``).
+    """
+
+    ids: list[Id]
+    vectors: np.ndarray
+    payloads: list[dict[str, Any]]
+
+    @property
+    def cursor(self) -> Id:
+        return self.ids[-1]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    id: Id
+    score: float
+    payload: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """A row returned by `VectorStore.fetch`.
+
+    Attributes:
+        id: primary key.
+        payload: non-vector fields.
+        dense: dense vector (float32 ``[dimension]``) when requested and present.
+        sparse: sparse vector as ``(indices, values)`` sorted by index, when requested and present.
+    """
+
+    id: Id
+    payload: dict[str, Any]
+    dense: np.ndarray | None = None
+    sparse: tuple[list[int], list[float]] | None = None
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What `VectorStore.search_candidates` returns: the hits of a batch of queries and, row-aligned
+    with those hits taken in query order, the vectors stored with them.
+
+    Attributes:
+        hits: one list per query, best first (as `VectorStore.search_sparse`).
+        codes: the hits' sparse codes ``[total hits, width]`` when asked for, else None.
+        dense: the hits' dense vectors ``[total hits, dimension]`` float32 when asked for, else None.
+    """
+
+    hits: list[list[Hit]]
+    codes: SparseVectors | None = None
+    dense: np.ndarray | None = None
+
+    @property
+    def lengths(self) -> list[int]:
+        """Hits per query: the rows of `codes` / `dense` that belong to each query, in order."""
+        return [len(h) for h in self.hits]
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """The few operations csr-vdb needs from a vector database."""
+
+    uri: str
+    """Where the store lives (file, directory or URL), never containing a secret."""
+
+    def list_collections(self) -> list[str]:
+        """Names of all collections (not aliases)."""
+        ...
+
+    def has_collection(self, collection_name: str) -> bool:
+        """True if a collection or alias of that name exists."""
+        ...
+
+    def describe(self, collection_name: str) -> CollectionInfo:
+        """Schema and row count; raises `CollectionNotFoundError` if absent."""
+        ...
+
+    def count(self, collection_name: str) -> int:
+        """Exact number of rows."""
+        ...
+
+    def create_dense_collection(
+        self,
+        collection_name: str,
+        dimension: int,
+        *,
+        metric: Metric = "cosine",
+        id_type: IdType = "int",
+        vector_field: str = "vector",
+    ) -> None:
+        """Create an empty dense collection with schemaless payloads (demo data, tests)."""
+        ...
+
+    def insert_dense(
+        self,
+        collection_name: str,
+        ids: Sequence[Id],
+        vectors: np.ndarray,
+        payloads: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        """Upsert dense rows into a collection made by `create_dense_collection`."""
+        ...
+
+    def iter_dense(
+        self,
+        collection_name: str,
+        batch_size: int = 1000,
+        cursor: Id | None = None,
+        vector_field: str | None = None,
+        *,
+        after: Id | None = None,
+    ) -> Iterator[DensePage]:
+        """Stream ``(ids, vectors, payloads)`` pages in ascending id order behind ``cursor``
+        (``after`` is its deprecated name)."""
+        ...
+
+    def create_sparse_collection(
+        self,
+        collection_name: str,
+        like: str,
+        *,
+        keep_dense: bool = True,
+        vector_field: str | None = None,
+    ) -> None:
+        """Create ``collection_name`` with the sparse field `SPARSE_FIELD`, the id type and payload
+        schema of ``like`` and (when ``keep_dense``) its dense field ``vector_field``.
+
+        Idempotent when the collection already exists with that schema; raises `StoreError`
+        when it exists with another schema.
+        """
+        ...
+
+    def upsert(
+        self,
+        collection_name: str,
+        ids: Sequence[Id],
+        sparse: SparseVectors,
+        payloads: Sequence[dict[str, Any]] | None = None,
+        dense: np.ndarray | None = None,
+    ) -> None:
+        """Write rows (idempotent by id). Validates everything first; nothing is written on error.
+
+        Returns only once the database acknowledged the write durably enough to be read back.
+        """
+        ...
+
+    def search_sparse(
+        self,
+        collection_name: str,
+        queries: SparseVectors,
+        limit: int = 10,
+        with_payload: bool = False,
+    ) -> list[list[Hit]]:
+        """Top-``limit`` rows by inner product of `SPARSE_FIELD`, one list per query, best first."""
+        ...
+
+    def search_candidates(
+        self,
+        collection_name: str,
+        queries: SparseVectors,
+        limit: int = 10,
+        *,
+        with_payload: bool = False,
+        with_codes: bool = False,
+        with_dense: bool = False,
+    ) -> Candidates:
+        """`search_sparse`, returning the hits' stored codes and/or dense vectors with them (in the
+        same request where the engine can), for exact re-ranking of the candidates."""
+        ...
+
+    def search_dense(
+        self,
+        collection_name: str,
+        queries: np.ndarray,
+        limit: int = 10,
+        with_payload: bool = False,
+        vector_field: str | None = None,
+    ) -> list[list[Hit]]:
+        """Top-``limit`` rows by the dense field's metric, one list per query, best first."""
+        ...
+
+    def fetch(
+        self,
+        collection_name: str,
+        ids: Sequence[Id],
+        with_dense: bool = False,
+        with_sparse: bool = False,
+    ) -> list[Record]:
+        """Rows by id in the order asked; ids that do not exist are left out."""
+        ...
+
+    def get_alias(self, alias: str) -> str | None:
+        """The collection an alias points to, or None."""
+        ...
+
+    def set_alias(self, alias: str, collection_name: str) -> None:
+        """Create or move ``alias`` to point at ``collection_name`` (atomic where the DB allows)."""
+        ...
+
+    def drop_alias(self, alias: str) -> None:
+        """Remove an alias (no error if absent)."""
+        ...
+
+    def drop(self, collection_name: str) -> None:
+        """Delete a collection (no error if absent)."""
+        ...
+
+    def flush(self, collection_name: str) -> None:
+        """Make recent writes durable and searchable (index build / optimize where needed)."""
+        ...
+
+    def close(self) -> None:
+        """Release files, locks and connections."""
+        ...
+
+
+# ------------------------------------------------------------------------------------ checks
+def check_ids(ids: Sequence[Id], id_type: IdType, n: int) -> list[Id]:
+    """A batch of ids as a list, checked against the collection's id type and the row count.
+
+    Raises:
+        DataError: a count other than ``n``, repeated ids, ids of the other type (bools are not
+            ints) or integer ids outside ``[0, 2**63)``.
+    """
+    ids = list(ids)
+    if len(ids) != n:
+        raise DataError(f"got {len(ids)} ids for {n} vectors")
+    if len(set(ids)) != len(ids):
+        seen: set[Id] = set()
+        dups = [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+        raise DataError(f"duplicate ids in one batch: {dups[:5]}", dups)
+    want = int if id_type == "int" else str
+    bad = [i for i in ids if not isinstance(i, want) or isinstance(i, bool)]
+    if bad:
+        raise DataError(f"ids must be {id_type}, got {bad[:5]}", bad)
+    if id_type == "int":
+        neg = [i for i in ids if not 0 <= i < 2**63]  # type: ignore[operator]
+        if neg:
+            raise DataError(f"integer ids must be in [0, 2**63), got {neg[:5]}", neg)
+    return ids
+
+
+def usable_ids(ids: Sequence[Any], id_type: IdType | None) -> list[Id]:
+    """The ids of a read request that can exist in a collection of ``id_type`` (None: either type);
+    the others cannot match a row and are left out, as missing ids are."""
+    want: tuple[type, ...] = {"int": (int,), "str": (str,)}.get(id_type or "", (int, str))
+    return [i for i in ids if isinstance(i, want) and not isinstance(i, bool) and not (isinstance(i, int) and i < 0)]
+
+
+def check_payloads(payloads: Sequence[dict[str, Any]] | None, n: int) -> list[dict[str, Any]]:
+    """Payloads as a list of ``n`` JSON-serialisable dicts (``None``: ``n`` empty dicts).
+
+    Raises:
+        DataError: a count other than ``n``, a non-dict, or a value JSON cannot hold.
+    """
+    if payloads is None:
+        return [{} for _ in range(n)]
+    payloads = list(payloads)
+    if len(payloads) != n:
+        raise DataError(f"got {len(payloads)} payloads for {n} rows")
+    for p in payloads:
+        if not isinstance(p, dict):
+            raise DataError(f"payloads must be dicts, got {type(p).__name__}")
+    try:
+        json.dumps(payloads)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"payloads must be JSON-serialisable: {exc}") from exc
+    return payloads
+
+
+def check_limit(limit: int) -> int:
+    """A search's ``limit`` as a non-negative int (0 asks for no hits); `ConfigError` otherwise."""
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+        raise ConfigError(f"limit must be a non-negative integer, got {limit!r}")
+    return int(limit)
+
+
+def check_batch_size(batch_size: int) -> int:
+    """A page size as a positive int; `ConfigError` otherwise."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size!r}")
+    return int(batch_size)
+
+
+def check_cursor(cursor: Id | None, id_type: IdType | None, collection_name: str) -> None:
+    """A page cursor must be an id of the collection's type (`DataError` otherwise)."""
+    if cursor is None or id_type is None:
+        return
+    want = int if id_type == "int" else str
+    if not isinstance(cursor, want) or isinstance(cursor, bool):
+        raise DataError(f"cursor {cursor!r} is not a {id_type} id of collection '{collection_name}'")
+
+
+def page_cursor(cursor: Id | None, after: Id | None) -> Id | None:
+    """The page cursor of an `iter_dense` call that may still use the deprecated ``after=``.
+
+    Raises:
+        ConfigError: both were given.
+    """
+    if after is None:
+        return cursor
+    if cursor is not None:
+        raise ConfigError("give the page cursor once: cursor= (after= is its deprecated name)")
+    warnings.warn("iter_dense(after=...) is deprecated: use cursor=", DeprecationWarning, stacklevel=3)
+    return after
+
+
+# ------------------------------------------------------------------------------ URIs
+def _netloc(host: str | None, port: int | None, user: str | None = None) -> str:
+    host = host or ""
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    out = f"{host}:{port}" if port else host
+    return f"{user}@{out}" if user is not None else out
+
+
+def strip_credentials(uri: str, *, keep_query: bool = False) -> str:
+    """The URI without anything secret, for messages, logs, `VectorStore.uri` and state names.
+
+    A URL (``scheme://...``) is rebuilt from its scheme, host (lower case), port and path: its
+    user-info (``user:password@``), its fragment and, unless ``keep_query``, its query string
+    (where tokens and API keys are passed too) are left out, so the result is also one spelling
+    of one server. Anything else (a file or folder path) is returned unchanged.
+    """
+    if "://" not in uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:  # a malformed URL: keep only what precedes any user-info or query
+        scheme, _, rest = uri.partition("://")
+        return f"{scheme}://{rest.rsplit('@', 1)[-1].split('?', 1)[0].split('#', 1)[0]}"
+    # Rebuilt by hand: urlunsplit turns "memory://" into "memory:".
+    out = f"{parts.scheme}://{_netloc(parts.hostname, port)}{parts.path}"
+    return f"{out}?{parts.query}" if keep_query and parts.query else out
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with a password in its user-info replaced by ``***`` (user name, host, path and
+    query kept), for showing a user which account a setting names."""
+    if "://" not in uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return strip_credentials(uri)
+    if parts.password is None:
+        return uri
+    netloc = _netloc(parts.hostname, port, f"{parts.username or ''}:***")
+    out = f"{parts.scheme}://{netloc}{parts.path}"
+    out += f"?{parts.query}" if parts.query else ""
+    return out + (f"#{parts.fragment}" if parts.fragment else "")
