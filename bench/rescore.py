@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from csr_vdb.adapters import open_store  # noqa: E402
-from csr_vdb.evaluation import load_beir_dir  # noqa: E402
+from bench.loaders import load_beir_dir  # noqa: E402
 from csr_vdb.fileutil import atomic_write_json  # noqa: E402
 from csr_vdb.model import CSREncoder  # noqa: E402
 from csr_vdb.recipes import default_configs  # noqa: E402

@@ -35,6 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # the checkout, for the `bench` helpers
+
 from csr_vdb.device import resolve_device
 from csr_vdb.index import SparseIndex
 from csr_vdb.rerank import Reranker
@@ -190,7 +193,8 @@ def print_speed(res: dict) -> None:
 # ---------------------------------------------------------------------------------------- SciFact
 def run_scifact(args: argparse.Namespace) -> dict:
     """Train an encoder on the SciFact corpus (project defaults) and score three rankings."""
-    from csr_vdb.evaluation import load_beir_dir, ndcg_at_k, rankings
+    from bench.loaders import load_beir_dir
+    from csr_vdb.metrics import ndcg_at_k, rankings
     from csr_vdb.recipes import default_configs
     from csr_vdb.training import train_encoder
 

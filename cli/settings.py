@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from csr_vdb.errors import ConfigError
+from csr_vdb.store import STORE_KINDS, StoreKind, redact_uri
 
 try:  # Python >= 3.11
     import tomllib
@@ -20,8 +20,6 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10: the backport, if 
     except ModuleNotFoundError:
         tomllib = None  # type: ignore[assignment]
 
-StoreKind = Literal["milvus", "qdrant", "qdrant-edge"]
-STORE_CHOICES: tuple[str, ...] = ("milvus", "qdrant", "qdrant-edge")
 
 CONFIG_FILE_NAME = "csr-vdb.toml"
 
@@ -62,16 +60,6 @@ class CLISettings(BaseModel):
             "timeout": self.timeout,
             "config_file": str(self.config_file) if self.config_file else None,
         }
-
-
-def redact_uri(uri: str) -> str:
-    """A URI safe to print: a password in its user-info part is replaced by ``***``."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}{port}"))
 
 
 def read_config_file(path: Path | None, cwd: Path | None = None) -> tuple[dict[str, Any], Path | None]:
@@ -124,8 +112,8 @@ def resolve_settings(
     env = os.environ if env is None else env
     file, file_path = read_config_file(config_path or _path(env.get("CSR_VDB_CONFIG")), cwd)
     store = _first(flags.get("store"), env.get("CSR_VDB_STORE"), file.get("store"), "milvus")
-    if store not in STORE_CHOICES:
-        raise ConfigError(f"unknown store '{store}' (choose from {', '.join(STORE_CHOICES)})")
+    if store not in STORE_KINDS:
+        raise ConfigError(f"unknown store '{store}' (choose from {', '.join(STORE_KINDS)})")
     if store == "milvus":
         env_uri, env_tok = env.get("CSR_VDB_MILVUS_URI"), env.get("CSR_VDB_MILVUS_TOKEN")
         file_uri, file_tok = file.get("milvus_uri"), file.get("milvus_token")

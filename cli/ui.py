@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from csr_vdb.cli.settings import STORE_CHOICES, CLISettings, resolve_settings
+from csr_vdb.cli.settings import CLISettings, resolve_settings
+from csr_vdb.store import STORE_KINDS
 from csr_vdb.errors import CSRVDBError, StoreError
 from csr_vdb.migrations.plan import parse_shard
 
@@ -311,7 +312,7 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             app.close()
 
     options = [
-        click.option("--store", type=click.Choice(STORE_CHOICES), default=None,
+        click.option("--store", type=click.Choice(STORE_KINDS), default=None,
                      help="Vector database: milvus, qdrant or qdrant-edge [env CSR_VDB_STORE; default milvus]."),
         click.option("--uri", default=None,
                      help="File/dir of an embedded engine or a server URL [env CSR_VDB_URI; default "

@@ -30,8 +30,8 @@ _EXPORTS: dict[str, str] = {
     "ArraySource": "csr_vdb.sources",
     "NpySource": "csr_vdb.sources",
     "IteratorSource": "csr_vdb.sources",
-    "SparseIndex": "csr_vdb.scoring",
-    "Reranker": "csr_vdb.scoring",
+    "SparseIndex": "csr_vdb.index",
+    "Reranker": "csr_vdb.rerank",
     "Retriever": "csr_vdb.retriever",
     "TextEmbedder": "csr_vdb.text",
     "load_text_model": "csr_vdb.text",
@@ -69,7 +69,8 @@ if TYPE_CHECKING:  # static analysers see the real symbols
     )
     from csr_vdb.model import CSREncoder
     from csr_vdb.retriever import Retriever
-    from csr_vdb.scoring import Reranker, SparseIndex
+    from csr_vdb.index import SparseIndex
+    from csr_vdb.rerank import Reranker
     from csr_vdb.sparse import SparseVectors
     from csr_vdb.text import TextEmbedder, load_text_model
     from csr_vdb.sources import ArraySource, IteratorSource, NpySource

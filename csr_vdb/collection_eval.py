@@ -270,7 +270,7 @@ def quality_vs_k(
     for k in ks:
         codes = encoder.encode(x, k=k).to_scipy()
         # queries are made the way the encoder makes them (its projection), at this k's query width
-        kq = encoder.config.query_k_for(encoder.config.query_projection, k)
+        kq = encoder.config.k_query_for(encoder.config.query_projection, k)
         qcodes = encoder.encode(x[qi], k=kq, kind="query").to_scipy()
         sp = np.asarray((qcodes @ codes.T).todense())
         top = _exact_top(sp, top_k, qi)

@@ -114,7 +114,7 @@ def rescored_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Two-stage top-k: the ``candidates`` best rows by ``queries`` (dot product: what a database's
     index returns), re-scored by ``exact_queries`` with the exact re-ranker that
-    `csr_vdb.retriever.Retriever` uses (`csr_vdb.scoring.Reranker`, float64).
+    `csr_vdb.retriever.Retriever` uses (`csr_vdb.rerank.Reranker`, float64).
 
     With sparse codes ``exact_queries`` may carry entries that ``queries`` cannot (negative query
     weights, which Milvus rejects), e.g. ``CSREncoder.encode_queries(x, signed=True)``.
@@ -133,7 +133,7 @@ def rescored_search(
     Raises:
         DataError: mismatched kinds, dimensions or query counts; empty database.
     """
-    from csr_vdb.scoring import Reranker
+    from csr_vdb.rerank import Reranker
 
     _check_pair(exact_queries, database)
     if len(exact_queries) != len(queries):

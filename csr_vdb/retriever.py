@@ -74,7 +74,7 @@ def decoder_queries(encoder: QueryEncoder, x: np.ndarray) -> tuple[SparseVectors
     cfg = encoder.config
     signed = encoder.encode_queries(x, projection="decoder", signed=True)
     proj = torch.from_numpy(signed.to_dense()[:, : cfg.hidden_dim])
-    vals, idx = proj.topk(cfg.query_k_for("decoder"), dim=1)
+    vals, idx = proj.topk(cfg.k_query_for("decoder"), dim=1)
     first = vals[:, :1]
     vals[:, :1] = torch.where(first > 0, first, torch.full_like(first, MIN_ACTIVATION))
     vals = F.relu(vals)

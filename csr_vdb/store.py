@@ -28,7 +28,7 @@ import json
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "METRICS",
     "SPARSE_FIELD",
     "STORE_KINDS",
+    "StoreKind",
     "Candidates",
     "CollectionInfo",
     "DensePage",
@@ -63,7 +64,8 @@ __all__ = [
 SPARSE_FIELD = "csr"
 """Name of the sparse vector field/named vector in every collection csr-vdb writes."""
 
-STORE_KINDS: tuple[str, ...] = ("milvus", "qdrant", "qdrant-edge")
+StoreKind = Literal["milvus", "qdrant", "qdrant-edge"]
+STORE_KINDS: tuple[str, ...] = get_args(StoreKind)
 """The databases a user can name (``--store``); `csr_vdb.adapters.open_store` also takes "memory"."""
 
 Id = int | str

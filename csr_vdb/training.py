@@ -23,7 +23,8 @@ from csr_vdb import allocator
 from csr_vdb.config import CSRConfig, TrainConfig
 from csr_vdb.errors import ConfigError, DataError
 from csr_vdb.losses import TERM_NAMES, ContrastiveLoss, csr_loss, reconstruction_terms, update_dead_counts_
-from csr_vdb.model import CSREncoder, resolve_device
+from csr_vdb.device import resolve_device
+from csr_vdb.model import CSREncoder
 from csr_vdb.sources import (
     FINGERPRINT_ROWS,
     ArraySource,

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field
 
-from csr_vdb.adapters.base import VectorStore
+from csr_vdb.store import VectorStore
 from csr_vdb.errors import MigrationError
 from csr_vdb.fileutil import atomic_write_json
 from csr_vdb.migrations.journal import Journal

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from csr_vdb.adapters.base import DensePage, VectorStore
+from csr_vdb.store import DensePage, VectorStore
 from csr_vdb.errors import DataError, MigrationError, describe_rows
 from csr_vdb.migrations.journal import Journal
 from csr_vdb.migrations.plan import MigrationPlan
@@ -210,7 +210,7 @@ class Pipeline:
         item: Any = None
         try:
             pages = self.store.iter_dense(
-                self.plan.source, self.plan.batch_size, after=cursor, vector_field=self.plan.vector_field
+                self.plan.source, self.plan.batch_size, cursor=cursor, vector_field=self.plan.vector_field
             )
             for page in pages:
                 if not self._offer(page):

@@ -11,11 +11,10 @@ import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from csr_vdb.adapters.base import VectorStore
+from csr_vdb.store import StoreKind, VectorStore, strip_credentials
 from csr_vdb.errors import CollectionNotFoundError, ConfigError, DataError, MigrationError, ModelError
 from csr_vdb.fileutil import atomic_write_json, model_checksum
 from csr_vdb.migrations.schema import Preflight, SourceSchema, check_target_schema
@@ -58,7 +57,7 @@ class MigrationPlan(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    store_kind: Literal["milvus", "qdrant", "qdrant-edge", "memory"] = Field(
+    store_kind: Literal[StoreKind, "memory"] = Field(
         description="Which adapter opens the store."
     )
     uri: str = Field(description="Where the store lives (file, directory or URL); never holds a secret.")
@@ -272,13 +271,7 @@ def shard_of(id_: object, shard_count: int) -> int:
 def normalize_uri(uri: str) -> str:
     """Drop credentials from a URL and make a local path absolute, so one store has one name."""
     if "://" in uri:
-        parts = urlsplit(uri)
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        # Rebuilt by hand: urlunsplit turns "memory://" into "memory:", which is not idempotent.
-        out = f"{parts.scheme}://{host}{parts.path}"
-        return f"{out}?{parts.query}" if parts.query else out
+        return strip_credentials(uri, keep_query=True)
     return str(Path(uri).expanduser().resolve())
 
 

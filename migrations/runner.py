@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from csr_vdb.adapters.base import VectorStore
+from csr_vdb.store import VectorStore
 from csr_vdb.errors import MigrationError
 from csr_vdb.migrations.journal import Journal
 from csr_vdb.migrations.lock import plan_lock

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from csr_vdb.adapters.base import SPARSE_FIELD, CollectionInfo, VectorStore
+from csr_vdb.store import SPARSE_FIELD, CollectionInfo, VectorStore
 from csr_vdb.errors import ConfigError, MigrationError
 
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2] / "migrations"
 ALLOWED_CSR = {
-    "csr_vdb.adapters.base",
     "csr_vdb.errors",
     "csr_vdb.sparse",
     "csr_vdb.validation",
     "csr_vdb.fileutil",
-    "csr_vdb.store",  # the store contract, once it moves into the core
+    "csr_vdb.store",  # the store contract
 }
 BANNED_TOP = {"torch", "pymilvus", "qdrant_client", "qdrant_edge", "milvus_lite", "click", "tqdm", "scipy"}
 
