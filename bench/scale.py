@@ -50,7 +50,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# OpenMP threads that spin while waiting are far slower on a shared, oversubscribed CPU (set before torch loads)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -117,12 +120,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "full_scan_threshold; Milvus: inverted_index_algo, drop_ratio_build) and/or "
                         "model:DIR or hidden:H (its own encoder)")
     p.add_argument("--no-default-variant", action="store_true", help="time only the --variant modes")
+    p.add_argument("--fast", action="store_true",
+                   help="also time fast:<variant>, a one-pass prototype of the query path (Qdrant Edge)")
     p.add_argument("--ef-recall", type=float, default=0.95, help="recall the tuned dense ef must reach")
     p.add_argument("--efs", default="16,32,64,100,128,192,256,384,512,768,1024,2048",
                    help="HNSW ef values tried for --ef-recall")
     p.add_argument("--throughput-seconds", type=float, default=3.0, help="per mode and thread count (0: skip)")
     p.add_argument("--throughput-modes", default="dense,dense_ef,search:default,retriever:default",
                    help="modes measured for throughput ('all' for every mode)")
+    p.add_argument("--profile-modes", default="retriever:default",
+                   help="modes profiled with cProfile after the timed run (comma-separated; '' for none)")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="numpy BLAS threads in the worker processes (one query at a time: 1)")
     p.add_argument("--warmup", type=int, default=20, help="queries per mode before timing")
     p.add_argument("--batch-size", type=int, default=1000, help="rows per write")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training and encoding")
@@ -353,8 +362,9 @@ def milvus_sparse_probe(store: Any, coll: str) -> dict[str, Any]:
 class WorkerProc:
     """A worker process (bench/scale_worker.py) serving one collection."""
 
-    def __init__(self, name: str) -> None:
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+    def __init__(self, name: str, blas_threads: int = 1) -> None:
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1",
+               "CSR_SCALE_BLAS_THREADS": str(blas_threads)}
         self.name = name
         self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env=env)
@@ -419,7 +429,7 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
 
     t_start = time.perf_counter()
     res: dict[str, Any] = {
-        "schema": SCHEMA_VERSION, "bench": "scale", "date": date.today().isoformat(),
+        "blas_threads": args.blas_threads, "schema": SCHEMA_VERSION, "bench": "scale", "date": date.today().isoformat(),
         "command": "python bench/scale.py " + " ".join(args.argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpu", "load_avg_start": list(os.getloadavg()),
         "store": args.store, "uri": args.uri or "(embedded)", "n": args.n,
@@ -501,7 +511,7 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
         rec = builds[cname]
         if "error" in rec:
             continue
-        w = WorkerProc(cname)
+        w = WorkerProc(cname, args.blas_threads)
         workers.append(w)
         procs[cname] = w
         spec: dict[str, Any] = {"store": args.store, "uri": rec["uri"], "collection": rec["collection"],
@@ -522,13 +532,16 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
                                                        post[sq[vname].indices][sq[vname].values != 0].sum()
                                                        / len(qx)), 0)}
             spec["sparse_queries"] = sq
+            spec["search_candidates"] = {vn: int(v["candidates"]) for vn, v in variants_by_coll[cname].items()}
             spec["warmup_modes"] = [f"search:{v}" for v in sq]
             opened = w.call("open", spec=spec)
             w.call("setup_retrievers", spec={"model_dir": str(mdir), "variants": variants_by_coll[cname],
                                             "posting": post, "warmup": args.warmup})
-            for vname in variants_by_coll[cname]:
+            for vname, v in variants_by_coll[cname].items():
                 modes.append((f"search:{vname}", cname))
                 modes.append((f"retriever:{vname}", cname))
+                if args.fast and args.store == "qdrant-edge" and v.get("select", "magnitude") == "magnitude":
+                    modes.append((f"fast:{vname}", cname))
         res["collections"][cname]["memory_mb"] = _memory(opened, args)
 
     # dense ef calibration (untimed)
@@ -585,7 +598,7 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
                              "all": round(recall(stripped, truth), 4)}
         if qrels is not None and n_test:
             depth = args.depth
-            if mode.startswith("retriever:"):
+            if mode.startswith(("retriever:", "fast:")):
                 depth = max(depth, args.variants[mode.split(":", 1)[1]]["candidates"])
             run_ = {}
             for j, q in enumerate(test_qids):
@@ -605,6 +618,13 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
                 str(t): round(procs[cname].call("throughput", mode=mode, threads=t, seconds=args.throughput_seconds)
                               ["qps"], 1) for t in (1, 2)}
 
+    # where the time of the whole query path goes (cProfile, untimed)
+    res["profiles"] = {}
+    for mode in filter(None, args.profile_modes.split(",")):
+        cname = dict(modes).get(mode)
+        if cname is not None:
+            res["profiles"][mode] = procs[cname].call("profile", mode=mode, queries=min(100, len(qx)))
+
     # memory after the run, then close
     for cname, w in procs.items():
         after = w.call("close")
@@ -613,6 +633,8 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
     for cname, rec in res["collections"].items():
         if not args.uri and "error" not in rec:
             rec["disk_bytes"] = disk_bytes(rec["uri"])
+            if args.store == "qdrant-edge":  # without the write-ahead log (a fixed ~60 MB here)
+                rec["segments_bytes"] = disk_bytes(Path(rec["uri"]) / "collections" / rec["collection"] / "segments")
     res["modes"] = {m: res["modes"][m] for m, _ in modes}
     res["load_avg_end"] = list(os.getloadavg())
     res["wall_s"] = round(time.perf_counter() - t_start, 1)
@@ -662,7 +684,7 @@ def table(res: dict[str, Any]) -> str:
             f"| {mode} | {lat['p50']:.2f} | {lat['p95']:.2f} | {lat['p99']:.2f} | {qps.get('1', '-')} | "
             f"{qps.get('2', '-')} | {r['test']}/{r['self']} | {ndt} | {m.get('query_nnz_mean', '-')} | "
             f"{m.get('postings_per_query', '-')} |")
-    lines += ["", "| collection | build s (insert + optimize) | disk MB | engine RSS MB | RSS after run MB | engine |",
+    lines += ["", "| collection | build s (insert + optimize) | disk MB (segments) | engine RSS MB | RSS after run MB | engine |",
               "|---|---|---|---|---|---|"]
     for name, c in res["collections"].items():
         if "error" in c:
@@ -671,9 +693,13 @@ def table(res: dict[str, Any]) -> str:
         mem = c.get("memory_mb", {})
         disk = c.get("disk_bytes")
         after = (mem.get("rss_after_run") or {}).get("rss", "-")
+        seg = f" ({round(c['segments_bytes'] / 2**20, 1)})" if c.get("segments_bytes") else ""
         lines.append(f"| {name} | {c.get('build_s')} ({c.get('insert_s')} + {c.get('optimize_s')}) | "
-                     f"{'-' if disk is None else round(disk / 2**20, 1)} | {mem.get('engine_rss', '-')} | {after} | "
+                     f"{'-' if disk is None else round(disk / 2**20, 1)}{seg} | {mem.get('engine_rss', '-')} | {after} | "
                      f"{c.get('engine') or 'defaults'} |")
+    for mode, rows in res.get("profiles", {}).items():
+        lines += ["", f"{mode}: cumulative ms per query (cProfile)"]
+        lines += [f"  {r['cum_ms']:8.3f}  {r['function']}" for r in rows]
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ torch is imported only when a `Retriever` is set up, after the engine's memory w
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import struct
@@ -24,6 +25,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# One query at a time gains nothing from BLAS threads, and on a busy CPU their spin-waits cost
+# milliseconds per numpy product (measured: a 384 x 1536 vector product 0.6 ms with 1 thread,
+# 14 ms with 2); set before numpy loads. bench/scale.py passes --blas-threads here.
+for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = os.environ.get("CSR_SCALE_BLAS_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
@@ -99,6 +106,7 @@ class Worker:
             self.dense_lists = [row.tolist() for row in self.dense]
         self.sparse = spec.get("sparse_queries") or {}
         self.limits = list(spec["limits"])
+        self.search_candidates = dict(spec.get("search_candidates") or {})
         base = rss()
         t = time.perf_counter()
         self.store = open_tuned(self.kind, spec["uri"], None, token=spec.get("token"))
@@ -122,6 +130,14 @@ class Worker:
 
         enc = CSREncoder.load(spec["model_dir"], device="cpu")
         posting = spec.get("posting")
+        cfg = enc.config
+        self.fast = {
+            "W_dec": enc.W_dec.detach().numpy().astype(np.float32).T.copy(),  # [d, h]
+            "b_pre": enc.b_pre.detach().numpy().astype(np.float32),
+            "bias": bool(cfg.bias_latent), "l2": cfg.normalize == "l2", "h": cfg.hidden_dim,
+            "default_width": cfg.query_k_for("decoder"),
+        }
+        self.fast_variants = {name: v for name, v in spec["variants"].items() if v.get("select", "magnitude") == "magnitude"}
         for name, v in spec["variants"].items():
             wrapped = NarrowedEncoder(enc, v.get("width"), v.get("select", "magnitude"), posting, v.get("alpha", 1.0))
             self.retrievers[name] = (Retriever(self.store, self.collection, wrapped, device="cpu"), int(v["candidates"]))
@@ -143,14 +159,61 @@ class Worker:
             return [h.id for h in hits]
         kind, _, variant = mode.partition(":")
         if kind == "search":
+            # the limit the query path sends to the database: the variant's candidates
             q = self.sparse[variant]
-            return [h.id for h in self.store.search_sparse(self.collection, q[i : i + 1], limit=limit)[0]]
+            want = max(limit, int(self.search_candidates.get(variant, 0))) if depth is None else limit
+            hits = self.store.search_sparse(self.collection, q[i : i + 1], limit=want)[0]
+            return [h.id for h in hits[:limit]]
+        if kind == "fast":
+            return self.fast_path(variant, i, limit)
         if kind == "retriever":
             retriever, cand = self.retrievers[variant]
             x = self.dense[i : i + 1]
             hits = retriever.search(x, top_k=limit, candidates=max(cand, limit), rerank="codes")[0]
             return [h.id for h in hits]
         raise ValueError(f"unknown mode {mode!r}")
+
+    def fast_path(self, variant: str, i: int, limit: int) -> list[Any]:
+        """Prototype of a one-pass query path on Qdrant Edge: one projection for both queries, the
+        engine returns the candidates' codes with the hits, the signed re-score in numpy.
+
+        Same ranking as `Retriever.search(rerank="codes")` with the variant's width and candidates.
+        """
+        import qdrant_edge as qe
+
+        f = self.fast
+        v = self.fast_variants[variant]
+        width = int(v.get("width") or f["default_width"])
+        cand = max(int(v["candidates"]), limit)
+        x = self.dense[i]
+        if f["l2"]:
+            x = x / np.linalg.norm(x)
+        proj = x @ f["W_dec"]  # [h]: the signed decoder query (and the search query's source)
+        top = np.argpartition(-proj, width - 1)[:width] if width < len(proj) else np.arange(len(proj))
+        top = top[proj[top] > 0]
+        if len(top) == 0:
+            top = np.array([int(np.argmax(proj))])
+        vals = proj[top]
+        _, _, shard = self.store._col(self.collection)
+        req = qe.QueryRequest(
+            limit=cand,
+            query=qe.Query.Nearest(qe.SparseVector(top.tolist(), (vals / np.linalg.norm(vals)).tolist()), using="csr"),
+            with_payload=False,
+            with_vector=["csr"],
+        )
+        points = shard.query(req)
+        signed = np.append(proj, x @ f["b_pre"]) if f["bias"] else proj
+        if not points:
+            return []
+        vecs = [p.vector["csr"] for p in points]
+        lens = np.fromiter((len(v.indices) for v in vecs), np.int64, len(vecs))
+        flat_i = np.fromiter(itertools.chain.from_iterable(v.indices for v in vecs), np.int64, int(lens.sum()))
+        flat_v = np.fromiter(itertools.chain.from_iterable(v.values for v in vecs), np.float64, int(lens.sum()))
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        scores = np.add.reduceat(signed[flat_i] * flat_v, starts) if len(flat_i) else np.zeros(len(vecs))
+        scores[lens == 0] = 0.0
+        order = np.argsort(-scores, kind="stable")[:limit]
+        return [points[j].id for j in order]
 
     def query(self, mode: str, i: int, ef: int | None = None, depth: int | None = None) -> tuple[list[Any], float]:
         t = time.perf_counter()
@@ -187,6 +250,25 @@ class Worker:
         if errors:
             raise RuntimeError(errors[0])
         return {"qps": sum(counts) / elapsed, "queries": sum(counts), "seconds": elapsed}
+
+    def profile(self, mode: str, queries: int, top: int = 12) -> list[dict]:
+        """cProfile ``queries`` calls of ``mode``: the functions with the most cumulative time, ms per query."""
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        n = min(queries, len(self.limits))
+        prof.enable()
+        for i in range(n):
+            self.run(mode, i)
+        prof.disable()
+        stats = pstats.Stats(prof)
+        rows = []
+        for (fname, line, func), (cc, nc, tt, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
+            rows.append({"function": f"{Path(fname).name}:{line}({func})", "calls_per_query": round(nc / n, 1),
+                         "cum_ms": round(1000 * ct / n, 3), "own_ms": round(1000 * tt / n, 3)})
+        rows.sort(key=lambda r: -r["cum_ms"])
+        return rows[:top]
 
     def set_ef(self, ef: int | None) -> None:
         self.ef = ef

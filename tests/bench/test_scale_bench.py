@@ -39,14 +39,17 @@ def _check_mode(m: dict, timed: int) -> None:
 
 @pytest.mark.slow
 def test_scale_on_qdrant_edge_with_variants_and_engine_settings(tmp_path, capsys):
-    res = _run(tmp_path, "qdrant-edge", ["--variant", "m16=width:16,candidates:40",
+    res = _run(tmp_path, "qdrant-edge", ["--fast", "--variant", "m16=width:16,candidates:40",
                                          "--variant", "c16=width:16,select:cost,alpha:0.5,candidates:40",
                                          "--sparse-config", "f16=datatype:float16,memory:cold"])
     assert res["schema"] == 1 and res["n"] == 1500 and res["queries"] == {"test": 8, "self": 6}
     assert res["data"]["copies"] == 0  # 1500 synthetic base rows need no copies
     want = {"dense", "dense_ef", "search:default", "retriever:default", "search:m16", "retriever:m16",
-            "search:c16", "retriever:c16", "search:f16", "retriever:f16"}
-    assert set(res["modes"]) == want
+            "search:c16", "retriever:c16", "search:f16", "retriever:f16", "fast:default", "fast:m16", "fast:f16"}
+    assert set(res["modes"]) == want  # no fast: mode for the cost-selected variant
+    # the one-pass prototype ranks as Retriever.search does (ties aside)
+    for v in ("default", "m16", "f16"):
+        assert abs(res["modes"][f"fast:{v}"]["recall_at_10"]["all"] - res["modes"][f"retriever:{v}"]["recall_at_10"]["all"]) <= 0.05
     for m in res["modes"].values():
         _check_mode(m, 14)
     # the exact dense top-10 is what the recall is measured against: a tiny HNSW finds it all
@@ -63,6 +66,7 @@ def test_scale_on_qdrant_edge_with_variants_and_engine_settings(tmp_path, capsys
     assert res["collections"]["f16"]["engine"] == {"datatype": "float16", "memory": "cold"}
     model = next(iter(res["models"].values()))
     assert model["trained"] and model["hidden_dim"] == 1536 and 0 <= model["dead_frac"] <= 1
+    assert res["blas_threads"] == 1 and res["profiles"]["retriever:default"][0]["cum_ms"] > 0
     printed = capsys.readouterr().out
     assert "retriever:m16" in printed and "| dense |" in printed
 
