@@ -9,7 +9,7 @@ Banking77 train split) or loaded (``--scifact-model`` / ``--banking77-model``). 
 keeps ``width`` entries (`csr_vdb.query_width.narrow_queries`: by magnitude, or by magnitude per
 posting cost with ``--alpha``); the top ``candidates`` rows by its dot product (what the
 database's exact inverted-index search returns) are re-scored with the signed query
-(`csr_vdb.evaluation.rescored_search`, what `Retriever` does). Reported per cell: the metric,
+(`csr_vdb.metrics.rescored_search`, what `Retriever` does). Reported per cell: the metric,
 its share of dense, and the postings the database walks per query as a multiple of the rows.
 Then `choose_query_width` on 300 self-queries of the database rows (exact dense neighbours,
 floors 0.99 / 0.98 of the full width's recall@10) shows the width it would pick per candidates.
@@ -30,20 +30,14 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from csr_vdb.evaluation import (  # noqa: E402
-    evaluate_banking77,
-    evaluate_beir,
-    load_banking77_dir,
-    load_beir_dir,
-    ndcg_at_k,
-    rankings,
-    rescored_search,
-)
+from bench.loaders import evaluate_banking77, evaluate_beir, load_banking77_dir, load_beir_dir  # noqa: E402
 from csr_vdb.fileutil import atomic_write_json  # noqa: E402
+from csr_vdb.metrics import ndcg_at_k, rankings, rescored_search  # noqa: E402
 from csr_vdb.model import CSREncoder  # noqa: E402
 from csr_vdb.query_width import choose_query_width, narrow_queries, posting_lengths, self_query_sample  # noqa: E402
 from csr_vdb.recipes import default_configs  # noqa: E402
-from csr_vdb.training import ArraySource, train_encoder  # noqa: E402
+from csr_vdb.sources import ArraySource  # noqa: E402
+from csr_vdb.training import train_encoder  # noqa: E402
 
 
 def encoder_for(x: np.ndarray, model: Path | None, threads: int) -> tuple[CSREncoder, float]:

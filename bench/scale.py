@@ -24,7 +24,8 @@ Modes, timed one query at a time and interleaved per query (the order rotates):
 recall of the exact dense top-10 reaches ``--ef-recall``; on Qdrant Edge a direct engine call,
 since the adapter takes no ``ef``), ``search:<variant>`` (the adapter's `search_sparse`, top 10,
 with the variant's search query) and ``retriever:<variant>`` (`Retriever.search` with the exact
-re-score from codes: encode, search, fetch the candidates' codes, re-score: the whole query path).
+re-score from codes and the encoder's ``k_query`` set to the variant's width: encode, search,
+fetch the candidates' codes, re-score: the whole query path; magnitude-selected widths only).
 Variants: ``default`` (the encoder's search query, 100 candidates) and each ``--variant``.
 
 Quality: recall@10 of the exact dense top-10 over all rows (test and self-queries), and NDCG@10
@@ -60,7 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scale_engines import SOURCE, disk_bytes, location, open_tuned, restore_milvus  # noqa: E402
 
-from csr_vdb.evaluation import exact_search, load_beir_dir, ndcg_at_k  # noqa: E402
+from bench.loaders import load_beir_dir  # noqa: E402
+from csr_vdb.metrics import exact_search, ndcg_at_k  # noqa: E402
 
 COPY_ID_BASE = 1_000_000_000
 TOP_K = 10
@@ -231,7 +233,8 @@ def train_or_load(args: argparse.Namespace, rows: dict[str, Any], key: str, work
     import torch
 
     from csr_vdb.recipes import default_configs
-    from csr_vdb.training import ArraySource, train_encoder
+    from csr_vdb.sources import ArraySource
+    from csr_vdb.training import train_encoder
 
     x = rows["x"]
     n_train = min(args.train_rows, len(x))
@@ -539,8 +542,10 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
                                             "posting": post, "warmup": args.warmup})
             for vname, v in variants_by_coll[cname].items():
                 modes.append((f"search:{vname}", cname))
+                if v.get("select", "magnitude") != "magnitude":
+                    continue  # the database search only: Retriever narrows its query by magnitude
                 modes.append((f"retriever:{vname}", cname))
-                if args.fast and args.store == "qdrant-edge" and v.get("select", "magnitude") == "magnitude":
+                if args.fast and args.store == "qdrant-edge":
                     modes.append((f"fast:{vname}", cname))
         res["collections"][cname]["memory_mb"] = _memory(opened, args)
 

@@ -122,8 +122,9 @@ def edge_dense_query(store: Any, collection: str, vector: list[float], limit: in
     """
     import qdrant_edge as qe
 
-    _, meta, shard = store._col(collection)
-    field = next(iter(meta["dense"]))
+    s = store._layout(collection)
+    field = next(iter(s.dense))
+    shard = s.shard
     req = qe.QueryRequest(
         limit=int(limit),
         query=qe.Query.Nearest(vector, using=field),

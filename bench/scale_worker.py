@@ -52,12 +52,12 @@ def _write(stream, obj: Any) -> None:
 
 
 class NarrowedEncoder:
-    """An encoder whose search queries keep ``width`` entries (prototype of a query-width setting).
+    """An encoder whose search queries keep ``width`` entries: the ``search:`` modes' queries.
 
-    Signed (re-scoring) queries are the wrapped encoder's, unchanged. ``select="magnitude"`` asks
-    the encoder for its ``width`` largest positive entries; ``select="cost"`` takes the encoder's
-    default search query and keeps the entries with the largest ``|q_i| / (1 + posting_i)^alpha``
-    (`csr_vdb.query_width.narrow_queries`).
+    ``select="magnitude"`` asks the encoder for its ``width`` largest positive entries (what
+    `Retriever` sends with ``k_query=width``); ``select="cost"`` takes the encoder's default
+    search query and keeps the entries with the largest ``|q_i| / (1 + posting_i)^alpha``
+    (`csr_vdb.query_width.narrow_queries`). Signed (re-scoring) queries are unchanged.
     """
 
     def __init__(self, encoder: Any, width: int | None, select: str, posting: np.ndarray | None, alpha: float):
@@ -135,13 +135,15 @@ class Worker:
             "W_dec": enc.W_dec.detach().numpy().astype(np.float32).T.copy(),  # [d, h]
             "b_pre": enc.b_pre.detach().numpy().astype(np.float32),
             "bias": bool(cfg.bias_latent), "l2": cfg.normalize == "l2", "h": cfg.hidden_dim,
-            "default_width": cfg.query_k_for("decoder"),
+            "default_width": cfg.k_query_for("decoder"),
         }
         self.fast_variants = {name: v for name, v in spec["variants"].items() if v.get("select", "magnitude") == "magnitude"}
         for name, v in spec["variants"].items():
-            wrapped = NarrowedEncoder(enc, v.get("width"), v.get("select", "magnitude"), posting, v.get("alpha", 1.0))
-            self.retrievers[name] = (Retriever(self.store, self.collection, wrapped, device="cpu"), int(v["candidates"]))
-        for name in spec["variants"]:
+            if v.get("select", "magnitude") != "magnitude":
+                continue  # Retriever takes its search query's width from the config, by magnitude only
+            narrowed = enc.with_config(k_query=int(v["width"])) if v.get("width") else enc
+            self.retrievers[name] = (Retriever(self.store, self.collection, narrowed, device="cpu"), int(v["candidates"]))
+        for name in self.retrievers:
             for i in range(min(int(spec.get("warmup", 20)), len(self.limits))):
                 self.run(f"retriever:{name}", i)
         return {"rss": rss()}
@@ -194,7 +196,7 @@ class Worker:
         if len(top) == 0:
             top = np.array([int(np.argmax(proj))])
         vals = proj[top]
-        _, _, shard = self.store._col(self.collection)
+        shard = self.store._layout(self.collection).shard
         req = qe.QueryRequest(
             limit=cand,
             query=qe.Query.Nearest(qe.SparseVector(top.tolist(), (vals / np.linalg.norm(vals)).tolist()), using="csr"),

@@ -150,7 +150,7 @@ def choose_query_width(
 
     Each width is scored as the database would serve it: the top ``candidates`` rows of
     ``doc_codes`` by the narrowed query's dot product (exact; a database's inverted index
-    returns the same rows), re-scored with ``exact_queries`` (`csr_vdb.evaluation.rescored_search`),
+    returns the same rows), re-scored with ``exact_queries`` (`csr_vdb.metrics.rescored_search`),
     and compared with ``truth``, the exact dense neighbours.
 
     Args:
@@ -177,7 +177,7 @@ def choose_query_width(
         ConfigError: a floor outside (0, 1], no width >= 1, or ``candidates < top_k``.
         DataError: mismatched query counts or dimensions.
     """
-    from csr_vdb.evaluation import rescored_search
+    from csr_vdb.metrics import rescored_search
 
     if not 0.0 < float(floor) <= 1.0:
         raise ConfigError(f"recall floor must be in (0, 1], got {floor}")
@@ -233,7 +233,7 @@ def self_query_sample(
         ``(rows [q] int64, truth [q, top_k + 1] int64)``: each query's own row and its exact
         neighbours (own row included, for `recall_at`'s ``self_rows`` to drop).
     """
-    from csr_vdb.evaluation import exact_search
+    from csr_vdb.metrics import exact_search
 
     n = len(x)
     if n < 2:

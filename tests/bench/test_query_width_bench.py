@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from csr_vdb.config import CSRConfig
-from csr_vdb.evaluation import load_banking77_dir, load_beir_dir
+from bench.loaders import load_banking77_dir, load_beir_dir
 from csr_vdb.model import CSREncoder
 from tests.conftest import REPO
 

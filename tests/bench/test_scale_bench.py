@@ -45,8 +45,8 @@ def test_scale_on_qdrant_edge_with_variants_and_engine_settings(tmp_path, capsys
     assert res["schema"] == 1 and res["n"] == 1500 and res["queries"] == {"test": 8, "self": 6}
     assert res["data"]["copies"] == 0  # 1500 synthetic base rows need no copies
     want = {"dense", "dense_ef", "search:default", "retriever:default", "search:m16", "retriever:m16",
-            "search:c16", "retriever:c16", "search:f16", "retriever:f16", "fast:default", "fast:m16", "fast:f16"}
-    assert set(res["modes"]) == want  # no fast: mode for the cost-selected variant
+            "search:c16", "search:f16", "retriever:f16", "fast:default", "fast:m16", "fast:f16"}
+    assert set(res["modes"]) == want  # the cost-selected variant: the database search only
     # the one-pass prototype ranks as Retriever.search does (ties aside)
     for v in ("default", "m16", "f16"):
         assert abs(res["modes"][f"fast:{v}"]["recall_at_10"]["all"] - res["modes"][f"retriever:{v}"]["recall_at_10"]["all"]) <= 0.05

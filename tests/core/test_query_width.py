@@ -8,7 +8,7 @@ import torch
 
 from csr_vdb.config import CSRConfig
 from csr_vdb.errors import ConfigError, DataError
-from csr_vdb.evaluation import exact_search
+from csr_vdb.metrics import exact_search
 from csr_vdb.model import CSREncoder
 from csr_vdb.query_width import (
     choose_query_width,
@@ -100,7 +100,7 @@ def test_choose_query_width_on_self_queries_of_a_real_encoder():
     # the narrowest width meeting the floor: every narrower width tried falls below it
     assert all(choice.recalls[w] < choice.floor for w in choice.recalls if w < choice.width)
     # the recall of the full width is the two-stage search's, computed independently here
-    from csr_vdb.evaluation import rescored_search
+    from csr_vdb.metrics import rescored_search
 
     _, got = rescored_search(search, exact, docs, 6, candidates=30)
     assert choice.full_recall == pytest.approx(recall_at(got, truth, rows, 5))
