@@ -30,8 +30,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import emit  # noqa: E402
 from bench.loaders import evaluate_banking77, evaluate_beir, load_banking77_dir, load_beir_dir  # noqa: E402
-from csr_vdb.fileutil import atomic_write_json  # noqa: E402
 from csr_vdb.metrics import ndcg_at_k, rankings, rescored_search  # noqa: E402
 from csr_vdb.model import CSREncoder  # noqa: E402
 from csr_vdb.query_width import choose_query_width, narrow_queries, posting_lengths, self_query_sample  # noqa: E402
@@ -142,10 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: neither scifact/ nor banking77/ under {args.data_dir}", file=sys.stderr)
         return 2
     results = {n: run_dataset(n, f, args) for n, f in found.items()}
-    print(table(results))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out, results)
+    emit(results, table(results), args.out)
     return 0
 
 

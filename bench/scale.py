@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scale_engines import SOURCE, disk_bytes, location, open_tuned, restore_milvus  # noqa: E402
 
+from bench.common import emit  # noqa: E402
 from bench.loaders import load_beir_dir  # noqa: E402
 from csr_vdb.metrics import exact_search, ndcg_at_k  # noqa: E402
 
@@ -712,12 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     res = run(args)
-    print(table(res))
-    if args.out:
-        from csr_vdb.fileutil import atomic_write_json
-
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out, res)
+    emit(res, table(res), args.out)
     return 0
 
 
