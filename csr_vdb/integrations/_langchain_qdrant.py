@@ -1,0 +1,44 @@
+"""`CSRSparseEmbeddings`: CSR codes as ``langchain_qdrant`` sparse embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from csr_vdb.integrations._base import CSRCodec, pairs, require
+
+_lq = require("langchain_qdrant", "langchain", "CSRSparseEmbeddings")
+
+
+class CSRSparseEmbeddings(_lq.SparseEmbeddings):
+    """Sparse embeddings of a collection migrated by csr-vdb, for LangChain's ``QdrantVectorStore``.
+
+    Documents get the codes ``csr-vdb migrate`` stored (so ``add_texts`` writes what the migration
+    would have), queries the non-negative search query. Use with the target collection::
+
+        sparse = CSRSparseEmbeddings("models/docs", embeddings=dense)
+        store = QdrantVectorStore(client, "docs_csr", embedding=dense, sparse_embedding=sparse,
+                                  retrieval_mode=RetrievalMode.HYBRID, sparse_vector_name="csr")
+
+    Args:
+        model: the model folder of ``csr-vdb train`` (or a loaded `CSREncoder`).
+        embeddings: the dense LangChain ``Embeddings`` the collection was made with.
+        query_k: non-zeros of a search query (None: the encoder's).
+        device: torch device of the encoder (None: CUDA when present).
+    """
+
+    def __init__(self, model: Any, embeddings: Any, *, query_k: int | None = None, device: str | None = None) -> None:
+        self.embeddings = embeddings
+        self.codec = CSRCodec(model, embeddings.embed_documents, embeddings.embed_query, query_k=query_k, device=device)
+
+    def embed_documents(self, texts: list[str]) -> list[Any]:
+        """Document codes, one ``SparseVector`` per text."""
+        return _vectors(pairs(self.codec.embed_documents(texts)))
+
+    def embed_query(self, text: str) -> Any:
+        """The search query of ``text`` as a ``SparseVector``."""
+        return _vectors(pairs(self.codec.embed_query(text)))[0]
+
+
+def _vectors(rows: Sequence[tuple[list[int], list[float]]]) -> list[Any]:
+    return [_lq.SparseVector(indices=i, values=v) for i, v in rows]
