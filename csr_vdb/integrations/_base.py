@@ -18,20 +18,20 @@ class MissingExtraError(ConfigError, ImportError):
     """A framework integration was used without its framework installed (names the extra)."""
 
 
-def require(module: str, extra: str, what: str) -> ModuleType:
+def require(module: str, extra: str, what: str, package: str | None = None) -> ModuleType:
     """Import ``module`` or raise `MissingExtraError` naming the pip extra that installs it.
 
     Args:
         module: dotted module name, e.g. ``"langchain_qdrant"``.
         extra: the csr-vdb extra that brings it, e.g. ``"langchain"``.
         what: the feature that needs it, for the message.
+        package: the distribution to name (default: the module's top-level name).
     """
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingExtraError(
-            f"{what} needs the '{module.split('.')[0]}' package: pip install 'csr-vdb[{extra}]'"
-        ) from exc
+        name = package or module.split(".")[0]
+        raise MissingExtraError(f"{what} needs the '{name}' package: pip install 'csr-vdb[{extra}]'") from exc
 
 
 def _as_rows(vectors: Any, what: str) -> np.ndarray:

@@ -6,7 +6,7 @@ from typing import Any
 
 from csr_vdb.integrations._base import CSRCodec, dicts, require
 
-_sparse = require("langchain_milvus.utils.sparse", "langchain", "CSRMilvusSparseEmbedding")
+_sparse = require("langchain_milvus.utils.sparse", "langchain", "CSRMilvusSparseEmbedding", "langchain-milvus")
 
 MILVUS_SPARSE_SEARCH_PARAMS: dict[str, Any] = {"metric_type": "IP", "params": {}}
 """Search parameters for the sparse field ``csr``: inner product, nothing dropped. LangChain's

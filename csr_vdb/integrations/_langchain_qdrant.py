@@ -7,7 +7,7 @@ from typing import Any
 
 from csr_vdb.integrations._base import CSRCodec, pairs, require
 
-_lq = require("langchain_qdrant", "langchain", "CSRSparseEmbeddings")
+_lq = require("langchain_qdrant", "langchain", "CSRSparseEmbeddings", "langchain-qdrant")
 
 
 class CSRSparseEmbeddings(_lq.SparseEmbeddings):

@@ -9,8 +9,8 @@ import numpy as np
 
 from csr_vdb.integrations._base import require
 
-_retrievers = require("langchain_core.retrievers", "langchain", "CSRRetriever")
-_documents = require("langchain_core.documents", "langchain", "CSRRetriever")
+_retrievers = require("langchain_core.retrievers", "langchain", "CSRRetriever", "langchain-core")
+_documents = require("langchain_core.documents", "langchain", "CSRRetriever", "langchain-core")
 
 #: payload keys of LangChain's Qdrant store (``page_content`` + a ``metadata`` object)
 QDRANT_CONTENT_KEY, QDRANT_METADATA_KEY = "page_content", "metadata"

@@ -27,8 +27,8 @@ import numpy as np
 from csr_vdb.errors import ConfigError
 from csr_vdb.integrations._base import CSRCodec, pairs, require
 
-_hs = require("haystack", "haystack", "csr_vdb.integrations.haystack")
-_sparse = require("haystack.dataclasses.sparse_embedding", "haystack", "csr_vdb.integrations.haystack")
+_hs = require("haystack", "haystack", "csr_vdb.integrations.haystack", "haystack-ai")
+_sparse = require("haystack.dataclasses.sparse_embedding", "haystack", "csr_vdb.integrations.haystack", "haystack-ai")
 component = _hs.component
 Document = _hs.Document
 SparseEmbedding = _sparse.SparseEmbedding

@@ -13,6 +13,7 @@ from tests.integrations.conftest import (
     doc_uuid,
     exact_top,
     migrate,
+    new_texts,
     small_epochs,
     train,
 )
@@ -116,8 +117,7 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | N
         assert figures["sparse"] >= min_ratio * figures["dense"], figures
 
         # new documents written through the framework are found by sparse search
-        new = corpus.vectors_by_text
-        extra = [t for t in new.table if t not in set(corpus.texts)][:3] or ["A new passage about sparse retrieval."]
+        extra = new_texts(corpus)
         meta = [{"doc_id": f"new-{n}", "kind": "added"} for n in range(len(extra))]
         hybrid_store.add_texts(extra, metadatas=meta, ids=[doc_uuid(m["doc_id"]) for m in meta])
         for t, m in zip(extra, meta):
