@@ -1,0 +1,106 @@
+"""LlamaIndex's MilvusVectorStore on a collection it wrote, migrated by the CLI (Milvus Lite).
+
+llama-index-vector-stores-milvus needs pymilvus < 3 and so cannot sit beside the ``langchain``
+extra: these tests run in an environment made with ``pip install -e '.[dev,demo,llama-index-milvus]'``
+and skip elsewhere (``make test`` installs the other extras).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integrations.conftest import Corpus, doc_uuid, migrate, new_texts, small_epochs, train
+
+lm = pytest.importorskip(
+    "llama_index.vector_stores.milvus",
+    reason="llama-index-vector-stores-milvus is not installed: pip install 'csr-vdb[llama-index-milvus]' "
+    "(it needs pymilvus < 3, so not beside the langchain extra)",
+)
+from llama_index.core import StorageContext, VectorStoreIndex  # noqa: E402
+from llama_index.core.embeddings import BaseEmbedding  # noqa: E402
+from llama_index.core.schema import TextNode  # noqa: E402
+
+from csr_vdb.integrations.llama_index import milvus_sparse_embedding_function  # noqa: E402
+
+SOURCE = "docs"
+TARGET = "docs_csr"
+
+
+class DenseEmbedding(BaseEmbedding):
+    corpus: Any
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self.corpus.vectors_by_text.documents([text])[0].tolist()
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self.corpus.vectors_by_text.documents(list(texts)).tolist()
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self.corpus.vectors_by_text.query(query).tolist()
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
+
+def node(doc_id: str, text: str, meta: dict) -> TextNode:
+    return TextNode(id_=doc_uuid(doc_id), text=text, metadata=dict(meta), excluded_embed_metadata_keys=list(meta))
+
+
+def retrieve(index, corpus: Corpus, **kwargs: Any) -> dict[str, list[str]]:
+    r = index.as_retriever(similarity_top_k=10, **kwargs)
+    return {q: [n.node.metadata["doc_id"] for n in r.retrieve(t)] for q, t in zip(corpus.query_ids, corpus.query_texts)}
+
+
+def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: float) -> dict:
+    db, state = str(tmp_path / "milvus.db"), tmp_path / "state"
+    embed = DenseEmbedding(corpus=corpus, embed_batch_size=256)
+    dim = corpus.vectors.shape[1]
+    source = lm.MilvusVectorStore(uri=db, collection_name=SOURCE, dim=dim, overwrite=True)
+    VectorStoreIndex([node(i, t, m) for i, t, m in zip(corpus.ids, corpus.texts, corpus.metadata)],
+                     storage_context=StorageContext.from_defaults(vector_store=source), embed_model=embed)
+    source.client.close()
+    if model is None:
+        model = tmp_path / "model"
+        train("milvus", db, SOURCE, model, state, *small_epochs(corpus))
+    migrate("milvus", db, SOURCE, model, state)
+
+    fn = milvus_sparse_embedding_function(model, embed_model=embed)
+    dense_store = lm.MilvusVectorStore(uri=db, collection_name=SOURCE, dim=dim)
+    target = lm.MilvusVectorStore(uri=db, collection_name=TARGET, dim=dim, enable_sparse=True,
+                                  sparse_embedding_function=fn, sparse_embedding_field="csr")
+    try:
+        index = VectorStoreIndex.from_vector_store(target, embed_model=embed)
+        figures = {
+            "dense": corpus.ndcg(retrieve(VectorStoreIndex.from_vector_store(dense_store, embed_model=embed), corpus)),
+            "sparse": corpus.ndcg(retrieve(index, corpus, vector_store_query_mode="sparse")),
+        }
+        assert figures["sparse"] >= min_ratio * figures["dense"], figures
+        text = dict(zip(corpus.ids, corpus.texts))
+        meta = dict(zip(corpus.ids, corpus.metadata))
+        hits = index.as_retriever(similarity_top_k=5, vector_store_query_mode="sparse").retrieve(corpus.query_texts[0])
+        for h in hits:
+            i = h.node.metadata["doc_id"]
+            assert h.node.get_content() == text[i] and h.node.metadata == meta[i]
+
+        new = [node(f"new-{n}", t, {**corpus.metadata[0], "doc_id": f"new-{n}"}) for n, t in enumerate(new_texts(corpus))]
+        index.insert_nodes(new)
+        for n in new:
+            top = index.as_retriever(similarity_top_k=1, vector_store_query_mode="sparse").retrieve(n.text)[0]
+            assert top.node.node_id == n.node_id
+    finally:
+        dense_store.client.close()
+        target.client.close()
+    return figures
+
+
+def test_small_collection(small_corpus, tmp_path):
+    print("llama-index-milvus small", run_flow(small_corpus, tmp_path, None, min_ratio=0.9))
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_scifact(scifact_corpus, scifact_model, tmp_path):
+    print("llama-index-milvus scifact", run_flow(scifact_corpus, tmp_path, scifact_model, min_ratio=0.94))
