@@ -30,8 +30,8 @@ class CSRQdrantDocumentStore(_QdrantDocumentStore):
     embeddings, and keeps the unnamed default vector otherwise. A collection that Haystack wrote
     without sparse embeddings and csr-vdb migrated keeps that unnamed dense vector and gains the
     sparse field ``csr``; this store reads it as Haystack wrote it (dense search, filters, documents
-    by id, all unchanged) and adds sparse search (``QdrantSparseEmbeddingRetriever``) and writes
-    of ``sparse_embedding`` on ``csr``::
+    by id, all unchanged) and adds sparse and hybrid search (``QdrantSparseEmbeddingRetriever``,
+    ``QdrantHybridRetriever``) and writes of ``sparse_embedding`` on ``csr``::
 
         store = CSRQdrantDocumentStore(path="qdrant_data", index="docs_csr", embedding_dim=384)
         retriever = QdrantSparseEmbeddingRetriever(document_store=store, top_k=10)
@@ -115,63 +115,84 @@ class CSRQdrantDocumentStore(_QdrantDocumentStore):
         sparse = [sp for g in groups for sp in self._split_vectors(g.hits)]
         return self._with_sparse(super()._process_group_results(groups), sparse)
 
-    # ------------------------------------------------------------------ sparse search
-    def _sparse_request(self, query_sparse_embedding: Any, filters: Any) -> dict[str, Any]:
-        return {
-            "collection_name": self.index,
-            "query": rest.SparseVector(indices=query_sparse_embedding.indices, values=query_sparse_embedding.values),
-            "using": self.sparse_vector_name,
-            "query_filter": _filters.convert_filters_to_qdrant(filters),
-        }
+    # ------------------------------------------------------------------ sparse and hybrid search
+    def _request(self, query_sparse_embedding: Any, filters: Any, query_embedding: Any = None,
+                 rrf_k: int | None = None, rrf_weights: list[float] | None = None) -> dict[str, Any]:
+        """``query_points`` arguments: the sparse query on ``csr``, or (with ``query_embedding``)
+        both queries fused by reciprocal rank fusion, the dense one on the collection's default vector."""
+        sparse = rest.SparseVector(indices=query_sparse_embedding.indices, values=query_sparse_embedding.values)
+        where = _filters.convert_filters_to_qdrant(filters)
+        req: dict[str, Any] = {"collection_name": self.index}
+        if query_embedding is None:
+            return {**req, "query": sparse, "using": self.sparse_vector_name, "query_filter": where}
+        if rrf_k is None and rrf_weights is None:
+            fusion: Any = rest.FusionQuery(fusion=rest.Fusion.RRF)
+        else:
+            params = {k: v for k, v in (("k", rrf_k), ("weights", rrf_weights)) if v is not None}
+            fusion = rest.RrfQuery(rrf=rest.Rrf(**params))
+        prefetch = [
+            rest.Prefetch(query=sparse, using=self.sparse_vector_name, filter=where),
+            rest.Prefetch(query=list(query_embedding), filter=where),
+        ]
+        return {**req, "prefetch": prefetch, "query": fusion}
 
-    def _query_by_sparse(
-        self,
-        query_sparse_embedding: Any,
-        filters: Any = None,
-        top_k: int = 10,
-        scale_score: bool = False,
-        return_embedding: bool = False,
-        score_threshold: float | None = None,
-        group_by: str | None = None,
-        group_size: int | None = None,
-    ) -> list[Any]:
-        """Top documents by the sparse dot product on ``csr`` (what the sparse retriever calls)."""
+    def _search(self, req: dict[str, Any], top_k: int, return_embedding: bool, score_threshold: float | None,
+                group_by: str | None, group_size: int | None, scale_score: bool = False) -> list[Any]:
         self._initialize_client()
         assert self._client is not None
-        req = self._sparse_request(query_sparse_embedding, filters)
+        common = {"limit": top_k, "with_vectors": return_embedding, "score_threshold": score_threshold}
         if group_by:
-            groups = self._client.query_points_groups(
-                **req, limit=top_k, group_by=group_by, group_size=group_size or DEFAULT_GROUP_SIZE,
-                with_vectors=return_embedding, score_threshold=score_threshold,
-            ).groups
-            return self._process_group_results(groups)
-        points = self._client.query_points(
-            **req, limit=top_k, with_vectors=return_embedding, score_threshold=score_threshold
-        ).points
-        return self._process_query_point_results(points, scale_score=scale_score)
-
-    async def _query_by_sparse_async(
-        self,
-        query_sparse_embedding: Any,
-        filters: Any = None,
-        top_k: int = 10,
-        scale_score: bool = False,
-        return_embedding: bool = False,
-        score_threshold: float | None = None,
-        group_by: str | None = None,
-        group_size: int | None = None,
-    ) -> list[Any]:
-        """`_query_by_sparse` on the async client."""
-        await self._initialize_async_client()
-        assert self._async_client is not None
-        req = self._sparse_request(query_sparse_embedding, filters)
-        if group_by:
-            res = await self._async_client.query_points_groups(
-                **req, limit=top_k, group_by=group_by, group_size=group_size or DEFAULT_GROUP_SIZE,
-                with_vectors=return_embedding, score_threshold=score_threshold,
+            res = self._client.query_points_groups(
+                **req, **common, group_by=group_by, group_size=group_size or DEFAULT_GROUP_SIZE
             )
             return self._process_group_results(res.groups)
-        res = await self._async_client.query_points(
-            **req, limit=top_k, with_vectors=return_embedding, score_threshold=score_threshold
-        )
+        res = self._client.query_points(**req, **common)
         return self._process_query_point_results(res.points, scale_score=scale_score)
+
+    async def _search_async(self, req: dict[str, Any], top_k: int, return_embedding: bool,
+                            score_threshold: float | None, group_by: str | None, group_size: int | None,
+                            scale_score: bool = False) -> list[Any]:
+        await self._initialize_async_client()
+        assert self._async_client is not None
+        common = {"limit": top_k, "with_vectors": return_embedding, "score_threshold": score_threshold}
+        if group_by:
+            res = await self._async_client.query_points_groups(
+                **req, **common, group_by=group_by, group_size=group_size or DEFAULT_GROUP_SIZE
+            )
+            return self._process_group_results(res.groups)
+        res = await self._async_client.query_points(**req, **common)
+        return self._process_query_point_results(res.points, scale_score=scale_score)
+
+    def _query_by_sparse(self, query_sparse_embedding: Any, filters: Any = None, top_k: int = 10,
+                         scale_score: bool = False, return_embedding: bool = False,
+                         score_threshold: float | None = None, group_by: str | None = None,
+                         group_size: int | None = None) -> list[Any]:
+        """Top documents by the sparse dot product on ``csr`` (``QdrantSparseEmbeddingRetriever``)."""
+        req = self._request(query_sparse_embedding, filters)
+        return self._search(req, top_k, return_embedding, score_threshold, group_by, group_size, scale_score)
+
+    async def _query_by_sparse_async(self, query_sparse_embedding: Any, filters: Any = None, top_k: int = 10,
+                                     scale_score: bool = False, return_embedding: bool = False,
+                                     score_threshold: float | None = None, group_by: str | None = None,
+                                     group_size: int | None = None) -> list[Any]:
+        """`_query_by_sparse` on the async client."""
+        req = self._request(query_sparse_embedding, filters)
+        return await self._search_async(req, top_k, return_embedding, score_threshold, group_by, group_size,
+                                        scale_score)
+
+    def _query_hybrid(self, query_embedding: list[float], query_sparse_embedding: Any, filters: Any = None,
+                      top_k: int = 10, return_embedding: bool = False, score_threshold: float | None = None,
+                      group_by: str | None = None, group_size: int | None = None, rrf_k: int | None = None,
+                      rrf_weights: list[float] | None = None) -> list[Any]:
+        """Dense and sparse results fused by reciprocal rank fusion (``QdrantHybridRetriever``)."""
+        req = self._request(query_sparse_embedding, filters, query_embedding, rrf_k, rrf_weights)
+        return self._search(req, top_k, return_embedding, score_threshold, group_by, group_size)
+
+    async def _query_hybrid_async(self, query_embedding: list[float], query_sparse_embedding: Any,
+                                  filters: Any = None, top_k: int = 10, return_embedding: bool = False,
+                                  score_threshold: float | None = None, group_by: str | None = None,
+                                  group_size: int | None = None, rrf_k: int | None = None,
+                                  rrf_weights: list[float] | None = None) -> list[Any]:
+        """`_query_hybrid` on the async client."""
+        req = self._request(query_sparse_embedding, filters, query_embedding, rrf_k, rrf_weights)
+        return await self._search_async(req, top_k, return_embedding, score_threshold, group_by, group_size)

@@ -125,6 +125,7 @@ def qdrant_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int 
                              reason="qdrant-haystack is not installed: pip install 'csr-vdb[haystack]'")
     from haystack_integrations.components.retrievers.qdrant import (
         QdrantEmbeddingRetriever,
+        QdrantHybridRetriever,
         QdrantSparseEmbeddingRetriever,
     )
 
@@ -149,6 +150,13 @@ def qdrant_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int 
         sparse_run = ranked(sparse_p, corpus, qids, sparse=True)
         check_whole(ask(sparse_p, corpus.query_texts[0], sparse=True), corpus)
         check_whole(ask(dense_p, corpus.query_texts[1], sparse=False), corpus)
+        hybrid_p = query_pipeline(corpus, QdrantHybridRetriever(document_store=target, top_k=5), model)
+        hybrid_p.connect("dense.embedding", "retriever.query_embedding")
+        check_whole(ask(hybrid_p, corpus.query_texts[2], sparse=True), corpus)
+        one = corpus.ids[5]
+        only = sparse_p.run({"dense": {"text": corpus.texts[5]}, "sparse": {"text": corpus.texts[5]},
+                             "retriever": {"filters": {"field": "meta.doc_id", "operator": "==", "value": one}}})
+        assert [d.id for d in only["retriever"]["documents"]] == [one]
         if sample:
             client = target.client
             points, _ = client.scroll(TARGET, limit=len(corpus.ids) + 10, with_payload=["id"], with_vectors=["csr"])
