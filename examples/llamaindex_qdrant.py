@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> list[str]:
         print(f"Q: {args.question}")
         names: list[str] = []
         for mode in ("sparse", "hybrid"):
-            retriever = index.as_retriever(vector_store_query_mode=mode, similarity_top_k=3, sparse_top_k=10)
+            # sparse mode returns sparse_top_k hits; hybrid fuses 3 dense with 10 sparse candidates
+            retriever = index.as_retriever(vector_store_query_mode=mode, similarity_top_k=3,
+                                           sparse_top_k=3 if mode == "sparse" else 10)
             hits = retriever.retrieve(args.question)
             for rank, hit in enumerate(hits, 1):
                 print(f"  {mode} {rank}. {hit.node.metadata['name']}: {hit.node.get_content()[:90]}")
