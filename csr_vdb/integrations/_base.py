@@ -34,6 +34,21 @@ def require(module: str, extra: str, what: str, package: str | None = None) -> M
         raise MissingExtraError(f"{what} needs the '{name}' package: pip install 'csr-vdb[{extra}]'") from exc
 
 
+def lazy_getattr(module: str, exports: dict[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) that imports ``exports[name]`` on first access, so that a
+    framework is imported only when one of its adapters is used."""
+
+    def __getattr__(name: str) -> Any:
+        source = exports.get(name)
+        if source is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(source), name)
+        namespace[name] = value  # later lookups skip this function
+        return value
+
+    return __getattr__
+
+
 def _as_rows(vectors: Any, what: str) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim == 1:
@@ -125,6 +140,22 @@ class CSRCodec:
         if fn is None:
             raise ConfigError(f"this CSRCodec was built without {name}: it encodes dense vectors only")
         return fn
+
+
+class EmbeddingsCodec:
+    """Mixin of the LangChain adapters: a `CSRCodec` over a LangChain ``Embeddings``.
+
+    Args:
+        model: the model folder of ``csr-vdb train`` (or a loaded `CSREncoder`).
+        embeddings: the dense embeddings the collection was made with (``embed_documents``,
+            ``embed_query``).
+        query_k: non-zeros of a search query (None: the encoder's).
+        device: torch device of the encoder (None: CUDA when present).
+    """
+
+    def __init__(self, model: Any, embeddings: Any, *, query_k: int | None = None, device: str | None = None) -> None:
+        self.embeddings = embeddings
+        self.codec = CSRCodec(model, embeddings.embed_documents, embeddings.embed_query, query_k=query_k, device=device)
 
 
 def pairs(codes: SparseVectors) -> list[tuple[list[int], list[float]]]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from csr_vdb.integrations._base import CSRCodec, dicts, require
+from csr_vdb.integrations._base import EmbeddingsCodec, dicts, require
 
 _sparse = require("langchain_milvus.utils.sparse", "langchain", "CSRMilvusSparseEmbedding", "langchain-milvus")
 
@@ -14,7 +15,7 @@ default for a SPARSE_INVERTED_INDEX carries ``drop_ratio_build: 0.2``, which Mil
 ("only drop_ratio_build=0 is supported") and which is an index-build setting anyway."""
 
 
-class CSRMilvusSparseEmbedding(_sparse.BaseSparseEmbedding):
+class CSRMilvusSparseEmbedding(EmbeddingsCodec, _sparse.BaseSparseEmbedding):
     """Sparse embedding of a collection migrated by csr-vdb, for ``langchain_milvus.Milvus``.
 
     Alone (search only: the target's dense field is required on insert) or beside the dense
@@ -26,21 +27,13 @@ class CSRMilvusSparseEmbedding(_sparse.BaseSparseEmbedding):
         store = Milvus(embedding_function=[dense, sparse], vector_field=["vector", "csr"],
                        search_params=[{"metric_type": "COSINE"}, sparse.search_params], ...)
 
-    Args:
-        model: the model folder of ``csr-vdb train`` (or a loaded `CSREncoder`).
-        embeddings: the dense LangChain ``Embeddings`` the collection was made with.
-        query_k: non-zeros of a search query (None: the encoder's).
-        device: torch device of the encoder (None: CUDA when present).
+    Args: as `CSRSparseEmbeddings` (`EmbeddingsCodec`).
     """
-
-    def __init__(self, model: Any, embeddings: Any, *, query_k: int | None = None, device: str | None = None) -> None:
-        self.embeddings = embeddings
-        self.codec = CSRCodec(model, embeddings.embed_documents, embeddings.embed_query, query_k=query_k, device=device)
 
     @property
     def search_params(self) -> dict[str, Any]:
         """A fresh copy of `MILVUS_SPARSE_SEARCH_PARAMS` for the store's ``search_params``."""
-        return {"metric_type": MILVUS_SPARSE_SEARCH_PARAMS["metric_type"], "params": dict(MILVUS_SPARSE_SEARCH_PARAMS["params"])}
+        return copy.deepcopy(MILVUS_SPARSE_SEARCH_PARAMS)
 
     def embed_documents(self, texts: list[str]) -> list[dict[int, float]]:
         """Document codes, one ``{index: value}`` dict per text."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from csr_vdb.integrations._base import CSRCodec, pairs, require
+from csr_vdb.integrations._base import EmbeddingsCodec, pairs, require
 
 _lq = require("langchain_qdrant", "langchain", "CSRSparseEmbeddings", "langchain-qdrant")
 
 
-class CSRSparseEmbeddings(_lq.SparseEmbeddings):
+class CSRSparseEmbeddings(EmbeddingsCodec, _lq.SparseEmbeddings):
     """Sparse embeddings of a collection migrated by csr-vdb, for LangChain's ``QdrantVectorStore``.
 
     Documents get the codes ``csr-vdb migrate`` stored (so ``add_texts`` writes what the migration
@@ -20,16 +20,9 @@ class CSRSparseEmbeddings(_lq.SparseEmbeddings):
         store = QdrantVectorStore(client, "docs_csr", embedding=dense, sparse_embedding=sparse,
                                   retrieval_mode=RetrievalMode.HYBRID, sparse_vector_name="csr")
 
-    Args:
-        model: the model folder of ``csr-vdb train`` (or a loaded `CSREncoder`).
-        embeddings: the dense LangChain ``Embeddings`` the collection was made with.
-        query_k: non-zeros of a search query (None: the encoder's).
-        device: torch device of the encoder (None: CUDA when present).
+    Args: ``model`` (the model folder of ``csr-vdb train``), ``embeddings`` (the dense LangChain
+    ``Embeddings`` of the collection), ``query_k``, ``device``: see `EmbeddingsCodec`.
     """
-
-    def __init__(self, model: Any, embeddings: Any, *, query_k: int | None = None, device: str | None = None) -> None:
-        self.embeddings = embeddings
-        self.codec = CSRCodec(model, embeddings.embed_documents, embeddings.embed_query, query_k=query_k, device=device)
 
     def embed_documents(self, texts: list[str]) -> list[Any]:
         """Document codes, one ``SparseVector`` per text."""

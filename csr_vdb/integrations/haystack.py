@@ -17,7 +17,6 @@ sparse_vector_field="csr", ...)`` reads a migrated collection.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from csr_vdb.errors import ConfigError
-from csr_vdb.integrations._base import CSRCodec, pairs, require
+from csr_vdb.integrations._base import CSRCodec, lazy_getattr, pairs, require
 
 _hs = require("haystack", "haystack", "csr_vdb.integrations.haystack", "haystack-ai")
 _sparse = require("haystack.dataclasses.sparse_embedding", "haystack", "csr_vdb.integrations.haystack", "haystack-ai")
@@ -36,19 +35,11 @@ SparseEmbedding = _sparse.SparseEmbedding
 _LAZY = {"CSRQdrantDocumentStore": "csr_vdb.integrations._haystack_qdrant"}
 
 __all__ = ["CSRSparseTextEmbedder", "CSRSparseDocumentEmbedder", "CSRQdrantDocumentStore"]
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 if TYPE_CHECKING:
-    from csr_vdb.integrations._haystack_qdrant import CSRQdrantDocumentStore
+    from csr_vdb.integrations._haystack_qdrant import CSRQdrantDocumentStore  # noqa: F401
 
 
 def _warm(embedder: Any) -> None:
@@ -94,7 +85,9 @@ class CSRSparseTextEmbedder:
         device: torch device of the encoder (None: CUDA when present).
     """
 
-    def __init__(self, model: Any, text_embedder: Any = None, *, query_k: int | None = None, device: str | None = None) -> None:
+    def __init__(
+        self, model: Any, text_embedder: Any = None, *, query_k: int | None = None, device: str | None = None
+    ) -> None:
         self.text_embedder = text_embedder
         self._holder = _CodecHolder(model, query_k, device)
 
@@ -125,7 +118,10 @@ class CSRSparseTextEmbedder:
             ``{"sparse_embedding": SparseEmbedding}``.
         """
         codec = self._codec()
-        codes = codec.query_codes(np.asarray(embedding, np.float32)) if embedding is not None else codec.embed_query(text)
+        if embedding is not None:
+            codes = codec.query_codes(np.asarray(embedding, np.float32))
+        else:
+            codes = codec.embed_query(text)
         return {"sparse_embedding": _sparse_embeddings(codes)[0]}
 
 

@@ -15,8 +15,9 @@ LangChain package it needs (`MissingExtraError` when that package is absent):
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from csr_vdb.integrations._base import lazy_getattr
 
 _EXPORTS = {
     "CSRSparseEmbeddings": "csr_vdb.integrations._langchain_qdrant",
@@ -27,22 +28,17 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-if TYPE_CHECKING:
-    from csr_vdb.integrations._langchain_milvus import MILVUS_SPARSE_SEARCH_PARAMS, CSRMilvusSparseEmbedding
-    from csr_vdb.integrations._langchain_qdrant import CSRSparseEmbeddings
-    from csr_vdb.integrations._langchain_retriever import CSRRetriever, document_from_payload
+if TYPE_CHECKING:  # static analysers see the real symbols
+    from csr_vdb.integrations._langchain_milvus import (  # noqa: F401
+        MILVUS_SPARSE_SEARCH_PARAMS,
+        CSRMilvusSparseEmbedding,
+    )
+    from csr_vdb.integrations._langchain_qdrant import CSRSparseEmbeddings  # noqa: F401
+    from csr_vdb.integrations._langchain_retriever import CSRRetriever, document_from_payload  # noqa: F401

@@ -19,11 +19,16 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from csr_vdb.cli.main import main
-from csr_vdb.evaluation import load_beir_dir, ndcg_at_k
+
 from tests.conftest import shared_data_dir
 
+try:  # the metrics' home (csr_vdb.evaluation keeps a deprecated alias)
+    from csr_vdb.metrics import ndcg_at_k
+except ImportError:
+    from csr_vdb.evaluation import ndcg_at_k
+
+LANGCHAIN_MISSING = "the 'langchain' extra is not installed: pip install 'csr-vdb[langchain]'"
 ID_NAMESPACE = uuid.UUID("1b4e28ba-2fa1-11d2-883f-0016d3cca427")
 SMALL_ROWS = 300
 SMALL_QUERIES = 60
@@ -119,30 +124,38 @@ def _small_corpus() -> Corpus:
     )
 
 
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _scifact_corpus(data_dir: Path) -> Corpus:
+    """SciFact's corpus (BEIR text = title + " " + abstract), its test queries and their qrels, with
+    the precomputed MiniLM vectors of ``../shared/data/scifact`` (README there)."""
     d = data_dir / "scifact"
-    beir = load_beir_dir(d, "test")
-    docs = [json.loads(line) for line in (d / "corpus.jsonl").read_text().splitlines() if line.strip()]
+    docs = _jsonl(d / "corpus.jsonl")
     texts = [(x["title"] + " " + x["text"]).strip() for x in docs]
-    vectors = np.load(d / "corpus_emb.npy")
     ids = [x["_id"] for x in docs]
-    assert ids == beir.corpus_ids
-    queries = {}
-    for line in (d / "queries.jsonl").read_text().splitlines():
-        if line.strip():
-            q = json.loads(line)
-            queries[q["_id"]] = q["text"]
-    query_texts = [queries[q] for q in beir.query_ids]
-    tv = TextVectors(dict(zip(texts, vectors)), dict(zip(query_texts, beir.queries_x)))
+    assert ids == (d / "corpus_ids.txt").read_text().split()
+    qrels: dict[str, dict[str, int]] = {}
+    for line in (d / "qrels_test.tsv").read_text().splitlines()[1:]:
+        q, doc, grade = line.split("\t")
+        qrels.setdefault(q, {})[doc] = int(grade)
+    query_text = {q["_id"]: q["text"] for q in _jsonl(d / "queries.jsonl")}
+    query_row = {q: n for n, q in enumerate((d / "query_ids.txt").read_text().split())}
+    query_ids = [q for q in query_text if q in qrels]
+    query_x = np.load(d / "queries_emb.npy")[[query_row[q] for q in query_ids]]
+    query_texts = [query_text[q] for q in query_ids]
+    vectors = np.load(d / "corpus_emb.npy")
+    tv = TextVectors(dict(zip(texts, vectors)), dict(zip(query_texts, query_x)))
     return Corpus(
         name="scifact",
         ids=ids,
         texts=texts,
         metadata=[{"doc_id": x["_id"], "title": x["title"]} for x in docs],
         vectors=vectors,
-        query_ids=list(beir.query_ids),
+        query_ids=query_ids,
         query_texts=query_texts,
-        qrels=beir.qrels,
+        qrels=qrels,
         vectors_by_text=tv,
     )
 
@@ -214,7 +227,9 @@ def new_texts(corpus: Corpus) -> list[str]:
     return held_out or NEW_TEXTS
 
 
-def exact_top(query_codes: Any, doc_codes: dict[Any, tuple[list[int], list[float]]], k: int = 10) -> list[list[tuple[Any, float]]]:
+def exact_top(
+    query_codes: Any, doc_codes: dict[Any, tuple[list[int], list[float]]], k: int = 10
+) -> list[list[tuple[Any, float]]]:
     """Exact sparse top-``k`` ``(id, score)`` per query, scored in float64 from stored codes
     (``{id: (indices, values)}``); ``query_codes`` are ``(indices, values)`` pairs."""
     from scipy import sparse as sp

@@ -14,6 +14,7 @@ from csr_vdb.integrations import CSRCodec, MissingExtraError
 from csr_vdb.integrations._base import require
 from csr_vdb.model import CSREncoder
 from tests.helpers import clustered
+from tests.integrations.conftest import LANGCHAIN_MISSING
 
 DIM = 8
 
@@ -95,7 +96,7 @@ def test_importing_the_package_imports_no_framework():
 
 
 def test_retriever_from_a_missing_collection_releases_the_store(tmp_path, encoder):
-    pytest.importorskip("langchain_core", reason="the 'langchain' extra is not installed: pip install 'csr-vdb[langchain]'")
+    pytest.importorskip("langchain_core", reason=LANGCHAIN_MISSING)
     from qdrant_client import QdrantClient
 
     from csr_vdb.integrations.langchain import CSRRetriever
@@ -107,7 +108,7 @@ def test_retriever_from_a_missing_collection_releases_the_store(tmp_path, encode
 
 
 def test_documents_from_each_payload_layout():
-    pytest.importorskip("langchain_core", reason="the 'langchain' extra is not installed: pip install 'csr-vdb[langchain]'")
+    pytest.importorskip("langchain_core", reason=LANGCHAIN_MISSING)
     from csr_vdb.integrations.langchain import document_from_payload
 
     d = document_from_payload({"page_content": "a text", "metadata": {"k": 1}})

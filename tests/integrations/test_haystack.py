@@ -140,6 +140,7 @@ def qdrant_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int 
         model = tmp_path / "model"
         train("qdrant", path, SOURCE, model, state, *small_epochs(corpus))
     migrate("qdrant", path, SOURCE, model, state)
+    codes = stored_codes(path, corpus) if sample else {}
 
     target = CSRQdrantDocumentStore(index=TARGET, **common)
     try:
@@ -158,9 +159,6 @@ def qdrant_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int 
                              "retriever": {"filters": {"field": "meta.doc_id", "operator": "==", "value": one}}})
         assert [d.id for d in only["retriever"]["documents"]] == [one]
         if sample:
-            client = target.client
-            points, _ = client.scroll(TARGET, limit=len(corpus.ids) + 10, with_payload=["id"], with_vectors=["csr"])
-            codes = {p.payload["id"]: (p.vector["csr"].indices, p.vector["csr"].values) for p in points}
             embedder = CSRSparseTextEmbedder(model, DenseTextEmbedder(corpus))
             queries = [embedder.run(text=t)["sparse_embedding"] for t in corpus.query_texts]
             exact = dict(zip(corpus.query_ids, exact_top([(q.indices, q.values) for q in queries], codes)))
@@ -178,6 +176,18 @@ def qdrant_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int 
     return figures
 
 
+def stored_codes(path: str, corpus: Corpus) -> dict[str, tuple[list[int], list[float]]]:
+    """The target's codes by document id, read before the store opens the local directory."""
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(path=path)
+    try:
+        points, _ = client.scroll(TARGET, limit=len(corpus.ids) + 10, with_payload=["id"], with_vectors=["csr"])
+    finally:
+        client.close()
+    return {p.payload["id"]: (p.vector["csr"].indices, p.vector["csr"].values) for p in points}
+
+
 def test_qdrant_small_collection(small_corpus, tmp_path):
     print("haystack-qdrant small", qdrant_flow(small_corpus, tmp_path, None, None, min_ratio=0.9))
 
@@ -190,7 +200,8 @@ def test_qdrant_scifact(scifact_corpus, scifact_model, tmp_path):
 
 # ---------------------------------------------------------------------- Milvus
 def milvus_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: float) -> dict:
-    mh = pytest.importorskip("milvus_haystack", reason="milvus-haystack is not installed: pip install 'csr-vdb[haystack]'")
+    mh = pytest.importorskip("milvus_haystack",
+                             reason="milvus-haystack is not installed: pip install 'csr-vdb[haystack]'")
     from milvus_haystack.milvus_embedding_retriever import MilvusEmbeddingRetriever, MilvusSparseEmbeddingRetriever
 
     db, state = str(tmp_path / "milvus.db"), tmp_path / "state"

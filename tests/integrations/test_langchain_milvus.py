@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integrations.conftest import Corpus, migrate, new_texts, small_epochs, train
+from tests.integrations.conftest import LANGCHAIN_MISSING, Corpus, migrate, new_texts, small_epochs, train
+from tests.integrations.dense import langchain_embeddings
 
-lm = pytest.importorskip("langchain_milvus", reason="the 'langchain' extra is not installed: pip install 'csr-vdb[langchain]'")
-from langchain_core.embeddings import Embeddings  # noqa: E402
+lm = pytest.importorskip("langchain_milvus", reason=LANGCHAIN_MISSING)
 
 from csr_vdb.integrations.langchain import (  # noqa: E402
     MILVUS_SPARSE_SEARCH_PARAMS,
@@ -19,17 +19,6 @@ from csr_vdb.integrations.langchain import (  # noqa: E402
 
 SOURCE = "docs"
 TARGET = "docs_csr"
-
-
-class DenseEmbeddings(Embeddings):
-    def __init__(self, corpus: Corpus) -> None:
-        self.tv = corpus.vectors_by_text
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.tv.documents(list(texts)).tolist()
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.tv.query(text).tolist()
 
 
 def ranked(store, corpus: Corpus) -> dict[str, list[str]]:
@@ -53,7 +42,7 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: floa
              min_retriever_ratio: float) -> dict[str, float]:
     db, state = str(tmp_path / "milvus.db"), tmp_path / "state"
     conn = {"uri": db}
-    dense = DenseEmbeddings(corpus)
+    dense = langchain_embeddings(corpus)
     src = lm.Milvus.from_texts(corpus.texts, dense, metadatas=corpus.metadata, ids=list(corpus.ids),
                                collection_name=SOURCE, connection_args=conn)
     src.client.close()
@@ -72,7 +61,8 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: floa
     both = lm.Milvus([dense, sparse], collection_name=TARGET, vector_field=["vector", "csr"], connection_args=conn,
                      search_params=[{"metric_type": "L2", "params": {}}, sparse.search_params])
     try:
-        figures = {"dense": corpus.ndcg(ranked(dense_store, corpus)), "sparse": corpus.ndcg(ranked(sparse_store, corpus))}
+        figures = {"dense": corpus.ndcg(ranked(dense_store, corpus)),
+                   "sparse": corpus.ndcg(ranked(sparse_store, corpus))}
         assert figures["sparse"] >= min_ratio * figures["dense"], figures
         check_whole(sparse_store.similarity_search(corpus.query_texts[0], k=10), corpus)
         check_whole(both.similarity_search(corpus.query_texts[1], k=5), corpus)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.integrations.conftest import (
+    LANGCHAIN_MISSING,
     QDRANT_LOCAL_QUERIES,
     Corpus,
     assert_same_ranking,
@@ -17,9 +19,9 @@ from tests.integrations.conftest import (
     small_epochs,
     train,
 )
+from tests.integrations.dense import langchain_embeddings
 
-lq = pytest.importorskip("langchain_qdrant", reason="the 'langchain' extra is not installed: pip install 'csr-vdb[langchain]'")
-from langchain_core.embeddings import Embeddings  # noqa: E402
+lq = pytest.importorskip("langchain_qdrant", reason=LANGCHAIN_MISSING)
 from qdrant_client import QdrantClient  # noqa: E402
 
 from csr_vdb.integrations.langchain import CSRRetriever, CSRSparseEmbeddings  # noqa: E402
@@ -28,20 +30,7 @@ SOURCE = "docs"
 TARGET = "docs_csr"
 
 
-class DenseEmbeddings(Embeddings):
-    """The collection's dense embedding as LangChain sees it."""
-
-    def __init__(self, corpus: Corpus) -> None:
-        self.tv = corpus.vectors_by_text
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.tv.documents(list(texts)).tolist()
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.tv.query(text).tolist()
-
-
-def build_source(corpus: Corpus, path: str, dense: DenseEmbeddings) -> None:
+def build_source(corpus: Corpus, path: str, dense: Any) -> None:
     store = lq.QdrantVectorStore.from_texts(
         corpus.texts, dense, metadatas=corpus.metadata, ids=[doc_uuid(i) for i in corpus.ids],
         collection_name=SOURCE, path=path, batch_size=512,
@@ -73,7 +62,7 @@ def check_whole(docs, corpus: Corpus) -> None:
 def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | None, min_ratio: float,
              min_retriever_ratio: float) -> dict[str, float]:
     path, state = str(tmp_path / "qdrant"), tmp_path / "state"
-    dense = DenseEmbeddings(corpus)
+    dense = langchain_embeddings(corpus)
     build_source(corpus, path, dense)
     if model is None:
         model = tmp_path / "model"

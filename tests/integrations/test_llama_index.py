@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,42 +18,19 @@ from tests.integrations.conftest import (
     small_epochs,
     train,
 )
+from tests.integrations.dense import llama_index_embedding, llama_index_node
 
 lq = pytest.importorskip(
-    "llama_index.vector_stores.qdrant", reason="the 'llama-index' extra is not installed: pip install 'csr-vdb[llama-index]'"
+    "llama_index.vector_stores.qdrant",
+    reason="the 'llama-index' extra is not installed: pip install 'csr-vdb[llama-index]'",
 )
 from llama_index.core import StorageContext, VectorStoreIndex  # noqa: E402
-from llama_index.core.embeddings import BaseEmbedding  # noqa: E402
-from llama_index.core.schema import TextNode  # noqa: E402
 from qdrant_client import QdrantClient  # noqa: E402
 
 from csr_vdb.integrations.llama_index import CSRSparseFunctions  # noqa: E402
 
 SOURCE = "docs"
 TARGET = "docs_csr"
-
-
-class DenseEmbedding(BaseEmbedding):
-    """The collection's dense embedding as LlamaIndex sees it."""
-
-    corpus: Any
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self.corpus.vectors_by_text.documents([text])[0].tolist()
-
-    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self.corpus.vectors_by_text.documents(list(texts)).tolist()
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self.corpus.vectors_by_text.query(query).tolist()
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._get_query_embedding(query)
-
-
-def node(doc_id: str, text: str, meta: dict) -> TextNode:
-    # metadata stay out of the embedded text, so the dense vector is the text's own
-    return TextNode(id_=doc_uuid(doc_id), text=text, metadata=dict(meta), excluded_embed_metadata_keys=list(meta))
 
 
 def retrieve(index, corpus: Corpus, mode: str, query_ids: list[str]) -> dict[str, list[str]]:
@@ -77,11 +53,11 @@ def check_whole(nodes, corpus: Corpus) -> None:
 
 def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | None, min_ratio: float) -> dict:
     path, state = str(tmp_path / "qdrant"), tmp_path / "state"
-    embed = DenseEmbedding(corpus=corpus, embed_batch_size=256)
+    embed = llama_index_embedding(corpus)
     client = QdrantClient(path=path)
     source = lq.QdrantVectorStore(client=client, collection_name=SOURCE)
     VectorStoreIndex(
-        [node(i, t, m) for i, t, m in zip(corpus.ids, corpus.texts, corpus.metadata)],
+        [llama_index_node(i, t, m) for i, t, m in zip(corpus.ids, corpus.texts, corpus.metadata)],
         storage_context=StorageContext.from_defaults(vector_store=source), embed_model=embed,
     )
     client.close()
@@ -121,10 +97,12 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | N
         assert figures["sparse"] >= min_ratio * figures["dense"], figures
 
         extra = new_texts(corpus)
-        new = [node(f"new-{n}", t, {**corpus.metadata[0], "doc_id": f"new-{n}"}) for n, t in enumerate(extra)]
+        new = [llama_index_node(f"new-{n}", t, {**corpus.metadata[0], "doc_id": f"new-{n}"})
+               for n, t in enumerate(extra)]
         index.insert_nodes(new)
+        first = index.as_retriever(similarity_top_k=1, vector_store_query_mode="sparse", sparse_top_k=1)
         for n in new:
-            top = index.as_retriever(similarity_top_k=1, vector_store_query_mode="sparse", sparse_top_k=1).retrieve(n.text)[0]
+            top = first.retrieve(n.text)[0]
             assert top.node.node_id == n.node_id and top.node.get_content() == n.text
         stored = client.retrieve(TARGET, [new[0].node_id], with_vectors=True)[0].vector
         np.testing.assert_allclose(stored[target.dense_vector_name], embed.get_text_embedding(new[0].text), atol=1e-6)
