@@ -202,7 +202,11 @@ def test_qdrant_scifact(scifact_corpus, scifact_model, tmp_path):
 def milvus_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: float) -> dict:
     mh = pytest.importorskip("milvus_haystack",
                              reason="milvus-haystack is not installed: pip install 'csr-vdb[haystack]'")
-    from milvus_haystack.milvus_embedding_retriever import MilvusEmbeddingRetriever, MilvusSparseEmbeddingRetriever
+    from milvus_haystack.milvus_embedding_retriever import (
+        MilvusEmbeddingRetriever,
+        MilvusHybridRetriever,
+        MilvusSparseEmbeddingRetriever,
+    )
 
     db, state = str(tmp_path / "milvus.db"), tmp_path / "state"
     conn = {"uri": db}
@@ -224,6 +228,9 @@ def milvus_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: f
         assert figures["sparse"] >= min_ratio * figures["dense"], figures
         docs = ask(sparse_p, corpus.query_texts[0], sparse=True)
         check_whole(docs, corpus)
+        hybrid_p = query_pipeline(corpus, MilvusHybridRetriever(document_store=target, top_k=5), model)
+        hybrid_p.connect("dense.embedding", "retriever.query_embedding")
+        check_whole(ask(hybrid_p, corpus.query_texts[2], sparse=True), corpus)
         assert docs[0].sparse_embedding is not None and len(docs[0].sparse_embedding.indices) > 0
         check_added(corpus, target, sparse_p, model)
         # milvus-haystack returns the stored vectors: the dense one written beside the codes
