@@ -118,3 +118,32 @@ def test_documents_from_each_payload_layout():
     d = document_from_payload({"body": "b", "meta": {"k": 3}, "other": 1}, content_key="body", metadata_key="meta")
     assert (d.page_content, d.metadata) == ("b", {"k": 3})
     assert document_from_payload(None).page_content == ""
+
+
+def test_retriever_re_ranks_by_the_unnamed_dense_vector(tmp_path, encoder):
+    """Collections written by LangChain or Haystack keep Qdrant's unnamed default vector (field "")."""
+    from qdrant_client import QdrantClient
+    from qdrant_client import models as qm
+
+    from csr_vdb.adapters import open_store
+    from csr_vdb.retriever import Retriever
+
+    x, _ = clustered(40, DIM, 4, seed=5)
+    path = str(tmp_path / "qdrant")
+    client = QdrantClient(path=path)
+    client.create_collection("app", vectors_config=qm.VectorParams(size=DIM, distance=qm.Distance.COSINE))
+    client.upsert("app", [qm.PointStruct(id=i, vector=x[i].tolist(), payload={"i": i}) for i in range(40)])
+    client.close()
+    store = open_store("qdrant", path)
+    try:
+        store.create_sparse_collection("app_csr", like="app")
+        store.upsert("app_csr", list(range(40)), encoder.encode(x), [{"i": i} for i in range(40)], dense=x)
+        retriever = Retriever(store, "app_csr", encoder)
+        assert retriever.has_dense
+        hits = retriever.search(x[:3], top_k=5, candidates=40)
+        for q, hs in enumerate(hits):
+            want = sorted(((float(x[h.id] @ x[q]), h.id) for h in hs), reverse=True)
+            np.testing.assert_allclose([h.score for h in hs], [s for s, _ in want], rtol=0, atol=1e-5)
+            assert hs[0].id == q  # the query's own row, by its dense cosine 1.0
+    finally:
+        store.close()
