@@ -95,6 +95,14 @@ class Corpus:
     qrels: dict[str, dict[str, int]]
     vectors_by_text: TextVectors = field(repr=False)
 
+    def assert_whole(self, found: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Documents ``(doc_id, text, metadata)`` came back as written (a non-empty list)."""
+        assert found
+        text = dict(zip(self.ids, self.texts))
+        meta = dict(zip(self.ids, self.metadata))
+        for doc_id, got_text, got_meta in found:
+            assert (got_text, got_meta) == (text[doc_id], meta[doc_id]), doc_id
+
     def ndcg(self, run: dict[str, list[str]], query_ids: list[str] | None = None) -> float:
         """NDCG@10 of ``{query_id: [doc_id, ...]}`` over ``query_ids`` (default: all)."""
         return ndcg_at_k(run, self.qrels, 10, query_ids=query_ids or self.query_ids).value

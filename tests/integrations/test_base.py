@@ -122,10 +122,10 @@ def test_documents_from_each_payload_layout():
 
 def test_retriever_re_ranks_by_the_unnamed_dense_vector(tmp_path, encoder):
     """Collections written by LangChain or Haystack keep Qdrant's unnamed default vector (field "")."""
+    from csr_vdb.adapters import open_store
     from qdrant_client import QdrantClient
     from qdrant_client import models as qm
 
-    from csr_vdb.adapters import open_store
     from csr_vdb.retriever import Retriever
 
     x, _ = clustered(40, DIM, 4, seed=5)

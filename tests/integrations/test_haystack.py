@@ -101,11 +101,7 @@ def ranked(p: Pipeline, corpus: Corpus, query_ids: list[str], sparse: bool) -> d
 
 
 def check_whole(docs: list[Document], corpus: Corpus) -> None:
-    text = dict(zip(corpus.ids, corpus.texts))
-    meta = dict(zip(corpus.ids, corpus.metadata))
-    assert docs
-    for d in docs:
-        assert d.content == text[d.id] and d.meta == meta[d.id], d
+    corpus.assert_whole([(d.id, d.content, d.meta) for d in docs])
 
 
 def check_added(corpus: Corpus, store: Any, sparse_pipeline: Pipeline, model: Path) -> None:

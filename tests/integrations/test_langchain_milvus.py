@@ -29,13 +29,10 @@ def ranked(store, corpus: Corpus) -> dict[str, list[str]]:
 def check_whole(docs, corpus: Corpus) -> None:
     """Text and metadata as LangChain wrote them. A store that knows only the sparse field returns
     the target's other vector field too: LangChain leaves out only the vector fields it was given."""
-    text = dict(zip(corpus.ids, corpus.texts))
-    meta = dict(zip(corpus.ids, corpus.metadata))
-    assert docs
-    for d in docs:
-        i = d.metadata["doc_id"]
-        assert d.page_content == text[i]
-        assert {k: v for k, v in d.metadata.items() if k not in ("pk", "vector") and not k.startswith("_")} == meta[i]
+    skip = ("pk", "vector")
+    corpus.assert_whole([(d.metadata["doc_id"], d.page_content,
+                          {k: v for k, v in d.metadata.items() if k not in skip and not k.startswith("_")})
+                         for d in docs])
 
 
 def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: float,

@@ -50,13 +50,8 @@ def ranked(store, corpus: Corpus, query_ids: list[str]) -> dict[str, list[str]]:
 
 def check_whole(docs, corpus: Corpus) -> None:
     """Documents come back with their text and metadata, as LangChain wrote them."""
-    text = dict(zip(corpus.ids, corpus.texts))
-    meta = dict(zip(corpus.ids, corpus.metadata))
-    assert docs
-    for d in docs:
-        i = d.metadata["doc_id"]
-        assert d.page_content == text[i]
-        assert {k: v for k, v in d.metadata.items() if not k.startswith("_")} == meta[i]
+    corpus.assert_whole([(d.metadata["doc_id"], d.page_content,
+                          {k: v for k, v in d.metadata.items() if not k.startswith("_")}) for d in docs])
 
 
 def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | None, min_ratio: float,

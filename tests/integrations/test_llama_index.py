@@ -43,12 +43,8 @@ def retrieve(index, corpus: Corpus, mode: str, query_ids: list[str]) -> dict[str
 
 
 def check_whole(nodes, corpus: Corpus) -> None:
-    text = dict(zip(corpus.ids, corpus.texts))
-    meta = dict(zip(corpus.ids, corpus.metadata))
-    assert nodes
-    for n in nodes:
-        i = n.node.metadata["doc_id"]
-        assert n.node.get_content() == text[i] and n.node.metadata == meta[i] and n.node.node_id == doc_uuid(i)
+    corpus.assert_whole([(n.node.metadata["doc_id"], n.node.get_content(), n.node.metadata) for n in nodes])
+    assert all(n.node.node_id == doc_uuid(n.node.metadata["doc_id"]) for n in nodes)
 
 
 def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | None, min_ratio: float) -> dict:

@@ -63,12 +63,8 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: floa
             "sparse": corpus.ndcg(retrieve(index, corpus, vector_store_query_mode="hybrid")),
         }
         assert figures["sparse"] >= min_ratio * figures["dense"], figures
-        text = dict(zip(corpus.ids, corpus.texts))
-        meta = dict(zip(corpus.ids, corpus.metadata))
         hits = index.as_retriever(similarity_top_k=5, vector_store_query_mode="hybrid").retrieve(corpus.query_texts[0])
-        for h in hits:
-            i = h.node.metadata["doc_id"]
-            assert h.node.get_content() == text[i] and h.node.metadata == meta[i]
+        corpus.assert_whole([(h.node.metadata["doc_id"], h.node.get_content(), h.node.metadata) for h in hits])
 
         new = [llama_index_node(f"new-{n}", t, {**corpus.metadata[0], "doc_id": f"new-{n}"})
                for n, t in enumerate(new_texts(corpus))]
