@@ -10,10 +10,12 @@ as Qdrant names it) and metric; the sparse codes are the named sparse vector `SP
 Collections made here record their id type in the collection metadata (``{"csr_vdb": {"id_type"}}``);
 for other collections it is read off the first point (UUID ids -> "str").
 
-Cosine in local mode: the local engine re-normalises every cosine vector in float64 on insert, so
-unit vectors come back changed in the last bit (a server skips vectors that are already unit). To
-copy vectors exactly, collections this adapter creates in local mode store cosine fields as Dot
-(listed under ``"cosine_as_dot"`` in the metadata, reported as "cosine"): rows are normalised
+Cosine stays Cosine in every mode, so a target's vector params equal its source's (LangChain's
+and LlamaIndex's Qdrant stores refuse a collection whose distance differs from the one they
+expect). The local engine re-normalises every cosine vector in float64 on insert, so a unit vector
+may come back changed in its last bit (within 3e-8; a server skips vectors that are already unit).
+Collections that an earlier version created in local mode with cosine fields stored as Dot (listed
+under ``"cosine_as_dot"`` in the metadata) are still read as "cosine": their rows are normalised
 here, in float32, only when they are not unit already, and queries are normalised before search.
 
 Local mode is where users prototype: it locks its directory against a second client and searches
@@ -53,7 +55,7 @@ class _Schema(Layout):
     """What the adapter needs to know about one collection (``id_type`` None: empty, and made
     without metadata, by a server older than collection metadata)."""
 
-    cosine_as_dot: frozenset[str] = frozenset()  # fields normalised by the adapter (local mode)
+    cosine_as_dot: frozenset[str] = frozenset()  # Dot fields holding cosine rows (made by earlier versions)
 
     def prepare(self, f: str, vectors: np.ndarray) -> np.ndarray:
         """Rows to store/search for field ``f``: unit-normalised where the adapter does it."""
@@ -186,10 +188,9 @@ class QdrantStore(QdrantBase):
             self._schemas[real] = schema
         return schema
 
-    def _vectors_config(self, dense: dict[str, tuple[int, Metric]], as_dot: list[str]):
+    def _vectors_config(self, dense: dict[str, tuple[int, Metric]]):
         params = {
-            f: qm.VectorParams(size=dim, distance=qm.Distance(METRIC_TO_QDRANT["ip" if f in as_dot else metric]))
-            for f, (dim, metric) in dense.items()
+            f: qm.VectorParams(size=dim, distance=qm.Distance(METRIC_TO_QDRANT[metric])) for f, (dim, metric) in dense.items()
         }
         if list(params) == [""]:
             return params[""]
@@ -198,12 +199,9 @@ class QdrantStore(QdrantBase):
     def _create(self, name: str, dense: dict[str, tuple[int, Metric]], sparse: bool, id_type: IdType) -> None:
         self._schemas.pop(name, None)
         meta: dict[str, Any] = {"id_type": id_type}
-        as_dot = [] if self.is_server else [f for f, (_, m) in dense.items() if m == "cosine"]
-        if as_dot:
-            meta["cosine_as_dot"] = as_dot
         kwargs: dict[str, Any] = dict(
             collection_name=name,
-            vectors_config=self._vectors_config(dense, as_dot),
+            vectors_config=self._vectors_config(dense),
             sparse_vectors_config={SPARSE_FIELD: qm.SparseVectorParams()} if sparse else None,
         )
         try:

@@ -129,7 +129,8 @@ class Retriever:
                 f"collection '{collection_name}' in {store.uri} has no sparse field '{SPARSE_FIELD}': "
                 "migrate it first (csr-vdb migrate --to sparse) and search the target"
             )
-        self.has_dense = bool(self.info.vector_field) and self.info.dimension > 0
+        # the unnamed default vector of a Qdrant collection is the field "" (falsy, still a dense field)
+        self.has_dense = self.info.vector_field is not None and self.info.dimension > 0
         dim = encoder.config.input_dim
         if self.has_dense and dim != self.info.dimension:
             raise ConfigError(
