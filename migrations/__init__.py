@@ -1,4 +1,4 @@
-"""The migration engine: plan, journal, resumable run, verify, cut-over and rollback."""
+"""The migration engine: plan, journal, resumable run, sync, verify, cut-over and rollback."""
 
 from csr_vdb.migrations.alias import AliasResult, StatusReport, cutover, migration_status, rollback
 from csr_vdb.migrations.journal import Journal
@@ -19,6 +19,7 @@ from csr_vdb.migrations.plan import (
 )
 from csr_vdb.migrations.runner import MigrationResult, run_migration
 from csr_vdb.migrations.schema import Preflight, SourceSchema
+from csr_vdb.migrations.sync import SyncReport, sync_migration
 from csr_vdb.migrations.verify import VerifyReport, verify_migration
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Preflight",
     "SourceSchema",
     "StatusReport",
+    "SyncReport",
     "VerifyReport",
     "cutover",
     "default_alias",
@@ -46,5 +48,6 @@ __all__ = [
     "run_migration",
     "shard_of",
     "state_dir",
+    "sync_migration",
     "verify_migration",
 ]
