@@ -1,6 +1,6 @@
 """The migration engine: plan, journal, resumable run, sync, verify, cut-over and rollback."""
 
-from csr_vdb.migrations.alias import AliasResult, StatusReport, cutover, migration_status, rollback
+from csr_vdb.migrations.alias import AliasResult, Generation, StatusReport, cutover, migration_status, rollback
 from csr_vdb.migrations.journal import Journal
 from csr_vdb.migrations.plan import (
     DEFAULT_STATE_BASE,
@@ -28,6 +28,7 @@ __all__ = [
     "PLAN_FILE",
     "VERIFY_FILE",
     "AliasResult",
+    "Generation",
     "Journal",
     "MigrationPlan",
     "MigrationResult",
