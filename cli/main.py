@@ -162,11 +162,13 @@ def migrate(app: App, to: str, resume: bool, dry_run: bool, drop_dense: bool, **
 @click.option("--changed-field", default=None,
               help="Payload field that grows with every write of a row (updated_at, a version): read only "
                    "the rows at or above the last sync's value of it.")
+@click.option("--repair", is_flag=True, help="Compare every row with the target instead of the journal's manifest "
+                                              "(slow: reads both in full); sets right rows written to the target alone.")
 @click.option("--dry-run", is_flag=True, help="Print the counts of inserts, re-encodes, payload updates and "
                                                "deletes; write nothing.")
 @common_options
 def sync(app: App, collection: str, target: str | None, shard: str, model_dir: str | None,
-         changed_field: str | None, dry_run: bool) -> None:
+         changed_field: str | None, repair: bool, dry_run: bool) -> None:
     """Bring a migrated target to the source's current state: encode new rows, re-encode changed
     vectors, rewrite changed payloads, delete rows gone from the source. Only the difference is
     written; a killed sync, run again, converges.
@@ -181,7 +183,7 @@ def sync(app: App, collection: str, target: str | None, shard: str, model_dir: s
     plan = app.find_plan(store, collection, target, shard)
     with app.progress("sync") as bar:
         rep = sync_collection(store, plan, device=app.device, state_base=app.state_dir, model_dir=model_dir,
-                              dry_run=dry_run, changed_field=changed_field, progress=bar)
+                              dry_run=dry_run, changed_field=changed_field, repair=repair, progress=bar)
     app.emit(rep, lambda: render.render_sync(rep))
 
 

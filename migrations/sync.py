@@ -20,7 +20,9 @@ last sync's watermark are read with their vectors.
 
 A journal written before manifests existed has none: its first sync compares every row with the
 target instead (reading both in full, re-encoding the rows to compare codes) and builds the
-manifest; later syncs take the fast path.
+manifest; later syncs take the fast path. ``repair`` takes that slow path on purpose: sync follows
+the source and trusts the manifest for the target, so a target written behind its back (rows
+deleted from it or added to it alone, which `verify` reports) is only set right by a repair.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ class SyncReport(PlanReport):
 
     status: str = Field(description="synced | nothing to do | dry-run.")
     dry_run: bool = Field(False, description="True when nothing was written.")
-    mode: str = Field(description="full (source paged in full) | changed-field | rebuild (no manifest yet: "
-                                   "every row compared with the target once).")
+    mode: str = Field(description="full (source paged in full) | changed-field | rebuild (no manifest yet, or "
+                                   "a repair: every row compared with the target).")
     changed_field: str | None = Field(None, description="Payload field used as the change signal.")
     rows_scanned: int = Field(description="Source rows of this shard listed.")
     rows_read: int = Field(description="Source rows of this shard read with their vectors.")
@@ -123,9 +125,10 @@ class _Sync:
 
     def __init__(
         self, store: VectorStore, plan: MigrationPlan, encode: Encode, journal: Journal, *, dry_run: bool,
-        dense_kept: bool, progress: Progress | None, total: int,
+        dense_kept: bool, progress: Progress | None, total: int, trust_manifest: bool = True,
     ) -> None:
         self.store, self.plan, self.encode, self.journal = store, plan, encode, journal
+        self.trust_manifest = trust_manifest
         self.dry_run, self.dense_kept, self.progress, self.total = dry_run, dense_kept, progress, total
         self.manifest = Manifest(journal)
         self.invalid_known = self.manifest.invalid_keys()
@@ -149,7 +152,7 @@ class _Sync:
         keys = [id_key(i) for i in ids]
         self.manifest.mark_seen(keys)
         digests = row_digests(vectors, payloads)
-        known = self.manifest.lookup(keys)
+        known = self.manifest.lookup(keys) if self.trust_manifest else {}
         if len(known) == len(keys) and all(known[k] == d for k, d in zip(keys, digests)):
             return  # the whole page matches what the target holds
         vec_rows: list[int] = []
@@ -348,6 +351,7 @@ def sync_migration(
     state_base: StateBase,
     dry_run: bool = False,
     changed_field: str | None = None,
+    repair: bool = False,
     progress: Progress | None = None,
 ) -> SyncReport:
     """Bring the plan's target (this shard) to the source's current state, and record it.
@@ -360,6 +364,8 @@ def sync_migration(
         dry_run: count what would change; write nothing (store and state folder untouched).
         changed_field: a payload field that grows with every write of a row (a timestamp, a
             version): only rows at or above the last sync's watermark are read with vectors.
+        repair: compare every row with the target, not with the manifest (reads source and
+            target in full, re-encodes every row): sets right a target written behind sync's back.
         progress: called as ``progress(rows_scanned, rows_total)``.
 
     Returns:
@@ -398,15 +404,15 @@ def sync_migration(
     if dry_run:
         with Journal.open(jpath, readonly=True) as journal:
             return _sync(store, plan, encode, journal, jpath, dry_run=True, dense_kept=dense_kept,
-                         changed_field=changed_field, progress=progress, total=pre.source.count, t0=t0)
+                         changed_field=changed_field, repair=repair, progress=progress, total=pre.source.count, t0=t0)
     with plan_lock(folder), Journal.open(jpath) as journal:
         return _sync(store, plan, encode, journal, jpath, dry_run=False, dense_kept=dense_kept,
-                     changed_field=changed_field, progress=progress, total=pre.source.count, t0=t0)
+                     changed_field=changed_field, repair=repair, progress=progress, total=pre.source.count, t0=t0)
 
 
 def _sync(
     store: VectorStore, plan: MigrationPlan, encode: Encode, journal: Journal, jpath: Any, *, dry_run: bool,
-    dense_kept: bool, changed_field: str | None, progress: Progress | None, total: int, t0: float,
+    dense_kept: bool, changed_field: str | None, repair: bool, progress: Progress | None, total: int, t0: float,
 ) -> SyncReport:
     meta = journal.meta()
     problem = journal_problem(meta, plan, jpath)
@@ -417,11 +423,12 @@ def _sync(
             f"the migration '{plan.source}' -> '{plan.target}' (shard {plan.shard}) is not complete: "
             "finish it first (migrate --resume)"
         )
-    rebuild = not meta.get("manifest")
+    rebuild = repair or not meta.get("manifest")
     mark = meta.get("sync_watermark") or {}
     old_mark = mark.get("value") if changed_field and mark.get("field") == changed_field and not rebuild else None
     mode = "rebuild" if rebuild else ("changed-field" if changed_field else "full")
-    job = _Sync(store, plan, encode, journal, dry_run=dry_run, dense_kept=dense_kept, progress=progress, total=total)
+    job = _Sync(store, plan, encode, journal, dry_run=dry_run, dense_kept=dense_kept, progress=progress, total=total,
+                trust_manifest=not repair)
     new_mark = job.changed_scan(changed_field, old_mark) if changed_field else job.full_scan()
     job.deletions()
     if rebuild:
