@@ -50,6 +50,32 @@ def export(store, name: str, batch: int = 1000) -> str:
     return h.hexdigest()
 
 
+def rows_of(store, name: str, vector_field: str = "vector") -> dict:
+    """id -> (vector, payload) of a whole collection."""
+    out = {}
+    for page in store.iter_dense(name, 500, vector_field=vector_field):
+        for i, v, p in zip(page.ids, page.vectors, page.payloads):
+            out[i] = (v, p)
+    return out
+
+
+def assert_target_equals_source(store, plan, enc=None) -> None:
+    """Row for row: the same ids, payloads and dense vectors, and every code equal to a re-encode."""
+    src, tgt = rows_of(store, plan.source), rows_of(store, plan.target)
+    assert sorted(map(str, src)) == sorted(map(str, tgt))
+    for i, (v, p) in src.items():
+        assert tgt[i][1] == p, i
+        np.testing.assert_allclose(tgt[i][0], v, rtol=1e-5, atol=1e-6)
+    if not src:
+        return
+    enc = enc or ProjectionEncoder(next(iter(src.values()))[0].shape[0])
+    ids = list(src)
+    want = enc(np.stack([src[i][0] for i in ids])).to_qdrant()
+    got = {r.id: r.sparse for r in store.fetch(plan.target, ids, with_sparse=True)}
+    for i, (wi, wv) in zip(ids, want):
+        assert list(got[i][0]) == wi and np.allclose(got[i][1], wv, atol=1e-5), i
+
+
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     """A folder with the two files model_checksum reads (the engine never loads the model itself)."""
