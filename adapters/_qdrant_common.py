@@ -21,6 +21,7 @@ above it in string order (so a collection of UUID ids pages exactly like sorted 
 
 from __future__ import annotations
 
+import itertools
 import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -337,16 +338,19 @@ class QdrantBase(StoreBase):
 
     def _iter_dense(self, s: Layout, f: str, batch_size: int, cursor: Any) -> Iterator[DensePage]:
         """Pages in point-id order (ints ascending; str ids by point id, see the module docstring)."""
+        dim = s.dense[f][0]
         for records in self._scroll_pages(s, f, batch_size, cursor):
-            rows = [self._found(s, r, 0.0, True, False, f) for r in records]
-            missing = [r.id for r in rows if r.dense is None]
+            ids, payloads, vectors = [], [], []
+            for r in records:  # one pass, each engine attribute read once (each read converts it)
+                i, p = restore(point_key(r.id), r.payload)
+                ids.append(i)
+                payloads.append(p)
+                vectors.append(self._vector(r, f))
+            missing = [i for i, v in zip(ids, vectors) if v is None or len(v) != dim]
             if missing:
                 raise StoreError(f"collection '{s.name}' has rows without vector '{f}' in {self.uri}: ids {missing[:5]}")
-            yield DensePage(
-                ids=[r.id for r in rows],
-                vectors=np.asarray([r.dense for r in rows], dtype=np.float32),
-                payloads=[r.payload for r in rows],  # type: ignore[misc]
-            )
+            flat = np.fromiter(itertools.chain.from_iterable(vectors), dtype=np.float32, count=len(ids) * dim)
+            yield DensePage(ids=ids, vectors=flat.reshape(len(ids), dim), payloads=payloads)
 
     def _iter_payloads(self, s: Layout, batch_size: int, cursor: Any, fields: list[str] | None) -> Iterator[PayloadPage]:
         for records in self._scroll_pages(s, None, batch_size, cursor):

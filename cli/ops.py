@@ -23,7 +23,6 @@ import numpy as np
 from pydantic import Field, ValidationError
 
 from csr_vdb.errors import ConfigError, DataError, MigrationError, StoreError
-from csr_vdb.fileutil import model_checksum
 from csr_vdb.migrations import (
     AliasResult,
     MigrationPlan,
@@ -38,6 +37,7 @@ from csr_vdb.migrations import (
     verify_migration,
 )
 from csr_vdb.migrations.report import Report
+from csr_vdb.migrations.sync import model_sha
 
 logger = logging.getLogger(__name__)
 
@@ -366,11 +366,7 @@ def sync_collection(
         MigrationError: ``model_dir`` is not the plan's model; and what `sync_migration` raises.
     """
     if model_dir is not None:
-        try:
-            sha = model_checksum(model_dir)
-        except OSError as exc:
-            raise MigrationError(f"cannot read model files in {model_dir}: {exc.strerror or exc}") from exc
-        if sha != plan.model_sha256:
+        if model_sha(model_dir) != plan.model_sha256:
             raise MigrationError(
                 f"model {model_dir} is not the one '{plan.target}' was made with ({plan.model_dir}): a new model is "
                 f"a new generation (migrate --target {plan.source}_csr_v2 --model {model_dir})"

@@ -103,8 +103,21 @@ class CollectionInfo:
     payload_schema: dict[str, str] = field(default_factory=dict)
 
 
+class _Page:
+    """What the pages of a scan share: ids in ascending order, and the cursor behind them."""
+
+    ids: list[Id]
+
+    @property
+    def cursor(self) -> Id:
+        return self.ids[-1]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 @dataclass(frozen=True)
-class DensePage:
+class DensePage(_Page):
     """One page of `VectorStore.iter_dense`: rows in ascending id order.
 
     Attributes:
@@ -118,16 +131,9 @@ class DensePage:
     vectors: np.ndarray
     payloads: list[dict[str, Any]]
 
-    @property
-    def cursor(self) -> Id:
-        return self.ids[-1]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
 
 @dataclass(frozen=True)
-class PayloadPage:
+class PayloadPage(_Page):
     """One page of `VectorStore.iter_payloads`: ids (ascending, as `DensePage`) and payloads, no vectors.
 
     Attributes:
@@ -138,13 +144,6 @@ class PayloadPage:
 
     ids: list[Id]
     payloads: list[dict[str, Any]]
-
-    @property
-    def cursor(self) -> Id:
-        return self.ids[-1]
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ _CHUNK = 500  # ids per SQL statement (well under sqlite's variable limit)
 
 def id_key(id_: Any) -> str:
     """The manifest key of an id (its JSON)."""
-    return json.dumps(id_)
+    return str(id_) if type(id_) is int else json.dumps(id_)
 
 
 def payload_digest(payload: dict[str, Any]) -> bytes:

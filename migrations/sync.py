@@ -133,19 +133,21 @@ class _Sync:
         self.manifest = Manifest(journal)
         self.invalid_known = self.manifest.invalid_keys()
         self.n = _Counts()
+        self.pending: list[tuple] = []  # (id, key, vector, payload, digests, recorded digests or None)
 
     # ------------------------------------------------------------------ compare
     def page(self, ids: list[Id], vectors: np.ndarray, payloads: list[dict[str, Any]], *, scanned: bool = True) -> None:
-        """Compare source rows with the manifest and bring the target in line where they differ."""
+        """Compare source rows with the manifest; the rows that differ wait in a batch, written by `flush`."""
         keep = [n for n, inside in enumerate(self.plan.in_shard(ids)) if inside]
         if scanned:
             self.n.scanned += len(keep)
         self.n.read += len(keep)
         if not keep:
             return
-        ids = [ids[n] for n in keep]
-        vectors = np.asarray(vectors, dtype=np.float32)[keep]
-        payloads = [payloads[n] for n in keep]
+        if len(keep) < len(ids):
+            ids, payloads = [ids[n] for n in keep], [payloads[n] for n in keep]
+            vectors = np.asarray(vectors)[keep]
+        vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.plan.source_schema.dim:
             raise DataError(f"source '{self.plan.source}' returned vectors of shape {vectors.shape}, "
                             f"expected dimension {self.plan.source_schema.dim}")
@@ -155,16 +157,27 @@ class _Sync:
         known = self.manifest.lookup(keys) if self.trust_manifest else {}
         if len(known) == len(keys) and all(known[k] == d for k, d in zip(keys, digests)):
             return  # the whole page matches what the target holds
-        vec_rows: list[int] = []
-        pay_rows: list[int] = []
         for n, (k, d) in enumerate(zip(keys, digests)):
             old = known.get(k)
-            if old is None or old[0] != d[0]:
-                vec_rows.append(n)
-            elif old[1] != d[1]:
-                pay_rows.append(n)
-        if vec_rows or pay_rows:
-            self._apply(ids, keys, vectors, payloads, digests, known, vec_rows, pay_rows)
+            if old is None or old[0] != d[0] or old[1] != d[1]:
+                self.pending.append((ids[n], k, vectors[n], payloads[n], d, old))
+        if len(self.pending) >= self.plan.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the waiting rows (one encode and a few store calls for the whole batch), then record them."""
+        if not self.pending:
+            return
+        rows, self.pending = self.pending, []
+        ids = [r[0] for r in rows]
+        keys = [r[1] for r in rows]
+        vectors = np.stack([r[2] for r in rows])
+        payloads = [r[3] for r in rows]
+        digests = [r[4] for r in rows]
+        known = {r[1]: r[5] for r in rows if r[5] is not None}
+        vec_rows = [n for n, r in enumerate(rows) if r[5] is None or r[5][0] != r[4][0]]
+        pay_rows = [n for n, r in enumerate(rows) if r[5] is not None and r[5][0] == r[4][0]]
+        self._apply(ids, keys, vectors, payloads, digests, known, vec_rows, pay_rows)
 
     def _invalid(self, ids: list[Id], vectors: np.ndarray, rows: list[int]) -> dict[int, str]:
         """Rows (positions) among ``rows`` whose vectors cannot be encoded, with the reason."""
@@ -265,6 +278,7 @@ class _Sync:
     # ------------------------------------------------------------------ deletions
     def deletions(self) -> None:
         """Delete from the target the recorded rows this sync did not meet in the source."""
+        self.flush()
         gone = self.manifest.unseen()
         for a in range(0, len(gone), self.plan.batch_size):
             chunk = gone[a : a + self.plan.batch_size]
@@ -305,6 +319,7 @@ class _Sync:
         for page in pages:
             self.page(page.ids, page.vectors, page.payloads)
             self._tick()
+        self.flush()
 
     def changed_scan(self, name: str, mark: Any) -> Any:
         """Scan ids and field ``name`` of the source; read with vectors only the rows new to the
@@ -337,10 +352,19 @@ class _Sync:
                         self.page([r.id for r in recs], np.stack([r.dense for r in recs]),
                                   [r.payload for r in recs], scanned=False)
             self._tick()
+        self.flush()
         if mark is None:
             self.n.scanned = 0
             self.full_scan()
         return top_num if top_num is not None else top_str
+
+
+def model_sha(model_dir: str | Any) -> str:
+    """`csr_vdb.fileutil.model_checksum` of a model folder; `MigrationError` when its files cannot be read."""
+    try:
+        return model_checksum(model_dir)
+    except OSError as exc:
+        raise MigrationError(f"cannot read the model files in {model_dir}: {exc.strerror or exc}") from exc
 
 
 def sync_migration(
@@ -386,10 +410,7 @@ def sync_migration(
         raise MigrationError(
             f"'{plan.source}' -> '{plan.target}' was never migrated here (no journal in {folder}): run migrate first"
         )
-    try:
-        sha = model_checksum(plan.model_dir)
-    except OSError as exc:
-        raise MigrationError(f"cannot read the plan's model in {plan.model_dir}: {exc.strerror or exc}") from exc
+    sha = model_sha(plan.model_dir)
     if sha != plan.model_sha256:
         raise MigrationError(
             f"the model files in {plan.model_dir} changed since the migration (checksum {sha[:12]}, plan "

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,15 @@ from csr_vdb.adapters import open_store
 from tests.helpers import ProjectionEncoder, clustered  # noqa: F401  (ProjectionEncoder: used by the migration tests)
 
 EMBEDDED = {"milvus": "milvus", "qdrant-edge": "qdrant_edge"}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def spawn(module: str, *args: str, **popen) -> subprocess.Popen:
+    """``python -m <module> <args>`` in a process of its own, from the checkout, on one torch thread;
+    stdout piped, stderr merged into it unless ``popen`` says otherwise."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    opts = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, **popen}
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env, **opts)
 
 
 def adapter_missing(kind: str) -> str | None:

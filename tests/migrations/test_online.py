@@ -6,9 +6,7 @@ writes still arrive."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import uuid
 from pathlib import Path
@@ -24,11 +22,11 @@ from tests.migrations.conftest import (
     adapter_missing,
     assert_target_equals_source,
     fill_source,
+    spawn,
     store_uri,
 )
 from tests.migrations.online_writer import SourceWriter
 
-REPO = Path(__file__).resolve().parents[2]
 DIM, BURST = 16, 24
 ROWS = {"milvus": 1500, "qdrant-edge": 1500, "qdrant": 500, "milvus-server": 1500}
 BATCH = {"milvus": 150, "qdrant-edge": 150, "qdrant": 50, "milvus-server": 150}
@@ -66,11 +64,8 @@ class ProcessWriter:
     """The same writes from another process, connected to the same Milvus server."""
 
     def __init__(self, uri: str, collection: str, id_type: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.migrations.online_writer", uri, collection, id_type, "11"],
-            cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
+        self.proc = spawn("tests.migrations.online_writer", uri, collection, id_type, "11",
+                          stdin=subprocess.PIPE, stderr=None, text=True)
         assert self._line() == "ready"
         self.bursts = 0
 

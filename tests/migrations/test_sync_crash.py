@@ -9,7 +9,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,19 +22,15 @@ from tests.migrations.conftest import (
     adapter_missing,
     assert_target_equals_source,
     fill_source,
+    spawn,
     store_uri,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 ROWS, DIM, KILLS, BATCH = 6000, 16, 3, 100
 
 
 def _worker(kind: str, uri: str, base: Path, delay: float) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.migrations.sync_worker", kind, uri, str(base), str(delay)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    return spawn("tests.migrations.sync_worker", kind, uri, str(base), str(delay))
 
 
 def _synced(base: Path) -> int:
