@@ -242,7 +242,8 @@ class _Sync:
 
         if not self.dry_run:
             if upsert:
-                at = [vec_rows.index(n) for n in upsert]
+                row_of = {n: j for j, n in enumerate(vec_rows)}
+                at = [row_of[n] for n in upsert]
                 self.store.upsert(
                     self.plan.target, [ids[n] for n in upsert], codes[at],  # type: ignore[index]
                     [payloads[n] for n in upsert], dense=vectors[upsert] if self.dense_kept else None,
