@@ -58,6 +58,15 @@ def store_arguments(p: argparse.ArgumentParser, prefix: str) -> argparse.Argumen
     return p
 
 
+def bench_main(parser: argparse.ArgumentParser, argv: list[str] | None, run: Any, table: Any) -> int:
+    """The body of a store bench's ``main``: parse, ``run(args)``, print ``table([result])`` and
+    write the result as JSON with ``--out``."""
+    args = parser.parse_args(argv)
+    res = run(args)
+    emit(res, table([res]), args.out)
+    return 0
+
+
 def placeholder_model(directory: str | Path, weights: bytes = b"bench") -> Path:
     """A folder with the two files a `MigrationPlan` checksums (the engine never loads the model itself)."""
     path = Path(directory)

@@ -29,7 +29,7 @@ import numpy as np
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parents[1]))  # the checkout, for the `bench` helpers
 
-from bench.common import ProjectionEncoder, emit, placeholder_model, store_arguments  # noqa: E402
+from bench.common import ProjectionEncoder, bench_main, placeholder_model, store_arguments  # noqa: E402
 from bench.store_io import make_dense, make_sparse  # noqa: E402
 from csr_vdb.adapters import open_store  # noqa: E402
 from csr_vdb.migrations import MigrationPlan, run_migration  # noqa: E402
@@ -147,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden-dim", "--hidden", type=int, default=16384, help="dimension h of the codes")
     p.add_argument("--k", type=int, default=32, help="non-zeros per sparse vector")
     p.add_argument("--encode", choices=["lookup", "projection"], default="lookup")
-    args = p.parse_args(argv)
-    res = run(args)
-    emit(res, table([res]), args.out)
-    return 0
+    return bench_main(p, argv, run, table)
 
 
 if __name__ == "__main__":

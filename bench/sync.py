@@ -39,7 +39,7 @@ import numpy as np
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parents[1]))  # the checkout, for the `bench` helpers
 
-from bench.common import ProjectionEncoder, emit, placeholder_model, store_arguments  # noqa: E402
+from bench.common import ProjectionEncoder, bench_main, placeholder_model, store_arguments  # noqa: E402
 from bench.migrate import default_uri  # noqa: E402
 from bench.store_io import make_dense  # noqa: E402
 from csr_vdb.adapters import open_store  # noqa: E402
@@ -190,10 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p = store_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), "bench_sync")
     p.add_argument("--change", type=float, default=0.01, help="fraction of the rows changed per round")
     p.add_argument("--encode", choices=["model", "projection"], default="model")
-    args = p.parse_args(argv)
-    res = run(args)
-    emit(res, table([res]), args.out)
-    return 0
+    return bench_main(p, argv, run, table)
 
 
 if __name__ == "__main__":
