@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -42,6 +43,28 @@ class ProjectionEncoder:
         k = k or self.k
         idx = np.argpartition(-z, k - 1, axis=1)[:, :k]
         return SparseVectors(idx, np.take_along_axis(z, idx, axis=1), self.hidden_dim)
+
+
+def store_arguments(p: argparse.ArgumentParser, prefix: str) -> argparse.ArgumentParser:
+    """The options of a bench script that runs on a store: --store, --uri, --rows, --batch-size,
+    --prefix (of its collection names), --keep and --out."""
+    p.add_argument("--store", required=True, choices=["milvus", "qdrant-edge", "memory"])
+    p.add_argument("--uri", help="store location (default: a temporary file/folder, removed afterwards)")
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--prefix", default=prefix, help="collection name prefix")
+    p.add_argument("--keep", action="store_true", help="keep the collections and temporary files")
+    p.add_argument("--out", help="write the result as JSON here")
+    return p
+
+
+def bench_main(parser: argparse.ArgumentParser, argv: list[str] | None, run: Any, table: Any) -> int:
+    """The body of a store bench's ``main``: parse, ``run(args)``, print ``table([result])`` and
+    write the result as JSON with ``--out``."""
+    args = parser.parse_args(argv)
+    res = run(args)
+    emit(res, table([res]), args.out)
+    return 0
 
 
 def placeholder_model(directory: str | Path, weights: bytes = b"bench") -> Path:

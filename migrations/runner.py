@@ -154,24 +154,30 @@ def _new_journal(folder: Path, plan: MigrationPlan, pre: Preflight) -> Journal:
             "source_schema": plan.source_schema.model_dump(),
             "source_count": pre.source.count,
             "created_at": time.time(),
+            "manifest": 1,  # every batch records its rows' hashes (csr_vdb.migrations.manifest)
         },
     )
+
+
+def journal_problem(meta: dict[str, Any], plan: MigrationPlan, jpath: Path) -> str | None:
+    """Why a journal (its meta) cannot be continued under ``plan`` (another plan, model or source
+    schema), or None when it can."""
+    if meta.get("plan_id") != plan.plan_id:
+        return f"journal {jpath} belongs to another plan ({meta.get('plan_id')}, this plan is {plan.plan_id})"
+    if meta.get("model_sha256") != plan.model_sha256:
+        return (
+            f"model changed since the migration started (journal {jpath} was written with model "
+            f"{str(meta.get('model_sha256'))[:12]}, now {plan.model_sha256[:12]})"
+        )
+    if meta.get("source_schema") != plan.source_schema.model_dump():
+        return f"source schema changed since the migration started (journal {jpath})"
+    return None
 
 
 def _resume_journal(jpath: Path, plan: MigrationPlan) -> Journal:
     """Open an existing journal, refusing one of another plan, model or source schema."""
     journal = Journal.open(jpath)
-    meta = journal.meta()
-    problem = None
-    if meta.get("plan_id") != plan.plan_id:
-        problem = f"journal {jpath} belongs to another plan ({meta.get('plan_id')}, this plan is {plan.plan_id})"
-    elif meta.get("model_sha256") != plan.model_sha256:
-        problem = (
-            f"model changed since the migration started (journal {jpath} was written with model "
-            f"{str(meta.get('model_sha256'))[:12]}, now {plan.model_sha256[:12]})"
-        )
-    elif meta.get("source_schema") != plan.source_schema.model_dump():
-        problem = f"source schema changed since the migration started (journal {jpath})"
+    problem = journal_problem(journal.meta(), plan, jpath)
     if problem:
         journal.close()
         raise MigrationError(f"{problem}; refusing to resume")
