@@ -89,6 +89,12 @@ class CollectionInfo:
         count: number of rows.
         payload_schema: payload field -> type name as the database reports it ("dynamic" for
             schemaless payloads).
+        native_schema: what a client of the database sees of the collection, as the database's own
+            client reports it (JSON values): ``{"id": ..., "vectors": {dense field: ...},
+            "payload": ...}`` (Qdrant adds ``"vectors_form"``: "unnamed" for a single unnamed
+            vector, "named" for a dict of them). The sparse field `SPARSE_FIELD` is not part of
+            it, so a migrated collection's equals its source's (the dense fields it did not keep
+            left out): `csr_vdb.migrations.verify` compares them.
     """
 
     name: str
@@ -100,6 +106,7 @@ class CollectionInfo:
     vector_fields: dict[str, int] = field(default_factory=dict)
     sparse_field: str | None = None
     payload_schema: dict[str, str] = field(default_factory=dict)
+    native_schema: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
