@@ -264,7 +264,7 @@ class RetryPolicy:
             yield page
 
     def _gave_up(self, exc: BaseException, what: str, where: str, attempts: int, secs: float) -> StoreError:
-        note = f" (gave up after {attempts} attempts in {secs:.1f} s)" if attempts > 1 else ""
+        note = f" ({what}: gave up after {attempts} attempts in {secs:.1f} s)" if attempts > 1 else ""
         if isinstance(exc, StoreError):
             return StoreError(f"{_line(exc)}{note}")
         return StoreError(f"{what} failed for {where}: {_line(exc)}{note}")
