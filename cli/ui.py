@@ -98,6 +98,9 @@ class App:
         s = self.settings
         if s.uri and "://" not in s.uri and not Path(s.uri).exists():
             raise StoreError(f"no {s.store} database at {s.uri} (check --uri)")
+        if s.store == "milvus":
+            import csr_vdb.adapters.milvus  # noqa: F401 - pymilvus sets its loggers' levels when imported
+        quiet_client_loggers(self.debug)  # so a retried failure prints nothing until the final error line
         store = open_store(
             s.store, s.uri, token=s.token.get_secret_value() if s.token else None, timeout=s.timeout,
             retries=s.retries,

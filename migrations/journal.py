@@ -206,7 +206,7 @@ class Journal:
                 # Leave one self-contained file behind so read-only openers create nothing.
                 self._conn.execute("PRAGMA journal_mode=DELETE")
         except sqlite3.Error as exc:  # still consistent: WAL is replayed on the next open
-            log.warning("could not checkpoint journal %s: %s", self.path, exc)
+            log.info("could not checkpoint journal %s: %s", self.path, exc)
         finally:
             self._conn.close()
 

@@ -283,7 +283,7 @@ def _run(
         try:
             journal.end_run(run, outcome, message)
         except MigrationError as exc:  # the run's own outcome matters more than its log line
-            log.warning("%s", exc)
+            log.info("%s", exc)
     return result(created)
 
 
