@@ -135,6 +135,10 @@ class StoreBase:
     def _after_failure(self) -> None:
         """Called before a retry: forget what a restarted server may no longer hold (default: nothing)."""
 
+    def _recoverable(self, exc: BaseException) -> bool:
+        """A client error, other than a transient one, that `_after_failure` and a retry cure (default: none)."""
+        return False
+
     def __enter__(self) -> Any:
         return self
 

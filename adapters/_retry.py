@@ -89,12 +89,13 @@ _TRANSIENT_TEXT = (
 )
 
 
-def is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException, also: Callable[[BaseException], bool] | None = None) -> bool:
     """True when ``exc`` (or an exception it was raised from) says the database did not answer.
 
     The chain is followed through ``__cause__`` (else ``__context__``), so an adapter's `StoreError`
     raised ``from`` a client error is judged by that error. Missing collections, bad data,
-    configuration and migration errors are never transient.
+    configuration and migration errors are never transient. ``also`` adds an adapter's own
+    recoverable failures (Milvus: a collection a restarted server holds released).
     """
     seen: set[int] = set()
     link: BaseException | None = exc
@@ -102,7 +103,7 @@ def is_transient(exc: BaseException) -> bool:
         seen.add(id(link))
         if isinstance(link, _PERMANENT):
             return False
-        if _looks_transient(link):
+        if _looks_transient(link) or (also is not None and also(link)):
             return True
         link = link.__cause__ if link.__cause__ is not None else link.__context__
     return False
@@ -193,6 +194,7 @@ class RetryPolicy:
         what: str,
         where: str,
         reset: Callable[[], None] | None = None,
+        also: Callable[[BaseException], bool] | None = None,
     ) -> T:
         """Run ``fn``, retrying it on transient failures.
 
@@ -201,6 +203,7 @@ class RetryPolicy:
             what: the operation's name for messages ("upsert").
             where: the database, as a URI without secrets.
             reset: called before each retry (an adapter forgets state the server may have lost).
+            also: an adapter's own recoverable failures (`is_transient`'s ``also``).
 
         Raises:
             StoreError: the last failure, once the attempts are used up, naming ``where``,
@@ -215,7 +218,7 @@ class RetryPolicy:
             try:
                 return fn()
             except BaseException as exc:  # noqa: BLE001 - judged, then re-raised or retried
-                if not isinstance(exc, Exception) or not is_transient(exc):
+                if not isinstance(exc, Exception) or not is_transient(exc, also):
                     raise
                 if attempt >= self.retries:
                     raise self._gave_up(exc, what, where, attempt + 1, self.clock() - t0) from exc
@@ -239,6 +242,7 @@ class RetryPolicy:
         what: str,
         where: str,
         reset: Callable[[], None] | None = None,
+        also: Callable[[BaseException], bool] | None = None,
     ) -> Iterator[Any]:
         """Yield the pages of ``start(cursor)``; on a transient failure call ``start`` again behind
         the last page yielded (its ``cursor``). The attempts count again from zero after every page."""
@@ -257,7 +261,7 @@ class RetryPolicy:
                     it = None  # a failed generator is finished: the next attempt starts a new one
                     raise
 
-            more, page = self.call(step, what=what, where=where, reset=reset)
+            more, page = self.call(step, what=what, where=where, reset=reset, also=also)
             if not more:
                 return
             cursor = page.cursor
@@ -284,7 +288,8 @@ def _retried(fn: Callable[..., Any]) -> Callable[..., Any]:
         if policy is None:
             return fn(self, *args, **kwargs)
         return policy.call(
-            lambda: fn(self, *args, **kwargs), what=fn.__name__, where=self.uri, reset=self._after_failure
+            lambda: fn(self, *args, **kwargs), what=fn.__name__, where=self.uri, reset=self._after_failure,
+            also=self._recoverable,
         )
 
     wrapper.__retried__ = True  # type: ignore[attr-defined]
@@ -310,7 +315,9 @@ def _retried_pages(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[A
                 bound.arguments["cursor"], bound.arguments["after"] = cursor, None
             return fn(*bound.args, **bound.kwargs)
 
-        return policy.pages(start, first, what=fn.__name__, where=self.uri, reset=self._after_failure)
+        return policy.pages(
+            start, first, what=fn.__name__, where=self.uri, reset=self._after_failure, also=self._recoverable
+        )
 
     wrapper.__retried__ = True  # type: ignore[attr-defined]
     return wrapper

@@ -212,6 +212,13 @@ class MilvusStore(StoreBase):
         # a restarted server may hold its collections released: check the load state again
         self._loaded.clear()
 
+    def _recoverable(self, exc: BaseException) -> bool:
+        """A collection released by a server that restarted since it was loaded here: the retry loads it."""
+        if getattr(exc, "code", None) == 101:  # CollectionNotLoaded
+            return True
+        text = str(getattr(exc, "message", None) or exc).lower()
+        return "call load()" in text or "collection not loaded" in text
+
     @contextmanager
     def _errors(self, action: str, collection: str | None = None):
         """Translate client exceptions into `StoreError` naming the collection and URI."""
