@@ -138,6 +138,10 @@ class _RowDiff:
 
     def __init__(self, store: VectorStore, plan: MigrationPlan, scan_target: bool) -> None:
         self.store, self.plan = store, plan
+        # A cosine field means its vectors' directions: engines may keep them normalised or not
+        # (a Qdrant server normalises on insert; qdrant-client's local mode keeps what a reopened
+        # directory persisted), so directions are compared.
+        self.cosine = plan.source_schema.metric == "cosine"
         self.missing, self.extra, self.payload, self.dense = _Found(), _Found(), _Found(), _Found()
         self.dense_checked = self.ranges = self.ranges_bad = self.expected = 0
         self._target = self._target_rows() if scan_target else None
@@ -195,7 +199,10 @@ class _RowDiff:
             self.payload.add(i)
         if got[0] is not None:
             self.dense_checked += 1
-            if not np.allclose(got[0], want[0], rtol=1e-5, atol=1e-6):
+            a, b = np.asarray(got[0], np.float64), np.asarray(want[0], np.float64)
+            if self.cosine:
+                a, b = a / max(np.linalg.norm(a), 1e-30), b / max(np.linalg.norm(b), 1e-30)
+            if not np.allclose(a, b, rtol=1e-5, atol=1e-6):
                 self.dense.add(i)
 
     def finish(self, target_rows: int) -> None:
