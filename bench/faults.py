@@ -23,8 +23,6 @@ against a fresh encode, no duplicates, every row journaled once, the source unch
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import os
 import random
@@ -44,7 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # the checkout, for the `bench` helpers
 
-from bench.common import MilvusLiteServer, ProjectionEncoder, emit, placeholder_model  # noqa: E402
+from bench.common import MilvusLiteServer, ProjectionEncoder, placeholder_model, soak_main  # noqa: E402
+from bench.common import collection_checksum as export  # noqa: E402
+from bench.common import journaled_rows as journaled  # noqa: E402
 from csr_vdb.adapters import open_store  # noqa: E402
 from csr_vdb.adapters._retry import RetryPolicy  # noqa: E402
 from csr_vdb.errors import CSRVDBError  # noqa: E402
@@ -139,25 +139,6 @@ class Worker:
 
 
 # ------------------------------------------------------------------------------ parent
-def journaled(base: Path) -> int:
-    paths = list(Path(base).glob(f"*/{JOURNAL_FILE}"))
-    if not paths:
-        return 0
-    try:
-        with Journal.open(paths[0], readonly=True) as j:
-            return j.totals().rows_written
-    except Exception:  # being created
-        return 0
-
-
-def export(store, name: str) -> str:
-    h = hashlib.sha256()
-    for page in store.iter_dense(name, 5000):
-        h.update(json.dumps([page.ids, page.payloads], sort_keys=True).encode())
-        h.update(np.ascontiguousarray(page.vectors, np.float32).tobytes())
-    return h.hexdigest()
-
-
 def _wait_rows(base: Path, rows: int, w: Worker, deadline_s: float = 600.0) -> bool:
     """Wait until ``rows`` are journaled; False when the worker ended first."""
     deadline = time.monotonic() + deadline_s
@@ -205,14 +186,19 @@ def run(args) -> dict:
         pick.shuffle(kinds)
         faults: list[dict] = []
         t_start = time.monotonic()
+        resumes = 0  # workers started again after one gave up before the next fault
         w = Worker(args)
         for number, kind in enumerate(kinds, 1):
             done = journaled(args.state)
             left = len(kinds) - number + 1
             # spread the faults over the rows left, each well before the end
             goal = done + pick.randint(args.batch_size, max(args.batch_size, (n - done) // (left + 1)))
-            if not _wait_rows(args.state, goal, w):
-                raise RuntimeError(f"worker ended before fault {number}: {w.lines[-3:]}")
+            while not _wait_rows(args.state, goal, w):
+                if w.proc.poll() == 0 or resumes >= 5:
+                    raise RuntimeError(f"worker ended before fault {number}: {w.lines[-3:]}")
+                w.wait()  # gave up while a restarted server was not serving yet: resume again
+                resumes += 1
+                w = Worker(args)
             time.sleep(pick.uniform(0.0, 0.3))
             at_rows = journaled(args.state)
             f: dict = {"fault": number, "kind": kind, "at_rows": at_rows}
@@ -248,15 +234,14 @@ def run(args) -> dict:
                     f["recovered_s"] = _next_batch_s(args.state, journaled(args.state), t_up, w)
             faults.append(f)
         rc = w.wait(timeout=3600)
-        restarts = 0
-        while rc != 0 and restarts < 3:  # a last fault's aftermath; never expected
-            restarts += 1
+        while rc != 0 and resumes < 5:  # a last fault's aftermath
+            resumes += 1
             w = Worker(args)
             rc = w.wait(timeout=3600)
         total_s = time.monotonic() - t_start
         result = {"date": str(date.today()), "rows": n, "batch_size": args.batch_size, "retries": args.retries,
                   "timeout_s": args.timeout, "retry_budget_s": policy.budget, "faults": faults,
-                  "final_worker_rc": rc, "extra_restarts": restarts, "total_s": round(total_s, 1)}
+                  "final_worker_rc": rc, "extra_resumes": resumes, "total_s": round(total_s, 1)}
         result.update(check(args, ids, x, payloads, before))
     finally:
         server.kill()
@@ -352,18 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                         "server restart takes to serve again)")
     p.add_argument("--timeout", type=float, default=5.0, help="the worker's request timeout, seconds")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    p.add_argument("--out", help="write the result as JSON here")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--uri", help=argparse.SUPPRESS)
-    p.add_argument("--state", help=argparse.SUPPRESS)
-    p.add_argument("--model-dir", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.worker:
-        return worker(args)
-    res = run(args)
-    emit(res, table(res), args.out)
-    return 0 if res["ok"] else 1
+    return soak_main(p, argv, worker, run, table)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import MilvusLiteServer, ProjectionEncoder, free_port
+from bench.common import MilvusLiteServer, ProjectionEncoder, free_port, journaled_rows
 
-__all__ = ["TINY", "MilvusLiteServer", "ProjectionEncoder", "clustered", "free_port", "fast_train", "tiny_config", "tiny_encoder",
+__all__ = ["TINY", "MilvusLiteServer", "ProjectionEncoder", "clustered", "free_port", "journaled_rows", "fast_train", "tiny_config", "tiny_encoder",
            "write_banking77_folder", "write_beir_folder", "write_bench_data"]
 
 
@@ -130,19 +130,3 @@ def cli_process(args, env: dict[str, str], cwd, *, file_size_limit: int | None =
         [sys.executable, "-m", "csr_vdb.cli.main", *map(str, args)], env=env, cwd=str(cwd), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit if file_size_limit else None, **popen,
     )  # fmt: skip
-
-
-def journaled_rows(state_base) -> int:
-    """Rows recorded so far by the (single) journal under ``state_base`` (a read-only peek; 0 while none)."""
-    from pathlib import Path
-
-    from csr_vdb.migrations import Journal
-
-    paths = list(Path(state_base).glob("*/journal.sqlite"))
-    if not paths:
-        return 0
-    try:
-        with Journal.open(paths[0], readonly=True) as j:
-            return j.totals().rows_written
-    except Exception:  # being created
-        return 0

@@ -15,9 +15,8 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from csr_vdb.adapters import open_store
-    from csr_vdb.migrations import MigrationPlan, run_migration
     from csr_vdb.model import CSREncoder
+    from tests.migrations.crash_worker import migrate
 
     kind, uri, base, model_dir, batch, gate = argv[:6]
     encoder = CSREncoder.load(model_dir, device="cpu")
@@ -27,14 +26,7 @@ def main(argv: list[str]) -> int:
             time.sleep(0.05)
         return encoder.encode(x)
 
-    store = open_store(kind, uri)
-    try:
-        plan = MigrationPlan.create(store, store_kind=kind, uri=uri, source="docs", model_dir=model_dir,
-                                    batch_size=int(batch))
-        res = run_migration(store, plan, encode, state_base=base)
-        print(f"done written={res.rows_written}", flush=True)
-    finally:
-        store.close()
+    migrate(kind, uri, base, model_dir, int(batch), encode)
     return 0
 
 

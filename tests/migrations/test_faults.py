@@ -41,23 +41,30 @@ def fill(store, n: int = ROWS, name: str = "docs"):
     return ids, x, payloads
 
 
-def assert_exact(store, ids, x, payloads, model_dir, batch: int = BATCH) -> None:
-    """The target holds every source row once, its payload, dense vector and code (re-encoded page by
-    page as the migration did: same rows, same model)."""
+def assert_exact(uri: str, ids, x, payloads, model_dir, before: str | None = None, batch: int = BATCH) -> None:
+    """The target in the Milvus at ``uri`` holds every source row once, its payload, dense vector and
+    code (re-encoded page by page as the migration did: same rows, same model); with ``before``,
+    the source's checksum is still that (it was never written)."""
     encoder = CSREncoder.load(model_dir, device="cpu")
-    assert store.count("docs_csr") == len(ids)
-    order = sorted(range(len(ids)), key=lambda i: ids[i])  # the source's page order (ascending ids)
-    for a in range(0, len(order), batch):
-        rows = order[a : a + batch]
-        want = encoder.encode(x[rows]).to_qdrant()
-        got = {r.id: r for r in store.fetch("docs_csr", [ids[i] for i in rows], with_dense=True, with_sparse=True)}
-        for i, (wi, wv) in zip(rows, want):
-            r = got[ids[i]]
-            assert r.payload == payloads[i]
-            np.testing.assert_allclose(r.dense, x[i], rtol=1e-5, atol=1e-6)
-            gi, gv = r.sparse
-            assert list(gi) == list(wi)
-            np.testing.assert_allclose(gv, wv, rtol=0, atol=1e-5)
+    store = open_store("milvus", uri)
+    try:
+        assert store.count("docs_csr") == len(ids)
+        order = sorted(range(len(ids)), key=lambda i: ids[i])  # the source's page order (ascending ids)
+        for a in range(0, len(order), batch):
+            rows = order[a : a + batch]
+            want = encoder.encode(x[rows]).to_qdrant()
+            got = {r.id: r for r in store.fetch("docs_csr", [ids[i] for i in rows], with_dense=True, with_sparse=True)}
+            for i, (wi, wv) in zip(rows, want):
+                r = got[ids[i]]
+                assert r.payload == payloads[i]
+                np.testing.assert_allclose(r.dense, x[i], rtol=1e-5, atol=1e-6)
+                gi, gv = r.sparse
+                assert list(gi) == list(wi)
+                np.testing.assert_allclose(gv, wv, rtol=0, atol=1e-5)
+        if before is not None:
+            assert export(store, "docs", 2000) == before
+    finally:
+        store.close()
 
 
 def one_error_line(stderr: str) -> str:
@@ -102,14 +109,21 @@ def _cli_json(args: list[str], env: dict[str, str], cwd: Path, code: int = 0):
     return json.loads(out)
 
 
+def _under_way(served, tmp_path: Path, *flags: str):
+    """A `migrate` subprocess with ``flags``, once it has journaled 300 rows: (process, state dir, env)."""
+    server, _, _, model = served
+    state = tmp_path / "state"
+    env = cli_env(state)
+    proc = cli_process(_migrate(server.uri, model, *flags), env, tmp_path)
+    wait_for_rows(proc, state, 300)
+    return proc, state, env
+
+
 # --------------------------------------------------------------------------- database faults
 @pytest.mark.slow
 def test_server_killed_mid_migration_exits_5_then_resume_is_exact(served, tmp_path):
     server, (ids, x, payloads), before, model = served
-    state = tmp_path / "state"
-    env = cli_env(state)
-    proc = cli_process(_migrate(server.uri, model, "--retries", "2", "--timeout", "3"), env, tmp_path)
-    wait_for_rows(proc, state, 300)
+    proc, state, env = _under_way(served, tmp_path, "--retries", "2", "--timeout", "3")
     t_kill = time.monotonic()
     server.kill()
     out, err = proc.communicate(timeout=600)
@@ -129,31 +143,19 @@ def test_server_killed_mid_migration_exits_5_then_resume_is_exact(served, tmp_pa
     assert resumed.returncode == 0, err
     verify = _cli_json(["verify", "--store", "milvus", "--uri", server.uri, "--collection", "docs"], env, tmp_path)
     assert verify["ok"] and verify["schema_check"]["ok"]
-    store = open_store("milvus", server.uri)
-    try:
-        assert_exact(store, ids, x, payloads, model)
-        assert export(store, "docs", 2000) == before  # the source was never written
-    finally:
-        store.close()
+    assert_exact(server.uri, ids, x, payloads, model, before=before)
 
 
 @pytest.mark.slow
 def test_server_restart_within_the_retry_budget_is_ridden_out(served, tmp_path):
     server, (ids, x, payloads), _, model = served
-    state = tmp_path / "state"
-    env = cli_env(state)
-    proc = cli_process(_migrate(server.uri, model, "--retries", "12", "--timeout", "5"), env, tmp_path)
-    wait_for_rows(proc, state, 300)
+    proc, state, env = _under_way(served, tmp_path, "--retries", "12", "--timeout", "5")
     server.restart()  # SIGKILL, then up again on the same data while the migrator retries
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err
     status = _cli_json(_status(server.uri), env, tmp_path)
     assert status["state"] == "complete" and status["rows_done"] == ROWS
-    store = open_store("milvus", server.uri)
-    try:
-        assert_exact(store, ids, x, payloads, model)
-    finally:
-        store.close()
+    assert_exact(server.uri, ids, x, payloads, model)
 
 
 # --------------------------------------------------------------------------- local faults
@@ -216,11 +218,7 @@ def test_disk_fills_mid_run_then_resume_is_exact(served, tmp_path):
         out, err = resumed.communicate(timeout=900)
         assert resumed.returncode == 0, err
         assert journaled_rows(state) == ROWS and done < ROWS
-        store = open_store("milvus", server.uri)
-        try:
-            assert_exact(store, ids, x, payloads, model)
-        finally:
-            store.close()
+        assert_exact(server.uri, ids, x, payloads, model)
     finally:
         subprocess.run(["umount", "-l", str(state)], capture_output=True)
 
