@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# the local CPU wheel first, so that nothing pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,demo]'
+	# the framework extras too, so that the integration tests run (csr_vdb.integrations)
+	$(PY) -m pip install -q -e '.[dev,demo,langchain,llama-index,haystack]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -30,6 +30,7 @@ from csr_vdb.store import (
     Id,
     IdType,
     Metric,
+    PayloadPage,
     Record,
     check_batch_size,
     check_cursor,
@@ -211,6 +212,20 @@ class StoreBase:
     def _iter_dense(self, s: Layout, f: str, batch_size: int, cursor: Id | None) -> Iterator[DensePage]:
         raise NotImplementedError
 
+    def _iter_payloads(
+        self, s: Layout, batch_size: int, cursor: Id | None, fields: list[str] | None
+    ) -> Iterator[PayloadPage]:
+        """Pages of ids and payloads (all keys, or ``fields``) in the order of `_iter_dense`."""
+        raise NotImplementedError
+
+    def _delete(self, s: Layout, ids: list[Id]) -> None:
+        """Delete these rows (absent ones ignored), returning once the engine applied it."""
+        raise NotImplementedError
+
+    def _set_payload(self, s: Layout, ids: list[Id], payloads: list[dict]) -> list[Id]:
+        """Overwrite the payloads of the rows that exist; returns the ids that do not."""
+        raise NotImplementedError
+
     def _search(
         self, s: Layout, queries: Any, limit: int, with_payload: bool, with_codes: bool, dense_field: str | None
     ) -> list[list[Found]]:
@@ -361,7 +376,42 @@ class StoreBase:
             raise DataError(f"collection '{s.name}' needs dense vectors for field '{f}'")
         self._upsert(s, ids, codes, rows, f, dense)
 
+    def delete(self, collection_name: str, ids: Sequence[Id]) -> None:
+        """Delete rows by id (ids checked first; repeated and absent ids are harmless)."""
+        s = self._layout(collection_name)
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return
+        self._delete(s, self._checked_ids(s, ids, len(ids)))
+
+    def set_payload(
+        self, collection_name: str, ids: Sequence[Id], payloads: Sequence[dict[str, Any]]
+    ) -> list[Id]:
+        """Replace the payloads of existing rows (vectors untouched); returns the ids not found."""
+        s = self._layout(collection_name)
+        rows = check_payloads(payloads, len(payloads))
+        ids = self._checked_ids(s, ids, len(rows))
+        self._check_payloads(s, ids, rows)
+        return self._set_payload(s, ids, rows) if ids else []
+
     # ------------------------------------------------------------------ protocol: reads
+    def iter_payloads(
+        self,
+        collection_name: str,
+        batch_size: int = 1000,
+        cursor: Id | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> Iterator[PayloadPage]:
+        """Pages of ids and payloads in the order of `iter_dense`, behind the exclusive ``cursor``."""
+        batch_size = check_batch_size(batch_size)
+        s = self._layout(collection_name)
+        check_cursor(cursor, s.id_type, s.name)
+        want = None if fields is None else list(dict.fromkeys(fields))
+        for page in self._iter_payloads(s, batch_size, cursor, want):
+            if want is not None:
+                page = PayloadPage(page.ids, [{k: p[k] for k in want if k in p} for p in page.payloads])
+            yield page
+
     def iter_dense(
         self,
         collection_name: str,
@@ -445,14 +495,20 @@ class StoreBase:
         ids: Sequence[Id],
         with_dense: bool = False,
         with_sparse: bool = False,
+        *,
+        vector_field: str | None = None,
     ) -> list[Record]:
-        """Rows by id in the order asked (a repeated id comes back each time); absent ids are left out."""
+        """Rows by id in the order asked (a repeated id comes back each time); absent ids are left out.
+
+        ``with_dense`` returns the dense field ``vector_field`` (default: the first, when any)."""
         s = self._layout(collection_name)
         ids = list(ids)
+        f = None
+        if with_dense and (vector_field is not None or s.first_dense is not None):
+            f = s.dense_field(vector_field, self.uri)
         asked = list(dict.fromkeys(usable_ids(ids, s.id_type)))
         if not asked:
             return []
-        f = s.first_dense if with_dense else None
         found = self._fetch(s, asked, f, with_sparse and s.sparse)
         records: dict[Id, Record] = {}
         for i, r in found.items():

@@ -21,6 +21,7 @@ above it in string order (so a collection of UUID ids pages exactly like sorted 
 
 from __future__ import annotations
 
+import itertools
 import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,7 +32,7 @@ import numpy as np
 from csr_vdb.adapters._common import Found, Layout, StoreBase, payload_schema
 from csr_vdb.errors import DataError, StoreError
 from csr_vdb.sparse import SparseVectors
-from csr_vdb.store import SPARSE_FIELD, DensePage, Metric
+from csr_vdb.store import SPARSE_FIELD, DensePage, Metric, PayloadPage
 
 RESERVED_ID_KEY = "__csr_vdb_id"
 """Payload key holding the original ``str`` id of a point whose id is not a UUID."""
@@ -246,6 +247,14 @@ class QdrantBase(StoreBase):
         """Upsert points, returning once the engine applied them."""
         raise NotImplementedError
 
+    def _remove(self, s: Layout, pids: list[Any]) -> None:
+        """Delete points by point id (absent ones ignored), returning once the engine applied it."""
+        raise NotImplementedError
+
+    def _overwrite(self, s: Layout, items: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Replace the stored payload of existing points ``(point id, payload)``."""
+        raise NotImplementedError
+
     def _prepare(self, s: Layout, f: str, vectors: np.ndarray) -> np.ndarray:
         """Dense rows as stored/searched in field ``f`` (`QdrantStore` normalises some)."""
         return vectors
@@ -298,8 +307,9 @@ class QdrantBase(StoreBase):
             points.append(self._point(to_point_id(i), vec, stored_payload(i, payloads[n])))
         self._write(s, points)
 
-    def _iter_dense(self, s: Layout, f: str, batch_size: int, cursor: Any) -> Iterator[DensePage]:
-        """Pages in point-id order (ints ascending; str ids by point id, see the module docstring)."""
+    def _scroll_pages(self, s: Layout, f: str | None, batch_size: int, cursor: Any) -> Iterator[list[Any]]:
+        """Lists of up to ``batch_size`` points (payload and vector ``f``) in point-id order behind
+        the exclusive ``cursor`` (see the module docstring)."""
         skip: Any = None
         offset: Any = None
         if cursor is not None:
@@ -321,20 +331,46 @@ class QdrantBase(StoreBase):
                 nxt = records[batch_size].id
                 records = records[:batch_size]
             if records:
-                rows = [self._found(s, r, 0.0, True, False, f) for r in records]
-                missing = [r.id for r in rows if r.dense is None]
-                if missing:
-                    raise StoreError(
-                        f"collection '{s.name}' has rows without vector '{f}' in {self.uri}: ids {missing[:5]}"
-                    )
-                yield DensePage(
-                    ids=[r.id for r in rows],
-                    vectors=np.asarray([r.dense for r in rows], dtype=np.float32),
-                    payloads=[r.payload for r in rows],  # type: ignore[misc]
-                )
+                yield records
             if nxt is None:
                 return
             offset = nxt
+
+    def _iter_dense(self, s: Layout, f: str, batch_size: int, cursor: Any) -> Iterator[DensePage]:
+        """Pages in point-id order (ints ascending; str ids by point id, see the module docstring)."""
+        dim = s.dense[f][0]
+        for records in self._scroll_pages(s, f, batch_size, cursor):
+            ids, payloads, vectors = [], [], []
+            for r in records:  # one pass, each engine attribute read once (each read converts it)
+                i, p = restore(point_key(r.id), r.payload)
+                ids.append(i)
+                payloads.append(p)
+                vectors.append(self._vector(r, f))
+            missing = [i for i, v in zip(ids, vectors) if v is None or len(v) != dim]
+            if missing:
+                raise StoreError(f"collection '{s.name}' has rows without vector '{f}' in {self.uri}: ids {missing[:5]}")
+            flat = np.fromiter(itertools.chain.from_iterable(vectors), dtype=np.float32, count=len(ids) * dim)
+            yield DensePage(ids=ids, vectors=flat.reshape(len(ids), dim), payloads=payloads)
+
+    def _iter_payloads(self, s: Layout, batch_size: int, cursor: Any, fields: list[str] | None) -> Iterator[PayloadPage]:
+        for records in self._scroll_pages(s, None, batch_size, cursor):
+            pairs = [restore(point_key(r.id), r.payload) for r in records]
+            yield PayloadPage([i for i, _ in pairs], [p for _, p in pairs])
+
+    def _existing(self, s: Layout, ids: list[Any]) -> set[Any]:
+        """The point ids among ``ids``' that exist."""
+        pids = list(dict.fromkeys(to_point_id(i) for i in ids))
+        return {point_key(r.id) for r in self._retrieve(s, pids, False, [])}
+
+    def _delete(self, s: Layout, ids: list[Any]) -> None:
+        self._remove(s, list(dict.fromkeys(to_point_id(i) for i in ids)))
+
+    def _set_payload(self, s: Layout, ids: list[Any], payloads: list[dict]) -> list[Any]:
+        # Engines apply an overwrite naming a missing point to the others and then fail: ask first.
+        there = self._existing(s, ids)
+        items = [(to_point_id(i), stored_payload(i, p)) for i, p in zip(ids, payloads) if to_point_id(i) in there]
+        self._overwrite(s, items)
+        return [i for i in ids if to_point_id(i) not in there]
 
     def _search_points(
         self, s: Layout, queries: list[Any], using: str, limit: int, with_payload: bool, metric: Metric,

@@ -48,6 +48,8 @@ RETRIED: tuple[str, ...] = (
     "insert_dense",
     "create_sparse_collection",
     "upsert",
+    "delete",
+    "set_payload",
     "search_sparse",
     "search_candidates",
     "search_dense",
@@ -60,7 +62,7 @@ RETRIED: tuple[str, ...] = (
 )
 """Protocol methods retried as a whole on a transient failure."""
 
-RETRIED_PAGES: tuple[str, ...] = ("iter_dense",)
+RETRIED_PAGES: tuple[str, ...] = ("iter_dense", "iter_payloads")
 """Protocol methods that stream pages: a transient failure resumes behind the last page yielded."""
 
 DEFAULT_RETRIES = 3
@@ -312,7 +314,9 @@ def _retried_pages(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[A
 
         def start(cursor: Any) -> Iterator[Any]:
             if cursor is not first:  # a resumed scan continues behind the last page yielded
-                bound.arguments["cursor"], bound.arguments["after"] = cursor, None
+                bound.arguments["cursor"] = cursor
+                if "after" in bound.arguments:
+                    bound.arguments["after"] = None
             return fn(*bound.args, **bound.kwargs)
 
         return policy.pages(

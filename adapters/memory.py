@@ -12,7 +12,7 @@ import numpy as np
 from csr_vdb.adapters._common import Found, Layout, StoreBase, payload_schema
 from csr_vdb.errors import StoreError
 from csr_vdb.sparse import SparseVectors
-from csr_vdb.store import DensePage, Id, IdType, Metric, check_ids, check_payloads
+from csr_vdb.store import DensePage, Id, IdType, Metric, PayloadPage, check_ids, check_payloads
 
 # the id and payload checks live in the core contract; re-exported here for older imports
 __all__ = ["MemoryStore", "check_ids", "check_payloads"]
@@ -78,12 +78,40 @@ class MemoryStore(StoreBase):
                 "sparse": pair,
             }
 
+    def _delete(self, s: Layout, ids: list[Id]) -> None:
+        rows = self._cols[s.name].rows
+        for i in ids:
+            rows.pop(i, None)
+
+    def _set_payload(self, s: Layout, ids: list[Id], payloads: list[dict]) -> list[Id]:
+        rows = self._cols[s.name].rows
+        for i, p in zip(ids, payloads):
+            if i in rows:
+                rows[i]["payload"] = copy.deepcopy(p)
+        return [i for i in ids if i not in rows]
+
     # ------------------------------------------------------------------ reads
+    def _keys_after(self, s: Layout, cursor: Id | None) -> list[Id]:
+        rows = self._cols[s.name].rows
+        return sorted(k for k in list(rows) if cursor is None or k > cursor)  # type: ignore[operator]
+
+    def _iter_payloads(
+        self, s: Layout, batch_size: int, cursor: Id | None, fields: list[str] | None
+    ) -> Iterator[PayloadPage]:
+        rows = self._cols[s.name].rows
+        keys = self._keys_after(s, cursor)
+        for a in range(0, len(keys), batch_size):
+            chunk = [k for k in keys[a : a + batch_size] if k in rows]
+            if chunk:
+                yield PayloadPage(list(chunk), [copy.deepcopy(rows[k]["payload"]) for k in chunk])
+
     def _iter_dense(self, s: Layout, f: str, batch_size: int, cursor: Id | None) -> Iterator[DensePage]:
         rows = self._cols[s.name].rows
-        keys = sorted(k for k in rows if cursor is None or k > cursor)  # type: ignore[operator]
+        keys = self._keys_after(s, cursor)
         for a in range(0, len(keys), batch_size):
-            chunk = keys[a : a + batch_size]
+            chunk = [k for k in keys[a : a + batch_size] if k in rows]  # rows deleted meanwhile left out
+            if not chunk:
+                continue
             yield DensePage(
                 ids=list(chunk),
                 vectors=np.stack([rows[k]["dense"][f] for k in chunk]).astype(np.float32),
@@ -140,7 +168,7 @@ class MemoryStore(StoreBase):
         for i in ids:
             row = rows.get(i)
             if row is not None:
-                dense = next(iter(row["dense"].values()), None) if dense_field is not None else None
+                dense = row["dense"].get(dense_field) if dense_field is not None else None
                 out[i] = Found(i, 0.0, copy.deepcopy(row["payload"]), row["sparse"] if with_sparse else None, dense)
         return out
 

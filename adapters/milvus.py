@@ -18,7 +18,7 @@ from csr_vdb.adapters._common import Found, Layout, StoreBase
 from csr_vdb.adapters._retry import DEFAULT_RETRIES, RetryPolicy
 from csr_vdb.errors import CollectionNotFoundError, ConfigError, CSRVDBError, DataError, StoreError
 from csr_vdb.sparse import SparseVectors
-from csr_vdb.store import SPARSE_FIELD, DensePage, Id, IdType, Metric, strip_credentials
+from csr_vdb.store import SPARSE_FIELD, DensePage, Id, IdType, Metric, PayloadPage, strip_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -537,6 +537,36 @@ class MilvusStore(StoreBase):
         dim = s.dense[f][0] if f else 0
         self._write(s, rows, dim * 4 + codes.width * 12 + 256)
 
+    def _delete(self, s: _Schema, ids: list[Id]) -> None:  # type: ignore[override]
+        self._ensure_loaded(s)
+        with self._errors("delete", s.name):
+            for a in range(0, len(ids), 1000):
+                self._client.delete(s.name, filter=f"{s.pk} in [{', '.join(_literal(i) for i in ids[a : a + 1000])}]")
+
+    def _set_payload(self, s: _Schema, ids: list[Id], payloads: list[dict]) -> list[Id]:  # type: ignore[override]
+        """Milvus has no payload-only update: each row is read whole and written back with the new payload."""
+        self._ensure_loaded(s)
+        vectors = sorted(s.vector_names)
+        old = self._rows_by_key(s, ids, [s.pk, *vectors])
+        rows = []
+        for i, p in zip(ids, payloads):
+            r = old.get(i)
+            if r is None:
+                continue
+            row = {**p, s.pk: i}
+            for v in vectors:
+                value = r.get(v)
+                if isinstance(value, dict):  # sparse {index: value}
+                    value = {int(k): float(x) for k, x in value.items()}
+                elif value is not None:
+                    value = np.asarray(value, dtype=np.float32)
+                row[v] = value
+            rows.append(row)
+        if rows:
+            dims = sum(d for d, _ in s.dense.values())
+            self._write(s, rows, dims * 4 + 64 * 12 + 256)
+        return [i for i in ids if i not in old]
+
     # ------------------------------------------------------------------ protocol: reads
     def _iter_dense(self, s: _Schema, f: str, batch_size: int, cursor: Id | None) -> Iterator[DensePage]:  # type: ignore[override]
         self._ensure_loaded(s)
@@ -560,8 +590,12 @@ class MilvusStore(StoreBase):
 
     def _pages_by_cursor(self, s: _Schema, f: str, batch_size: int, cursor: Id | None) -> Iterator[DensePage]:
         """Servers: ``pk > cursor`` queries returned in primary-key order, one page per query."""
+        for rows in self._rows_by_cursor(s, [*self._payload_fields(s), f], batch_size, cursor):
+            yield self._page(s, f, rows)
+
+    def _rows_by_cursor(self, s: _Schema, fields: list[str], batch_size: int, cursor: Id | None) -> Iterator[list]:
+        """Rows (``fields``) of ``pk > cursor`` queries, returned in primary-key order, one list per query."""
         limit = min(batch_size, _MAX_WINDOW)
-        fields = [*self._payload_fields(s), f]
         while True:
             expr = f"{s.pk} > {_literal(cursor)}" if cursor is not None else ""
             with self._errors("query", s.name):
@@ -573,17 +607,39 @@ class MilvusStore(StoreBase):
                 )
             if not rows:
                 return
-            page = self._page(s, f, rows)
-            ids = page.ids
+            rows = list(rows)
+            ids = [r[s.pk] for r in rows]
             if any(b <= a for a, b in zip(ids, ids[1:])) or (cursor is not None and ids[0] <= cursor):
                 raise StoreError(
                     f"Milvus at {self.uri} returned collection '{s.name}' out of primary-key order; "
                     "cannot page it safely"
                 )
-            yield page
+            yield rows
             # a short page is no proof of the end (a server may stop a page at a segment
             # boundary to keep primary-key order), so only an empty page ends the scan
-            cursor = page.cursor
+            cursor = ids[-1]
+
+    def _iter_payloads(  # type: ignore[override]
+        self, s: _Schema, batch_size: int, cursor: Id | None, fields: list[str] | None
+    ) -> Iterator[PayloadPage]:
+        """Ids and payloads (no vectors): Milvus Lite in one ids query sorted here, servers by cursor."""
+        self._ensure_loaded(s)
+        if fields is None:
+            out = self._payload_fields(s)
+        else:  # typed fields by name; other keys live in the dynamic field, which Milvus selects by key too
+            out = [s.pk, *(k for k in fields if k in s.scalars or (s.dynamic and k not in s.vector_names))]
+        if self._is_lite:
+            with self._errors("flush", s.name):
+                self._client.flush(s.name)
+            expr = f"{s.pk} > {_literal(cursor)}" if cursor is not None else ""
+            with self._errors("query", s.name):
+                found = sorted(self._client.query(s.name, filter=expr, output_fields=out, consistency_level=_READ),
+                               key=lambda r: r[s.pk])
+            pages: Iterator[list] = (found[a : a + batch_size] for a in range(0, len(found), batch_size))
+        else:
+            pages = self._rows_by_cursor(s, out, batch_size, cursor)
+        for rows in pages:
+            yield PayloadPage([r[s.pk] for r in rows], [self._payload(s, r) for r in rows])
 
     def _pages_by_ids(self, s: _Schema, f: str, batch_size: int, cursor: Id | None) -> Iterator[DensePage]:
         """Milvus Lite: every ordered query filters and sorts all remaining rows in Python, so

@@ -292,6 +292,17 @@ class QdrantStore(QdrantBase):
         if points:
             self._call("upsert", s.name, self._client.upsert, s.name, points=points, wait=True)
 
+    def _remove(self, s: _Schema, pids: list[Any]) -> None:  # type: ignore[override]
+        if pids:
+            self._call("delete", s.name, self._client.delete, s.name, points_selector=qm.PointIdsList(points=pids),
+                       wait=True)
+
+    def _overwrite(self, s: _Schema, items: list[tuple[Any, dict[str, Any]]]) -> None:  # type: ignore[override]
+        """All payloads in one batched update request."""
+        ops = [qm.OverwritePayloadOperation(overwrite_payload=qm.SetPayload(payload=p, points=[pid])) for pid, p in items]
+        if ops:
+            self._call("set_payload", s.name, self._client.batch_update_points, s.name, update_operations=ops, wait=True)
+
     def _prepare(self, s: _Schema, f: str, vectors: np.ndarray) -> np.ndarray:  # type: ignore[override]
         return s.prepare(f, vectors)
 

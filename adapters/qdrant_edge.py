@@ -239,6 +239,20 @@ class QdrantEdgeStore(QdrantBase):
         if self.fsync:
             self._call("flush", s.name, s.shard.flush)
 
+    def _remove(self, s: _Shard, pids: list[Any]) -> None:  # type: ignore[override]
+        if not pids:
+            return
+        self._call("delete", s.name, s.shard.update, qe.UpdateOperation.delete_points(pids))
+        if self.fsync:
+            self._call("flush", s.name, s.shard.flush)
+
+    def _overwrite(self, s: _Shard, items: list[tuple[Any, dict[str, Any]]]) -> None:  # type: ignore[override]
+        """One engine update per point (an overwrite carries one payload); each lands in the WAL."""
+        for pid, payload in items:
+            self._call("set_payload", s.name, s.shard.update, qe.UpdateOperation.overwrite_payload([pid], payload))
+        if items and self.fsync:
+            self._call("flush", s.name, s.shard.flush)
+
     # ------------------------------------------------------------------ protocol: schema
     def list_collections(self) -> list[str]:
         self._check_open()

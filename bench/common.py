@@ -3,6 +3,7 @@ a collection checksum, a journal peek, a `milvus-lite server` process that can b
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -51,6 +52,28 @@ class ProjectionEncoder:
         return SparseVectors(idx, np.take_along_axis(z, idx, axis=1), self.hidden_dim)
 
 
+def store_arguments(p: argparse.ArgumentParser, prefix: str) -> argparse.ArgumentParser:
+    """The options of a bench script that runs on a store: --store, --uri, --rows, --batch-size,
+    --prefix (of its collection names), --keep and --out."""
+    p.add_argument("--store", required=True, choices=["milvus", "qdrant-edge", "memory"])
+    p.add_argument("--uri", help="store location (default: a temporary file/folder, removed afterwards)")
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--prefix", default=prefix, help="collection name prefix")
+    p.add_argument("--keep", action="store_true", help="keep the collections and temporary files")
+    p.add_argument("--out", help="write the result as JSON here")
+    return p
+
+
+def bench_main(parser: argparse.ArgumentParser, argv: list[str] | None, run: Any, table: Any) -> int:
+    """The body of a store bench's ``main``: parse, ``run(args)``, print ``table([result])`` and
+    write the result as JSON with ``--out``."""
+    args = parser.parse_args(argv)
+    res = run(args)
+    emit(res, table([res]), args.out)
+    return 0
+
+
 def placeholder_model(directory: str | Path, weights: bytes = b"bench") -> Path:
     """A folder with the two files a `MigrationPlan` checksums (the engine never loads the model itself)."""
     path = Path(directory)
@@ -72,12 +95,10 @@ def write_json(path: str | Path, result: Any) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def soak_main(parser: Any, argv: list[str] | None, worker: Any, run: Any, table: Any) -> int:
+def soak_main(parser: argparse.ArgumentParser, argv: list[str] | None, worker: Any, run: Any, table: Any) -> int:
     """The end of a soak script's ``main`` (crash.py, faults.py): the options they share, then either
     one worker (``--worker``) or a whole run, whose table is printed and JSON written; 1 when a check
     failed."""
-    import argparse
-
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--out", help="write the result as JSON here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

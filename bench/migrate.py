@@ -29,7 +29,7 @@ import numpy as np
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parents[1]))  # the checkout, for the `bench` helpers
 
-from bench.common import ProjectionEncoder, emit, placeholder_model  # noqa: E402
+from bench.common import ProjectionEncoder, bench_main, placeholder_model, store_arguments  # noqa: E402
 from bench.store_io import make_dense, make_sparse  # noqa: E402
 from csr_vdb.adapters import open_store  # noqa: E402
 from csr_vdb.migrations import MigrationPlan, run_migration  # noqa: E402
@@ -143,21 +143,11 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--store", required=True, choices=["milvus", "qdrant-edge", "memory"])
-    p.add_argument("--uri", help="store location (default: a temporary file/folder, removed afterwards)")
-    p.add_argument("--rows", type=int, default=100_000)
-    p.add_argument("--batch-size", type=int, default=1000)
+    p = store_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), "bench_migrate")
     p.add_argument("--hidden-dim", "--hidden", type=int, default=16384, help="dimension h of the codes")
     p.add_argument("--k", type=int, default=32, help="non-zeros per sparse vector")
     p.add_argument("--encode", choices=["lookup", "projection"], default="lookup")
-    p.add_argument("--prefix", default="bench_migrate", help="collection name prefix")
-    p.add_argument("--keep", action="store_true", help="keep the collections and temporary files")
-    p.add_argument("--out", help="write the result as JSON here")
-    args = p.parse_args(argv)
-    res = run(args)
-    emit(res, table([res]), args.out)
-    return 0
+    return bench_main(p, argv, run, table)
 
 
 if __name__ == "__main__":

@@ -154,6 +154,39 @@ def migrate(app: App, to: str, resume: bool, dry_run: bool, drop_dense: bool, **
     app.emit({"plan": made, "result": res} if dry_run else res, lambda: render.render_migration(made, res))
 
 
+# ------------------------------------------------------------------------ sync
+@main.command()
+@plan_options(None, shard_help="Shard i/n of a sharded migration (each shard syncs its own rows).")
+@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
+              help="Refuse unless this is the migration's model [the plan's].")
+@click.option("--changed-field", default=None,
+              help="Payload field that grows with every write of a row (updated_at, a version): read only "
+                   "the rows at or above the last sync's value of it.")
+@click.option("--repair", is_flag=True, help="Compare every row with the target instead of the journal's manifest "
+                                              "(slow: reads both in full); sets right rows written to the target alone.")
+@click.option("--dry-run", is_flag=True, help="Print the counts of inserts, re-encodes, payload updates and "
+                                               "deletes; write nothing.")
+@common_options
+def sync(app: App, collection: str, target: str | None, shard: str, model_dir: str | None,
+         changed_field: str | None, repair: bool, dry_run: bool) -> None:
+    """Bring a migrated target to the source's current state: encode new rows, re-encode changed
+    vectors, rewrite changed payloads, delete rows gone from the source. Only the difference is
+    written; a killed sync, run again, converges.
+
+    \b
+    Example:
+      csr-vdb sync --store milvus --uri data.db --collection docs
+    """
+    from csr_vdb.cli.ops import sync_collection
+
+    store = app.open_store()
+    plan = app.find_plan(store, collection, target, shard)
+    with app.progress("sync") as bar:
+        rep = sync_collection(store, plan, device=app.device, state_base=app.state_dir, model_dir=model_dir,
+                              dry_run=dry_run, changed_field=changed_field, repair=repair, progress=bar)
+    app.emit(rep, lambda: render.render_sync(rep))
+
+
 # ---------------------------------------------------------------------- verify
 @main.command()
 @plan_options(None, shard_help="Any shard i/n of a sharded migration (verify covers all n shards).")
@@ -185,20 +218,21 @@ def verify(app: App, collection: str, target: str | None, shard: str, sample: in
 # ------------------------------------------------------------- cutover/rollback
 @main.command()
 @plan_options("Alias to move [<collection>_live].")
-@click.option("--force", is_flag=True, help="Cut over even without a passing verify.")
+@click.option("--force", is_flag=True, help="Cut over without the checks (verify, final sync).")
 @common_options
 def cutover(app: App, collection: str, target: str | None, alias: str | None, shard: str, force: bool) -> None:
-    """Point the alias at the sparse target (only after a passing verify).
+    """Point the alias at the sparse target, after a passing verify and a final sync that leaves
+    source and target equal (refused, exit 7, while writes still arrive).
 
     \b
     Example:
       csr-vdb cutover --store milvus --uri data.db --collection docs --alias docs_live
     """
-    from csr_vdb.migrations import cutover as point_at_target
+    from csr_vdb.cli.ops import cutover_collection
 
     store = app.open_store()
-    res = point_at_target(store, app.find_plan(store, collection, target, shard), state_base=app.state_dir,
-                          alias=alias, force=force)
+    res = cutover_collection(store, app.find_plan(store, collection, target, shard), device=app.device,
+                             state_base=app.state_dir, alias=alias, force=force)
     app.emit(res, render.render_alias(res))
 
 
@@ -206,7 +240,8 @@ def cutover(app: App, collection: str, target: str | None, alias: str | None, sh
 @plan_options("Alias to move back [<collection>_live].")
 @common_options
 def rollback(app: App, collection: str, target: str | None, alias: str | None, shard: str) -> None:
-    """Point the alias back at the dense source collection.
+    """Point the alias back at the previous generation (the collection it pointed to before this
+    migration's cutover), else at the dense source collection.
 
     \b
     Example:
@@ -224,7 +259,8 @@ def rollback(app: App, collection: str, target: str | None, alias: str | None, s
 @plan_options("Alias to report [the plan's].", shard_help="Shard i/n.")
 @common_options
 def status(app: App, collection: str, target: str | None, alias: str | None, shard: str) -> None:
-    """Show a migration's progress, rate, ETA, last verify and alias. Reads only.
+    """Show a migration's progress, rate, ETA, last verify, last sync and alias, and every
+    generation made from its source (model checksum, rows, which one is live). Reads only.
 
     \b
     Example:
@@ -235,7 +271,7 @@ def status(app: App, collection: str, target: str | None, alias: str | None, sha
     store = app.open_store()
     rep = migration_status(store, app.find_plan(store, collection, target, shard), state_base=app.state_dir,
                            alias=alias)
-    app.emit(rep, lambda: kv(rep.model_dump(mode="json")))
+    app.emit(rep, lambda: render.render_status(rep))
 
 
 # ---------------------------------------------------------------------- search
@@ -275,7 +311,9 @@ def search(app: App, query: tuple[str, ...], collection: str, show: str | None, 
 
 # ------------------------------------------------------------------------ eval
 @main.command("eval")
-@click.option("--collection", required=True, help="Dense source collection (the reference).")
+@click.option("--collection", required=True,
+              help="Dense source collection (the reference), or a migration's alias: its source's rows against "
+                   "the generation it points to.")
 @click.option("--target", default=None, help="Sparse collection [<collection>_csr].")
 @click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
               help="Encoder folder [the one of this collection's migration].")
@@ -286,14 +324,18 @@ def search(app: App, query: tuple[str, ...], collection: str, show: str | None, 
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--query-projection", type=click.Choice(["encoder", "decoder"]), default=None,
               help="Query codes: TopK like the documents, or the decoder projection [the model's setting].")
+@click.option("--min-recall", default=None, type=click.FloatRange(0, 1),
+              help="Exit 8 when sparse recall@k is below this (a drift check for a scheduled job).")
 @common_options
-def eval_(app: App, collection: str, target: str | None, model_dir: str | None, **options: object) -> None:
+def eval_(app: App, collection: str, target: str | None, model_dir: str | None, min_recall: float | None,
+          **options: object) -> None:
     """Dense vs sparse on the collection itself: neighbour recall@k with and without re-rank,
-    bytes per vector and latency, with sampled rows as queries.
+    bytes per vector and latency, with sampled rows as queries. On a live alias with --min-recall
+    it is the drift check that tells when to retrain.
 
     \b
     Example:
-      csr-vdb eval --store milvus --uri data.db --collection docs --sample 200
+      csr-vdb eval --store milvus --uri data.db --collection docs_live --min-recall 0.8
     """
     from csr_vdb.cli.ops import evaluate
 
@@ -303,6 +345,10 @@ def eval_(app: App, collection: str, target: str | None, model_dir: str | None, 
                        store_kind=app.settings.store, uri=app.settings.uri, device=app.device, progress=bar,
                        **options)
     app.emit(rep, lambda: render.eval_table(rep))
+    if min_recall is not None and rep.recall_sparse < min_recall:
+        raise VerificationError(
+            f"sparse recall@{rep.top_k} of '{rep.target}' is {rep.recall_sparse:.4f}, below --min-recall {min_recall}"
+        )
 
 
 # ----------------------------------------------------------------- show-config

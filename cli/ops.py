@@ -22,18 +22,23 @@ from typing import Any
 import numpy as np
 from pydantic import Field, ValidationError
 
-from csr_vdb.errors import ConfigError, DataError, StoreError
+from csr_vdb.errors import ConfigError, DataError, MigrationError, StoreError
 from csr_vdb.fileutil import private_dir
 from csr_vdb.migrations import (
+    AliasResult,
     MigrationPlan,
     MigrationResult,
+    SyncReport,
     VerifyReport,
+    cutover,
     plan_migration,
     plans_for,
     run_migration,
+    sync_migration,
     verify_migration,
 )
 from csr_vdb.migrations.report import Report
+from csr_vdb.migrations.sync import model_sha
 
 logger = logging.getLogger(__name__)
 
@@ -344,6 +349,43 @@ def verify_collection(
     return verify_migration(store, plan, encoder.encode, encoder.encode_queries, state_base=state_base, **options)
 
 
+def sync_collection(
+    store: Any, plan: MigrationPlan, *, device: str | None, state_base: str | os.PathLike[str] | None,
+    model_dir: str | None = None, **options: Any,
+) -> SyncReport:
+    """`csr_vdb.migrations.sync_migration` with the plan's encoder.
+
+    Args:
+        store: the open store.
+        plan: the migration plan.
+        device: torch device of the encoder.
+        state_base: base folder of state folders.
+        model_dir: a ``--model`` the user named; it must be the plan's (a new model is a new
+            generation: ``migrate --target <collection>_csr_v2``).
+        options: dry_run, changed_field, progress.
+
+    Raises:
+        MigrationError: ``model_dir`` is not the plan's model; and what `sync_migration` raises.
+    """
+    if model_dir is not None:
+        if model_sha(model_dir) != plan.model_sha256:
+            raise MigrationError(
+                f"model {model_dir} is not the one '{plan.target}' was made with ({plan.model_dir}): a new model is "
+                f"a new generation (migrate --target {plan.source}_csr_v2 --model {model_dir})"
+            )
+    encoder = load_encoder(plan.model_dir, device)
+    return sync_migration(store, plan, encoder.encode, state_base=state_base, **options)
+
+
+def cutover_collection(
+    store: Any, plan: MigrationPlan, *, device: str | None, state_base: str | os.PathLike[str] | None,
+    alias: str | None, force: bool,
+) -> AliasResult:
+    """`csr_vdb.migrations.cutover` with a final sync through the plan's encoder (none with ``force``)."""
+    encode = None if force else load_encoder(plan.model_dir, device).encode
+    return cutover(store, plan, state_base=state_base, alias=alias, force=force, encode=encode)
+
+
 def evaluate(
     store: Any,
     collection: str,
@@ -358,9 +400,13 @@ def evaluate(
 ) -> Any:
     """`csr_vdb.collection_eval.evaluate_collection` of ``collection`` against its sparse target.
 
+    ``collection`` may be the alias of a migration: then the rows of its source are sampled and
+    the generation the alias points to is searched, with that generation's model (the drift check
+    of a live collection).
+
     Args:
         store: the open store.
-        collection: the dense source (the reference).
+        collection: the dense source (the reference), or a migration's alias.
         target: the sparse collection (default `csr_vdb.migrations.default_target`).
         model_dir: the encoder; default the one of this collection's migration.
         state_dir, store_kind, uri: where that migration is recorded.
@@ -371,6 +417,13 @@ def evaluate(
     from csr_vdb.migrations import default_target
 
     store.describe(collection)  # a missing collection is the clearer error (exit 6) than a missing model
+    live = store.get_alias(collection) if target is None else None
+    if live is not None:
+        made = [p for p in plans_for(state_dir, store_kind, uri, collection) if p.alias == collection]
+        if made:
+            if live == made[-1].source:
+                raise ConfigError(f"alias '{collection}' points at the dense source '{live}': cut over first")
+            collection, target = made[-1].source, live  # the model: the plan that made `live`
     target = target or default_target(collection)
     encoder = load_encoder(model_for(model_dir, state_dir, store_kind, uri, collection, target), device)
     return evaluate_collection(store, collection, target, encoder, device=device, **options)

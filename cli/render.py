@@ -47,8 +47,36 @@ def render_verify(rep: Any) -> str:
 
 
 def render_alias(res: Any) -> str:
-    """An `AliasResult`."""
-    return f"alias '{res.alias}': {res.previous or '(new)'} -> {res.current}"
+    """An `AliasResult` (and what its final sync wrote, when one ran)."""
+    synced = f" (final sync: {res.synced} rows)" if getattr(res, "synced", None) else ""
+    return f"alias '{res.alias}': {res.previous or '(new)'} -> {res.current}{synced}"
+
+
+def render_sync(rep: Any) -> str:
+    """A `SyncReport`: the counts of each kind of change, or that there was nothing to do."""
+    head = {
+        "dry-run": "dry run: nothing written; a sync would make these changes",
+        "nothing to do": f"nothing to do: '{rep.target}' already matches '{rep.source}'",
+        "synced": f"synced '{rep.source}' -> '{rep.target}'",
+    }[rep.status]
+    return head + "\n" + kv({
+        "inserts": rep.inserts, "re-encodes": rep.reencodes, "payload updates": rep.payload_updates,
+        "deletes": rep.deletes, "already applied": rep.already_applied, "skipped invalid": rep.skipped_invalid,
+        "rows scanned": rep.rows_scanned, "rows read": rep.rows_read, "mode": rep.mode,
+        **({"watermark": rep.watermark} if rep.changed_field else {}), "seconds": rep.seconds})
+
+
+def render_status(rep: Any) -> str:
+    """A `StatusReport`: its fields, then the generations of the source as a table."""
+    data = rep.model_dump(mode="json")
+    gens = data.pop("generations")
+    text = kv(data)
+    if gens:
+        rows = [["*" if g["live"] else "", g["target"], g["model_sha256"][:12], g["rows"], g["state"], g["model_dir"]]
+                for g in gens]
+        text += "\n\ngenerations (* = the alias points here)\n" + table(
+            rows, ["", "collection", "model", "rows", "state", "model dir"])
+    return text
 
 
 def eval_table(rep: Any) -> str:

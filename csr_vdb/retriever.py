@@ -25,6 +25,7 @@ from csr_vdb.validation import check_dense
 
 if TYPE_CHECKING:
     from csr_vdb.rerank import Ranked, Reranker
+    from csr_vdb.writer import SparseWriter
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Retriever:
         query_projection: how query codes are made: "encoder" (TopK codes like the documents) or
             "decoder" (the decoder projection, for questions against passages; see
             `CSREncoder.encode`); None = the encoder's configured ``query_projection``.
+        source: the dense source collection, for `add` / `delete` with ``write_source=True``.
 
     Raises:
         CollectionNotFoundError: the collection does not exist.
@@ -114,6 +116,7 @@ class Retriever:
         text_model: TextModel | str | None = None,
         device: str | None = None,
         query_projection: Projection | None = None,
+        source: str | None = None,
     ) -> None:
         if query_projection not in (None, "encoder", "decoder"):
             raise ConfigError(f"query_projection must be 'encoder' or 'decoder', got {query_projection!r}")
@@ -129,13 +132,16 @@ class Retriever:
                 f"collection '{collection_name}' in {store.uri} has no sparse field '{SPARSE_FIELD}': "
                 "migrate it first (csr-vdb migrate --to sparse) and search the target"
             )
-        self.has_dense = bool(self.info.vector_field) and self.info.dimension > 0
+        # the unnamed default vector of a Qdrant collection is the field "" (falsy, still a dense field)
+        self.has_dense = self.info.vector_field is not None and self.info.dimension > 0
         dim = encoder.config.input_dim
         if self.has_dense and dim != self.info.dimension:
             raise ConfigError(
                 f"encoder input_dim {dim} != dimension {self.info.dimension} of collection '{collection_name}'"
             )
         self._reranker: Reranker | None = None
+        self.source = source
+        self._writer: SparseWriter | None = None
 
     @property
     def projection(self) -> Projection:
@@ -234,6 +240,33 @@ class Retriever:
             [dataclasses.replace(hits[j], score=float(s)) for j, s in zip(pos, scores)]
             for hits, (pos, scores) in zip(found.hits, ranked)
         ]
+
+    # ------------------------------------------------------------------ writes
+    def writer(self) -> SparseWriter:
+        """The `csr_vdb.writer.SparseWriter` behind `add` and `delete` (same store, collection,
+        encoder, source and text model)."""
+        if self._writer is None:
+            from csr_vdb.writer import SparseWriter
+
+            self._writer = SparseWriter(self.store, self.collection_name, self.encoder, source=self.source,  # type: ignore[arg-type]
+                                        embed=self.embed)
+        return self._writer
+
+    def add(
+        self,
+        texts_or_vectors: np.ndarray | str | Sequence[str],
+        ids: Sequence[Any],
+        payloads: Sequence[dict[str, Any]] | None = None,
+        write_source: bool = False,
+    ) -> int:
+        """Encode documents with the collection's model and upsert them into the sparse collection,
+        validated as a migration validates its rows (`csr_vdb.writer.SparseWriter.add`); with
+        ``write_source`` the dense source (``source=``) first, so that `csr-vdb sync` finds them done."""
+        return self.writer().add(texts_or_vectors, ids, payloads, write_source=write_source)
+
+    def delete(self, ids: Sequence[Any], write_source: bool = False) -> None:
+        """Delete documents by id from the sparse collection (and the source with ``write_source``)."""
+        self.writer().delete(ids, write_source=write_source)
 
     # ------------------------------------------------------------------ re-ranking
     def _get_reranker(self) -> Reranker:

@@ -48,6 +48,7 @@ __all__ = [
     "Id",
     "IdType",
     "Metric",
+    "PayloadPage",
     "Record",
     "VectorStore",
     "check_batch_size",
@@ -109,8 +110,21 @@ class CollectionInfo:
     native_schema: dict[str, Any] = field(default_factory=dict)
 
 
+class _Page:
+    """What the pages of a scan share: ids in ascending order, and the cursor behind them."""
+
+    ids: list[Id]
+
+    @property
+    def cursor(self) -> Id:
+        return self.ids[-1]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 @dataclass(frozen=True)
-class DensePage:
+class DensePage(_Page):
     """One page of `VectorStore.iter_dense`: rows in ascending id order.
 
     Attributes:
@@ -124,12 +138,19 @@ class DensePage:
     vectors: np.ndarray
     payloads: list[dict[str, Any]]
 
-    @property
-    def cursor(self) -> Id:
-        return self.ids[-1]
 
-    def __len__(self) -> int:
-        return len(self.ids)
+@dataclass(frozen=True)
+class PayloadPage(_Page):
+    """One page of `VectorStore.iter_payloads`: ids (ascending, as `DensePage`) and payloads, no vectors.
+
+    Attributes:
+        ids: the primary keys.
+        payloads: one dict per row (all non-vector fields, or the ones asked for).
+        cursor: pass as ``cursor`` to continue behind this page (= ``ids[-1]``).
+    """
+
+    ids: list[Id]
+    payloads: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -237,6 +258,18 @@ class VectorStore(Protocol):
         (``after`` is its deprecated name)."""
         ...
 
+    def iter_payloads(
+        self,
+        collection_name: str,
+        batch_size: int = 1000,
+        cursor: Id | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> Iterator[PayloadPage]:
+        """Stream ``(ids, payloads)`` pages in the order of `iter_dense`, without vectors: an ids
+        scan (``fields=[]``), a scan of a few payload fields (absent keys left out), or of whole
+        payloads (``fields=None``). Works on any collection, sparse-only ones included."""
+        ...
+
     def create_sparse_collection(
         self,
         collection_name: str,
@@ -264,6 +297,24 @@ class VectorStore(Protocol):
         """Write rows (idempotent by id). Validates everything first; nothing is written on error.
 
         Returns only once the database acknowledged the write durably enough to be read back.
+        """
+        ...
+
+    def delete(self, collection_name: str, ids: Sequence[Id]) -> None:
+        """Delete rows by id; ids that do not exist are ignored (idempotent).
+
+        Validates the ids first (`DataError`, nothing deleted); returns once the database
+        acknowledged the delete durably enough that reads no longer see the rows.
+        """
+        ...
+
+    def set_payload(
+        self, collection_name: str, ids: Sequence[Id], payloads: Sequence[dict[str, Any]]
+    ) -> list[Id]:
+        """Replace the whole payload of existing rows, their vectors untouched.
+
+        Validates everything first (`DataError`, nothing written). Returns the ids that do not
+        exist: nothing is written for them (a payload alone cannot make a row).
         """
         ...
 
@@ -308,8 +359,11 @@ class VectorStore(Protocol):
         ids: Sequence[Id],
         with_dense: bool = False,
         with_sparse: bool = False,
+        *,
+        vector_field: str | None = None,
     ) -> list[Record]:
-        """Rows by id in the order asked; ids that do not exist are left out."""
+        """Rows by id in the order asked; ids that do not exist are left out. ``with_dense``
+        returns the dense field ``vector_field`` (default: the first)."""
         ...
 
     def get_alias(self, alias: str) -> str | None:

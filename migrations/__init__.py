@@ -1,6 +1,6 @@
-"""The migration engine: plan, journal, resumable run, verify, cut-over and rollback."""
+"""The migration engine: plan, journal, resumable run, sync, verify, cut-over and rollback."""
 
-from csr_vdb.migrations.alias import AliasResult, StatusReport, cutover, migration_status, rollback
+from csr_vdb.migrations.alias import AliasResult, Generation, StatusReport, cutover, migration_status, rollback
 from csr_vdb.migrations.journal import Journal
 from csr_vdb.migrations.plan import (
     DEFAULT_STATE_BASE,
@@ -19,6 +19,7 @@ from csr_vdb.migrations.plan import (
 )
 from csr_vdb.migrations.runner import MigrationResult, run_migration
 from csr_vdb.migrations.schema import Preflight, SourceSchema
+from csr_vdb.migrations.sync import SyncReport, sync_migration
 from csr_vdb.migrations.verify import VerifyReport, verify_migration
 
 __all__ = [
@@ -27,12 +28,14 @@ __all__ = [
     "PLAN_FILE",
     "VERIFY_FILE",
     "AliasResult",
+    "Generation",
     "Journal",
     "MigrationPlan",
     "MigrationResult",
     "Preflight",
     "SourceSchema",
     "StatusReport",
+    "SyncReport",
     "VerifyReport",
     "cutover",
     "default_alias",
@@ -46,5 +49,6 @@ __all__ = [
     "run_migration",
     "shard_of",
     "state_dir",
+    "sync_migration",
     "verify_migration",
 ]

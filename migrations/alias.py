@@ -1,4 +1,5 @@
-"""`cutover`, `rollback` and `migration_status`: switch the alias after a passed verify, and report progress."""
+"""`cutover`, `rollback` and `migration_status`: switch the alias after a passed verify (and a final sync),
+move it between generations, and report progress."""
 
 from __future__ import annotations
 
@@ -16,8 +17,18 @@ from csr_vdb.errors import MigrationError
 from csr_vdb.fileutil import atomic_write_json
 from csr_vdb.migrations.journal import Journal
 from csr_vdb.migrations.lock import holder, is_locked, plan_lock
-from csr_vdb.migrations.plan import CUTOVER_FILE, JOURNAL_FILE, VERIFY_FILE, MigrationPlan, StateBase, state_dir
+from csr_vdb.migrations.pipeline import Encode
+from csr_vdb.migrations.plan import (
+    CUTOVER_FILE,
+    JOURNAL_FILE,
+    VERIFY_FILE,
+    MigrationPlan,
+    StateBase,
+    plans_for,
+    state_dir,
+)
 from csr_vdb.migrations.report import PlanReport, Report
+from csr_vdb.migrations.sync import sync_migration
 from csr_vdb.migrations.verify import load_verify, shard_journals_state
 
 log = logging.getLogger(__name__)
@@ -32,6 +43,20 @@ class AliasResult(Report):
     current: str = Field(description="Collection the alias points to now.")
     forced: bool = Field(False, description="True when cutover skipped the verify check (--force).")
     verified_at: str | None = Field(None, description="When the verify that allowed the cutover ran.")
+    synced: int | None = Field(None, description="Rows the cutover's final sync wrote or deleted (None: no sync ran).")
+
+
+class Generation(Report):
+    """One sparse collection made from a source: a plan of the state dir with that source."""
+
+    target: str = Field(description="The sparse collection.")
+    plan_id: str = Field(description="Its plan's id.")
+    model_dir: str = Field(description="The encoder it was made with.")
+    model_sha256: str = Field(description="That encoder's checksum.")
+    state: str = Field(description="not started | incomplete | complete (shard 0 of its plan).")
+    rows: int | None = Field(None, description="Rows it holds now (None: the collection does not exist).")
+    live: bool = Field(False, description="The alias points at it.")
+    created_at: str = Field(description="When its plan was made.")
 
 
 class StatusReport(PlanReport):
@@ -60,6 +85,10 @@ class StatusReport(PlanReport):
         None, description="Where the alias points: source, target, other (another collection), None (nowhere)."
     )
     state_dir: str = Field(description="Folder of the plan's state files.")
+    last_sync: dict[str, Any] | None = Field(None, description="When the last sync that changed rows ran, its mode "
+                                                               "and how many rows it changed.")
+    generations: list[Generation] = Field(default_factory=list, description="Every sparse collection made from "
+                                          "this source (its plans in the state dir), oldest first.")
 
 
 def _last_verify(plan: MigrationPlan, state_base: StateBase) -> dict[str, Any] | None:
@@ -150,6 +179,25 @@ def _point_alias(
     return res
 
 
+def _final_sync(store: VectorStore, plan: MigrationPlan, encode: Encode, state_base: StateBase) -> int:
+    """Sync every shard of the split, then check that nothing is left to do; returns the rows written.
+
+    Raises:
+        MigrationError: source and target still differ after the sync (writes are still arriving).
+    """
+    written = sum(sync_migration(store, p, encode, state_base=state_base).changes for p in plan.shards())
+    left = [sync_migration(store, p, encode, state_base=state_base, dry_run=True) for p in plan.shards()]
+    n = sum(r.changes for r in left)
+    if n:
+        kinds = ", ".join(f"{sum(getattr(r, k) for r in left)} {k.replace('_', ' ')}"
+                          for k in ("inserts", "reencodes", "payload_updates", "deletes"))
+        raise MigrationError(
+            f"cutover refused: '{plan.source}' and '{plan.target}' still differ after a final sync ({kinds}): "
+            "writes are still arriving; stop them and run cutover again, or --force"
+        )
+    return written
+
+
 def cutover(
     store: VectorStore,
     plan: MigrationPlan,
@@ -157,8 +205,10 @@ def cutover(
     state_base: StateBase,
     alias: str | None = None,
     force: bool = False,
+    encode: Encode | None = None,
 ) -> AliasResult:
-    """Point the alias at the target, once the last verify passed for the current journal state.
+    """Point the alias at the target, once the last verify passed for the current journal state and,
+    given the encoder, a final sync left source and target equal.
 
     Refused while a migration into the target runs (even with ``force``). Interrupted at any point
     (even by SIGKILL), it leaves the alias where it was or on the target, never missing: the store
@@ -170,49 +220,93 @@ def cutover(
         plan: the migration plan.
         state_base: base folder of state folders.
         alias: alias to move (default ``plan.alias``).
-        force: skip the verify check.
+        force: skip the checks (verify and the final sync).
+        encode: the plan's document encoder: when given, the writes since the verify are synced
+            first and the cutover is refused while source and target still differ.
 
     Raises:
         MigrationError: never verified, verify failed, or the journals changed since (unless
-            ``force``); the target does not exist; the alias names a collection; a migration into
-            the target is running.
+            ``force``); source and target still differ after the final sync; the target does not
+            exist; the alias names a collection; a migration into the target is running.
         StoreError: the store failed.
     """
+    report = _last_verify(plan, state_base)
+    synced = None
+    if not force:
+        _check_verified(plan, report, state_base)
+        if encode is not None:  # takes (and releases) each shard's lock itself
+            synced = _final_sync(store, plan, encode, state_base)
     with _hold_split(plan, state_base, "cutover"):
-        report = _last_verify(plan, state_base)
-        if not force:
-            _check_verified(plan, report, state_base)
         if not store.has_collection(plan.target):
             raise MigrationError(f"cutover refused: target collection '{plan.target}' does not exist in {plan.uri}")
         return _point_alias(
             store, plan, alias or plan.alias, plan.target, state_base, action="cutover", forced=force,
-            verified_at=report.get("checked_at") if report else None,
+            verified_at=report.get("checked_at") if report else None, synced=synced,
         )
+
+
+def _previous_generation(store: VectorStore, plan: MigrationPlan, alias: str, state_base: StateBase) -> str | None:
+    """The collection ``alias`` pointed to before this plan's last cutover, if it still exists."""
+    path = state_dir(state_base, plan) / CUTOVER_FILE
+    try:
+        history = json.loads(path.read_text()) if path.exists() else []
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s: %s", path, exc)
+        return None
+    cuts = [h for h in history if h.get("action") == "cutover" and h.get("alias") == alias
+            and h.get("current") == plan.target]
+    previous = cuts[-1].get("previous") if cuts else None
+    if previous and previous != plan.target and store.has_collection(previous):
+        return previous
+    return None
 
 
 def rollback(
     store: VectorStore, plan: MigrationPlan, *, state_base: StateBase, alias: str | None = None
 ) -> AliasResult:
-    """Point the alias back at the source (which the migration never wrote).
+    """Point the alias back at the previous generation: the collection it pointed to before this
+    plan's last cutover (another sparse generation, a blue/green rollout), else the source (which
+    the migration never wrote).
 
     Refused while a migration into the target runs; atomic like `cutover`.
 
     Raises:
-        MigrationError: the source no longer exists, the alias names a collection, or a migration
-            into the target is running.
+        MigrationError: the collection to return to no longer exists, the alias names a collection, or
+            a migration into the target is running.
         StoreError: the store failed.
     """
+    alias = alias or plan.alias
     with _hold_split(plan, state_base, "rollback"):
-        if not store.has_collection(plan.source):
+        back = _previous_generation(store, plan, alias, state_base)
+        if back is None and not store.has_collection(plan.source):
             raise MigrationError(f"rollback refused: source collection '{plan.source}' is gone from {plan.uri}")
-        return _point_alias(store, plan, alias or plan.alias, plan.source, state_base, action="rollback")
+        return _point_alias(store, plan, alias, back or plan.source, state_base, action="rollback")
+
+
+def generations(store: VectorStore, plan: MigrationPlan, state_base: StateBase, alias: str) -> list[Generation]:
+    """Every sparse collection made from ``plan.source`` in this store (one per target), oldest first."""
+    live = store.get_alias(alias)
+    out: dict[str, Generation] = {}
+    found = plans_for(state_base, plan.store_kind, plan.uri, plan.source)
+    for p in sorted((p for p in found if p.source == plan.source and p.shard_index == 0), key=lambda p: p.created_at):
+        jpath = state_dir(state_base, p) / JOURNAL_FILE
+        state = "not started"
+        if jpath.exists():
+            with Journal.open(jpath, readonly=True) as j:
+                state = "complete" if j.meta().get("completed_at") is not None else "incomplete"
+        out[p.target] = Generation(
+            target=p.target, plan_id=p.plan_id, model_dir=p.model_dir, model_sha256=p.model_sha256, state=state,
+            rows=store.count(p.target) if store.has_collection(p.target) else None, live=live == p.target,
+            created_at=p.created_at,
+        )
+    return list(out.values())
 
 
 def migration_status(
     store: VectorStore, plan: MigrationPlan, *, state_base: StateBase, alias: str | None = None
 ) -> StatusReport:
-    """Progress, rate, ETA, last verify and the alias (``plan.alias`` unless another is asked for)
-    of one plan; reads only (store and files)."""
+    """Progress, rate, ETA, last verify, last sync and the alias (``plan.alias`` unless another is
+    asked for) of one plan, and every generation made from its source; reads only (store and files)."""
     folder = state_dir(state_base, plan)
     jpath = folder / JOURNAL_FILE
     alias = alias or plan.alias
@@ -230,10 +324,12 @@ def migration_status(
         alias_on=on,
         state_dir=str(folder),
     )
+    where["generations"] = generations(store, plan, state_base, alias)
     if not jpath.exists():
         return StatusReport(**where, state="not started")
     with Journal.open(jpath, readonly=True) as j:
         meta, t, runs, (read, secs) = j.meta(), j.totals(), j.runs(), j.run_rate()
+    where["last_sync"] = meta.get("last_sync")
     complete = meta.get("completed_at") is not None
     last = runs[-1] if runs else {}
     if complete:

@@ -31,6 +31,12 @@ CREATE TABLE IF NOT EXISTS batches (
     finished_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS invalid (id TEXT PRIMARY KEY, reason TEXT NOT NULL, seq INTEGER NOT NULL);
+-- what the target holds per source row, as written (`csr_vdb.migrations.manifest`): sync compares with it
+CREATE TABLE IF NOT EXISTS manifest (
+    id TEXT PRIMARY KEY,           -- JSON id
+    vector_sha BLOB NOT NULL,      -- hash of the dense vector's float32 bytes
+    payload_sha BLOB NOT NULL      -- hash of the canonical payload JSON
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
     run INTEGER PRIMARY KEY,
     started_at REAL NOT NULL,
@@ -272,15 +278,15 @@ class Journal:
         return int(read or 0), max(float(last) - float(started[0]), 0.0)
 
     def fingerprint(self) -> str:
-        """A hash of the journal's state (meta + batch totals + last cursor): what verify vouched for."""
+        """A hash of the journal's state (meta + batch totals + last cursor + rows changed by syncs):
+        what verify vouched for."""
         t = self.totals()
         m = self.meta()
-        blob = json.dumps(
-            [m.get("plan_id"), m.get("model_sha256"), m.get("completed_at"), t.batches, t.rows_written,
-             t.rows_invalid, t.cursor],
-            sort_keys=True,
-            default=str,
-        )
+        state = [m.get("plan_id"), m.get("model_sha256"), m.get("completed_at"), t.batches, t.rows_written,
+                 t.rows_invalid, t.cursor]
+        if m.get("sync_writes"):  # journals never synced keep the fingerprint they always had
+            state.append(m["sync_writes"])
+        blob = json.dumps(state, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # ----------------------------------------------------------------- writes
@@ -331,6 +337,7 @@ class Journal:
         written_ids: list,
         rows_read: int,
         invalid: list[tuple[Any, str]],
+        manifest: list[tuple[str, bytes, bytes]] | None = None,
     ) -> int:
         """Record one acknowledged batch (and its skipped rows) in a single transaction.
 
@@ -340,6 +347,8 @@ class Journal:
             written_ids: ids upserted into the target, in order.
             rows_read: source rows scanned for this batch.
             invalid: ``(id, reason)`` of rows skipped as invalid.
+            manifest: ``(JSON id, vector hash, payload hash)`` of the written rows, recorded in the
+                same transaction (`csr_vdb.migrations.manifest.manifest_rows`).
 
         Returns:
             The batch's sequence number.
@@ -368,6 +377,55 @@ class Journal:
                     "INSERT OR REPLACE INTO invalid(id, reason, seq) VALUES (?, ?, ?)",
                     [(json.dumps(i), r, seq) for i, r in invalid],
                 )
+            if manifest:
+                c.executemany("INSERT OR REPLACE INTO manifest(id, vector_sha, payload_sha) VALUES (?,?,?)", manifest)
             return int(seq)
 
         return self._write("batch", tx)
+
+    # ----------------------------------------------------------------- sync
+    def read(self, sql: str, params: Any = ()) -> list[tuple]:
+        """Rows of a read-only query (`csr_vdb.migrations.manifest` reads the manifest through it)."""
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise MigrationError(f"cannot read journal {self.path}: {exc}") from exc
+
+    def scratch(self, sql: str, params: Any = (), many: bool = False) -> None:
+        """Write to the connection's TEMP tables (allowed read-only too; never touches the file)."""
+        try:
+            with self._conn:  # committed at once, apart from the journal's own transactions
+                (self._conn.executemany if many else self._conn.execute)(sql, params)
+        except sqlite3.Error as exc:
+            raise MigrationError(f"cannot use a scratch table of journal {self.path}: {exc}") from exc
+
+    def record_sync(
+        self,
+        *,
+        put: list[tuple[str, bytes, bytes]] = (),  # type: ignore[assignment]
+        drop: list[str] = (),  # type: ignore[assignment]
+        invalid: list[tuple[Any, str]] = (),  # type: ignore[assignment]
+        valid_again: list[str] = (),  # type: ignore[assignment]
+        changed: int = 0,
+    ) -> None:
+        """Record acknowledged sync writes in one transaction: manifest rows written or removed,
+        rows newly skipped as invalid and rows no longer skipped, and ``changed`` (rows written,
+        added to meta ``sync_writes`` so that the fingerprint moves)."""
+
+        def tx(c: sqlite3.Connection) -> None:
+            if put:
+                c.executemany("INSERT OR REPLACE INTO manifest(id, vector_sha, payload_sha) VALUES (?,?,?)", put)
+            if drop:
+                c.executemany("DELETE FROM manifest WHERE id=?", [(k,) for k in drop])
+            if invalid:
+                c.executemany(
+                    "INSERT OR REPLACE INTO invalid(id, reason, seq) VALUES (?, ?, ?)",
+                    [(json.dumps(i), r, 0) for i, r in invalid],
+                )
+            if valid_again:
+                c.executemany("DELETE FROM invalid WHERE id=?", [(k,) for k in valid_again])
+            if changed:
+                c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('sync_writes', '0')")
+                c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key='sync_writes'", (changed,))
+
+        self._write("sync", tx)

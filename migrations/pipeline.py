@@ -14,6 +14,7 @@ import numpy as np
 from csr_vdb.store import DensePage, VectorStore
 from csr_vdb.errors import DataError, MigrationError, describe_rows
 from csr_vdb.migrations.journal import Journal
+from csr_vdb.migrations.manifest import manifest_rows
 from csr_vdb.migrations.plan import MigrationPlan
 from csr_vdb.sparse import SparseVectors
 from csr_vdb.validation import invalid_dense_rows
@@ -36,6 +37,7 @@ class Batch:
         ids, vectors, payloads: the rows to write (this shard, invalid rows left out).
         codes: their sparse codes (None when nothing was encoded).
         invalid: ``(id, reason)`` of the rows skipped as invalid.
+        manifest: ``(key, vector hash, payload hash)`` of the rows to write, journaled with them.
     """
 
     cursor: Any
@@ -45,6 +47,7 @@ class Batch:
     payloads: list
     codes: SparseVectors | None
     invalid: list[tuple[Any, str]]
+    manifest: list[tuple[str, bytes, bytes]] | None = None
 
 
 @dataclass
@@ -127,7 +130,8 @@ def prepare_batch(page: DensePage, plan: MigrationPlan, encode: Encode | None, *
             raise DataError(f"encoder returned {got} sparse vectors for {len(ids)} rows")
         if check_codes:
             codes.validate(ids)
-    return Batch(page.cursor, len(page), ids, vectors, payloads, codes, invalid)
+    digests = manifest_rows(ids, vectors, payloads) if vectors is not None else []
+    return Batch(page.cursor, len(page), ids, vectors, payloads, codes, invalid, digests)
 
 
 class _Stop(Exception):
@@ -251,7 +255,8 @@ class Pipeline:
             self.store.upsert(self.plan.target, b.ids, b.codes, b.payloads, dense=dense)
         # Only now, after the store acknowledged the write, is the batch recorded.
         self.journal.record_batch(
-            run=self.run_id, cursor=b.cursor, written_ids=b.ids, rows_read=b.rows_read, invalid=b.invalid
+            run=self.run_id, cursor=b.cursor, written_ids=b.ids, rows_read=b.rows_read, invalid=b.invalid,
+            manifest=b.manifest,
         )
         self.tally.add(b)
         self.scanned += b.rows_read

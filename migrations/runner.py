@@ -178,6 +178,7 @@ def _new_journal(folder: Path, plan: MigrationPlan, pre: Preflight) -> Journal:
             "source_schema": plan.source_schema.model_dump(),
             "source_count": pre.source.count,
             "created_at": time.time(),
+            "manifest": 1,  # every batch records its rows' hashes (csr_vdb.migrations.manifest)
             "plan": plan.model_dump(mode="json"),  # plan.json as written, to check and restore it
         },
     )
@@ -185,6 +186,7 @@ def _new_journal(folder: Path, plan: MigrationPlan, pre: Preflight) -> Journal:
 
 _ROOM_HINT = " (free space or make the state folder writable, then run again)"
 _JOURNAL_BYTES_PER_BATCH = 8 * 1024  # a batch's row, its index entry and its WAL pages
+_JOURNAL_BYTES_PER_ROW = 128  # a row's manifest entry (id and two hashes) with its index
 _PROBE_MIN, _PROBE_MAX = 256 * 1024, 64 * 1024**2
 
 
@@ -193,8 +195,10 @@ def _check_room(folder: Path, plan: MigrationPlan, pre: Preflight, journal: Jour
     batches left): a full disk, a quota, a file-size limit or a read-only folder is met here, before
     anything is written to the target, not after the first batches."""
     done = journal.totals().rows_read if journal is not None else 0
-    batches = math.ceil(max(pre.source.count - done, 0) / plan.batch_size / plan.shard_count) + 1
-    need = min(max(batches * _JOURNAL_BYTES_PER_BATCH, _PROBE_MIN), _PROBE_MAX)
+    left = max(pre.source.count - done, 0)
+    batches = math.ceil(left / plan.batch_size) + 1
+    need = batches * _JOURNAL_BYTES_PER_BATCH + math.ceil(left / plan.shard_count) * _JOURNAL_BYTES_PER_ROW
+    need = min(max(need, _PROBE_MIN), _PROBE_MAX)
     try:
         probe_space(folder, need)
     except OSError as exc:
@@ -204,26 +208,31 @@ def _check_room(folder: Path, plan: MigrationPlan, pre: Preflight, journal: Jour
         ) from exc
 
 
+def journal_problem(meta: dict[str, Any], plan: MigrationPlan, jpath: Path) -> str | None:
+    """Why a journal (its meta) cannot be continued under ``plan`` (another plan, model or source
+    schema), or None when it can."""
+    if meta.get("plan_id") != plan.plan_id:
+        return f"journal {jpath} belongs to another plan ({meta.get('plan_id')}, this plan is {plan.plan_id})"
+    if meta.get("model_sha256") != plan.model_sha256:
+        return (
+            f"model changed since the migration started (journal {jpath} was written with model "
+            f"{str(meta.get('model_sha256'))[:12]}, now {plan.model_sha256[:12]})"
+        )
+    if meta.get("source_schema") != plan.source_schema.model_dump():
+        return f"source schema changed since the migration started (journal {jpath})"
+    return None
+
+
 def _resume_journal(jpath: Path, plan: MigrationPlan) -> Journal:
     """Open an existing journal, refusing a damaged one, one of another plan, model or source
     schema, and a plan file changed by hand."""
     journal = Journal.open(jpath)
-    meta = journal.meta()
     try:
-        check_plan_file(jpath.parent, meta.get("plan"), restore=True)
+        check_plan_file(jpath.parent, journal.meta().get("plan"), restore=True)
     except BaseException:
         journal.close()
         raise
-    problem = None
-    if meta.get("plan_id") != plan.plan_id:
-        problem = f"journal {jpath} belongs to another plan ({meta.get('plan_id')}, this plan is {plan.plan_id})"
-    elif meta.get("model_sha256") != plan.model_sha256:
-        problem = (
-            f"model changed since the migration started (journal {jpath} was written with model "
-            f"{str(meta.get('model_sha256'))[:12]}, now {plan.model_sha256[:12]})"
-        )
-    elif meta.get("source_schema") != plan.source_schema.model_dump():
-        problem = f"source schema changed since the migration started (journal {jpath})"
+    problem = journal_problem(journal.meta(), plan, jpath)
     if problem:
         journal.close()
         raise MigrationError(f"{problem}; refusing to resume")

@@ -11,8 +11,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 DB_CLIENTS = {"pymilvus", "milvus_lite", "qdrant_client", "qdrant_edge"}
-# the only modules allowed to import a database client
-CLIENT_MODULES = {"adapters/milvus.py", "adapters/qdrant.py", "adapters/qdrant_edge.py"}
+# the only modules allowed to import a database client (the Haystack Qdrant store builds the client's
+# request models that qdrant-haystack's own store sends)
+CLIENT_MODULES = {
+    "adapters/milvus.py", "adapters/qdrant.py", "adapters/qdrant_edge.py", "csr_vdb/integrations/_haystack_qdrant.py",
+}
+# csr_vdb/integrations/ sits on top of the core and the adapters (it opens stores for the frameworks)
+INTEGRATIONS = "csr_vdb/integrations/"
 # what migrations/ may import from the project
 MIGRATION_PROJECT_OK = {
     "csr_vdb.store", "csr_vdb.adapters.base", "csr_vdb.errors", "csr_vdb.sparse", "csr_vdb.validation",
@@ -70,10 +75,13 @@ def violations(root: Path) -> list[str]:
                 if relp == STORE_MODULE and first != "__future__" and first not in stdlib:
                     if name not in STORE_PROJECT_OK and first not in STORE_THIRD_PARTY_OK:
                         bad.append(f"{where}: the store contract may not import '{name}'")
-                if top == "csr_vdb":
+                if relp.startswith(INTEGRATIONS):
+                    if first == "click" or name.startswith(("csr_vdb.migrations", "csr_vdb.cli")):
+                        bad.append(f"{where}: integrations must not import '{name}'")
+                elif top == "csr_vdb":
                     if first == "click" or any(
                         name == p or name.startswith(p + ".")
-                        for p in ("csr_vdb.adapters", "csr_vdb.migrations", "csr_vdb.cli")
+                        for p in ("csr_vdb.adapters", "csr_vdb.migrations", "csr_vdb.cli", "csr_vdb.integrations")
                     ):
                         bad.append(f"{where}: core must not import '{name}'")
                 elif top == "migrations":
@@ -126,12 +134,16 @@ def test_the_store_contract_is_light_and_everyone_can_import_it():
         ("csr_vdb/store.py", "from csr_vdb.model import CSREncoder\n", "may not import 'csr_vdb.model'"),
         ("csr_vdb/store.py", "import qdrant_client\n", "only the adapter modules"),
         ("csr_vdb/store.py", "from csr_vdb.adapters.base import Hit\n", "core must not import"),
+        ("csr_vdb/x.py", "from csr_vdb.integrations.langchain import CSRRetriever\n", "core must not import"),
+        ("csr_vdb/integrations/x.py", "from csr_vdb.migrations import run_migration\n", "integrations must not"),
+        ("csr_vdb/integrations/x.py", "import pymilvus\n", "only the adapter modules"),
     ],
 )
 def test_checker_catches_violations(tmp_path, rel, source, expect):
     for top in PACKAGES:
         (tmp_path / top).mkdir()
         (tmp_path / top / "__init__.py").write_text("")
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / rel).write_text(source)
     found = violations(tmp_path)
     assert any(expect in v for v in found), found
@@ -153,4 +165,8 @@ def test_checker_accepts_allowed_imports(tmp_path):
         "from csr_vdb.sparse import SparseVectors\n"
     )
     (tmp_path / "migrations/uses_store.py").write_text("from csr_vdb.store import VectorStore, check_ids\n")
+    (tmp_path / "csr_vdb/integrations").mkdir()
+    (tmp_path / "csr_vdb/integrations/ok.py").write_text(
+        "import langchain_core\nfrom csr_vdb.adapters import open_store\nfrom csr_vdb.retriever import Retriever\n"
+    )
     assert violations(tmp_path) == []

@@ -409,6 +409,88 @@ def test_fetch_with_dense_and_sparse(store, make_name):
     assert d.sparse is None
 
 
+# --------------------------------------------------------------------------- delete, set_payload, iter_payloads
+@pytest.mark.parametrize("id_type", ["int", "str"])
+def test_delete_by_id_is_idempotent(store, make_name, id_type):
+    src, tgt = make_name("src"), make_name("tgt")
+    ids, x, pl = fill_dense(store, src, 20, id_type=id_type)
+    fill_sparse(store, src, tgt, ids, x, pl)
+    absent = 7 if id_type == "int" else "no-such-id"
+    store.delete(tgt, [ids[3], ids[3], ids[10], absent])  # repeated and absent ids are harmless
+    store.delete(tgt, [ids[3]])  # deleting again is a no-op
+    store.delete(tgt, [])
+    keep = [i for n, i in enumerate(ids) if n not in (3, 10)]
+    assert store.count(tgt) == 18
+    assert store.fetch(tgt, [ids[3], ids[10]]) == []
+    assert sorted(map(str, (i for p in store.iter_dense(tgt, 7) for i in p.ids))) == sorted(map(str, keep))
+    hits = store.search_sparse(tgt, codes_for(x[3:4]), limit=20)[0]
+    assert ids[3] not in {h.id for h in hits}
+    store.delete(src, [ids[0]])  # a dense collection too
+    assert store.count(src) == 19
+    # a deleted id can be written again
+    store.upsert(tgt, [ids[3]], codes_for(x[3:4]), [pl[3]], dense=x[3:4])
+    assert [r.id for r in store.fetch(tgt, [ids[3]])] == [ids[3]]
+    wrong = "x" if id_type == "int" else 5
+    with pytest.raises(DataError):
+        store.delete(tgt, [ids[0], wrong])
+    assert store.count(tgt) == 19  # nothing deleted
+    with pytest.raises(CollectionNotFoundError):
+        store.delete(make_name("absent"), [ids[0]])
+
+
+@pytest.mark.parametrize("id_type", ["int", "str"])
+def test_set_payload_replaces_payload_and_keeps_vectors(store, make_name, id_type):
+    src, tgt = make_name("src"), make_name("tgt")
+    ids, x, pl = fill_dense(store, src, 12, id_type=id_type, metric="ip")
+    codes = fill_sparse(store, src, tgt, ids, x, pl)
+    absent = 7 if id_type == "int" else "no-such-id"
+    new = [{"title": "new é", "n": 1}, {"nested": {"a": [1, None]}}, {}]
+    missing = store.set_payload(tgt, [ids[2], absent, ids[5], ids[9]], [new[0], {"x": 1}, new[1], new[2]])
+    assert missing == [absent]
+    assert store.count(tgt) == 12  # the absent id was not created
+    recs = store.fetch(tgt, [ids[2], ids[5], ids[9], ids[0]], with_dense=True, with_sparse=True)
+    assert [r.payload for r in recs] == [*new, pl[0]]
+    for r, row in zip(recs, (2, 5, 9, 0)):
+        np.testing.assert_array_equal(r.dense, x[row])
+        assert r.sparse == codes.to_qdrant()[row]
+    hits = store.search_sparse(tgt, codes_for(x[2:3]), limit=1, with_payload=True)[0]
+    assert hits[0].id == ids[2] and hits[0].payload == new[0]
+    with pytest.raises(DataError):
+        store.set_payload(tgt, [ids[0], ids[1]], [{"ok": 1}])  # counts differ
+    with pytest.raises(DataError):
+        store.set_payload(tgt, [ids[0]], [{"bad": object()}])
+    assert store.fetch(tgt, [ids[0]])[0].payload == pl[0]  # nothing written
+
+
+@pytest.mark.parametrize("id_type", ["int", "str"])
+def test_iter_payloads_pages_like_iter_dense_without_vectors(store, make_name, id_type):
+    src, tgt = make_name("src"), make_name("tgt")
+    ids, x, pl = fill_dense(store, src, 23, id_type=id_type)
+    fill_sparse(store, src, tgt, ids, x, pl, keep_dense=False)
+    dense_order = [i for p in store.iter_dense(src, 5) for i in p.ids]
+    for name in (src, tgt):  # a sparse-only collection can be scanned too
+        pages = list(store.iter_payloads(name, 5))
+        assert [len(p) for p in pages] == [5, 5, 5, 5, 3]
+        got = {i: q for p in pages for i, q in zip(p.ids, p.payloads)}
+        assert [i for p in pages for i in p.ids] == dense_order
+        assert got == dict(zip(ids, pl))
+        rest = [i for p in store.iter_payloads(name, 4, cursor=pages[1].cursor) for i in p.ids]
+        assert rest == dense_order[10:]
+    some = [p for page in store.iter_payloads(src, 100, fields=["row", "absent"]) for p in page.payloads]
+    by_id = dict(zip([i for p in store.iter_payloads(src, 100, fields=[]) for i in p.ids], some))
+    assert by_id == {i: ({"row": q["row"]} if "row" in q else {}) for i, q in zip(ids, pl)}
+    assert all(p == {} for page in store.iter_payloads(src, 100, fields=[]) for p in page.payloads)
+
+
+def test_fetch_names_the_dense_field(store, make_name):
+    src = make_name("src")
+    ids, x, _ = fill_dense(store, src, 4, metric="ip")
+    (r,) = store.fetch(src, [ids[1]], with_dense=True, vector_field="vector")
+    np.testing.assert_array_equal(r.dense, x[1])
+    with pytest.raises(StoreError, match="no vector field 'nope'"):
+        store.fetch(src, [ids[1]], with_dense=True, vector_field="nope")
+
+
 # --------------------------------------------------------------------------- aliases & drop
 def test_aliases_get_set_move_drop_and_read_through(store, make_name):
     a, b, alias = make_name("a"), make_name("b"), make_name("alias")

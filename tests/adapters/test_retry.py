@@ -308,6 +308,10 @@ def test_fake_transport_read_failures_resume_the_scan_exactly(flaky_store):
     assert got == clean == list(range(300))
     assert flaky.failed[read] == 3 and len(sleeps) == 3
     assert all(p.payloads == [{"n": i} for i in p.ids] for p in pages)
+    flaky._fail[read] = {flaky.calls[read] + 1}  # the payload scan too
+    payloads = list(store.iter_payloads("src", 40, cursor=99))
+    assert [i for p in payloads for i in p.ids] == list(range(100, 300)) and len(sleeps) == 4
+    assert all(p.payloads == [{"n": i} for i in p.ids] for p in payloads)
 
 
 def test_fake_transport_permanent_errors_are_not_retried(flaky_store):

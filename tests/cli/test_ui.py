@@ -71,7 +71,7 @@ def test_to_jsonable():
     res = AliasResult(action="cutover", alias="a", previous=None, current="c")
     assert to_jsonable({"r": res, 1: (np.int64(3), np.float32(0.5)), "d": D(Path("/x"), math.nan)}) == {
         "r": {"action": "cutover", "alias": "a", "previous": None, "current": "c", "forced": False,
-              "verified_at": None},
+              "verified_at": None, "synced": None},
         "1": [3, 0.5],
         "d": {"p": "/x", "v": None},
     }

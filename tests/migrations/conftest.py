@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,15 @@ from csr_vdb.adapters import open_store
 from tests.helpers import ProjectionEncoder, clustered  # noqa: F401  (ProjectionEncoder: used by the migration tests)
 
 EMBEDDED = {"milvus": "milvus", "qdrant-edge": "qdrant_edge"}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def spawn(module: str, *args: str, **popen) -> subprocess.Popen:
+    """``python -m <module> <args>`` in a process of its own, from the checkout, on one torch thread;
+    stdout piped, stderr merged into it unless ``popen`` says otherwise."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    opts = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, **popen}
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env, **opts)
 
 
 def adapter_missing(kind: str) -> str | None:
@@ -48,6 +60,32 @@ def export(store, name: str, batch: int = 1000) -> str:
         h.update(json.dumps([page.ids, page.payloads], sort_keys=True).encode())
         h.update(np.ascontiguousarray(page.vectors, np.float32).tobytes())
     return h.hexdigest()
+
+
+def rows_of(store, name: str, vector_field: str = "vector") -> dict:
+    """id -> (vector, payload) of a whole collection."""
+    out = {}
+    for page in store.iter_dense(name, 500, vector_field=vector_field):
+        for i, v, p in zip(page.ids, page.vectors, page.payloads):
+            out[i] = (v, p)
+    return out
+
+
+def assert_target_equals_source(store, plan, enc=None) -> None:
+    """Row for row: the same ids, payloads and dense vectors, and every code equal to a re-encode."""
+    src, tgt = rows_of(store, plan.source), rows_of(store, plan.target)
+    assert sorted(map(str, src)) == sorted(map(str, tgt))
+    for i, (v, p) in src.items():
+        assert tgt[i][1] == p, i
+        np.testing.assert_allclose(tgt[i][0], v, rtol=1e-5, atol=1e-6)
+    if not src:
+        return
+    enc = enc or ProjectionEncoder(next(iter(src.values()))[0].shape[0])
+    ids = list(src)
+    want = enc(np.stack([src[i][0] for i in ids])).to_qdrant()
+    got = {r.id: r.sparse for r in store.fetch(plan.target, ids, with_sparse=True)}
+    for i, (wi, wv) in zip(ids, want):
+        assert list(got[i][0]) == wi and np.allclose(got[i][1], wv, atol=1e-5), i
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,9 +13,8 @@ import pytest
 
 from csr_vdb.adapters import open_store
 from csr_vdb.migrations import Journal, MigrationPlan, migration_status
-from tests.migrations.conftest import adapter_missing, export, fill_source, store_uri
+from tests.migrations.conftest import adapter_missing, export, fill_source, spawn, store_uri
 
-REPO = Path(__file__).resolve().parents[2]
 ROWS, DIM, KILLS = 20_000, 16, 5
 # Milvus Lite pays ~0.4 s per insert call, so it gets bigger batches to keep the test short.
 BATCH = {"milvus": 1000, "qdrant-edge": 250}
@@ -25,12 +23,7 @@ DELAY_S = {"milvus": 0.0, "qdrant-edge": 0.03}
 
 
 def _worker(kind: str, uri: str, base: Path, model_dir: Path, delay: float = 0.0) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    args = [kind, uri, str(base), str(model_dir), str(BATCH[kind]), str(delay)]
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.migrations.crash_worker", *args],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    return spawn("tests.migrations.crash_worker", kind, uri, str(base), str(model_dir), str(BATCH[kind]), str(delay))
 
 
 def _journaled(base: Path) -> tuple[int, list[dict]]:

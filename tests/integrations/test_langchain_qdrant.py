@@ -1,0 +1,148 @@
+"""LangChain's QdrantVectorStore on a collection it wrote, migrated by the CLI (qdrant-client local mode)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integrations.conftest import (
+    LANGCHAIN_MISSING,
+    QDRANT_LOCAL_QUERIES,
+    Corpus,
+    assert_same_ranking,
+    doc_uuid,
+    exact_top,
+    migrate,
+    new_texts,
+    small_epochs,
+    train,
+)
+from tests.integrations.dense import langchain_embeddings
+
+lq = pytest.importorskip("langchain_qdrant", reason=LANGCHAIN_MISSING)
+from qdrant_client import QdrantClient  # noqa: E402
+
+from csr_vdb.integrations.langchain import CSRRetriever, CSRSparseEmbeddings  # noqa: E402
+
+SOURCE = "docs"
+TARGET = "docs_csr"
+
+
+def build_source(corpus: Corpus, path: str, dense: Any) -> None:
+    store = lq.QdrantVectorStore.from_texts(
+        corpus.texts, dense, metadatas=corpus.metadata, ids=[doc_uuid(i) for i in corpus.ids],
+        collection_name=SOURCE, path=path, batch_size=512,
+    )
+    store.client.close()
+
+
+def dense_params(client: QdrantClient, name: str) -> dict:
+    vectors = client.get_collection(name).config.params.vectors
+    return {f: (p.size, p.distance) for f, p in (vectors.items() if isinstance(vectors, dict) else [("", vectors)])}
+
+
+def ranked(store, corpus: Corpus, query_ids: list[str]) -> dict[str, list[str]]:
+    by_id = dict(zip(corpus.query_ids, corpus.query_texts))
+    return {q: [d.metadata["doc_id"] for d in store.similarity_search(by_id[q], k=10)] for q in query_ids}
+
+
+def check_whole(docs, corpus: Corpus) -> None:
+    """Documents come back with their text and metadata, as LangChain wrote them."""
+    corpus.assert_whole([(d.metadata["doc_id"], d.page_content,
+                          {k: v for k, v in d.metadata.items() if not k.startswith("_")}) for d in docs])
+
+
+def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | None, min_ratio: float,
+             min_retriever_ratio: float) -> dict[str, float]:
+    path, state = str(tmp_path / "qdrant"), tmp_path / "state"
+    dense = langchain_embeddings(corpus)
+    build_source(corpus, path, dense)
+    if model is None:
+        model = tmp_path / "model"
+        train("qdrant", path, SOURCE, model, state, *small_epochs(corpus))
+    migrate("qdrant", path, SOURCE, model, state)
+
+    sparse = CSRSparseEmbeddings(model, embeddings=dense)
+    client = QdrantClient(path=path)
+    try:
+        # the dense field keeps its name, size and distance (LangChain's {"": params} is the default vector)
+        assert dense_params(client, TARGET) == dense_params(client, SOURCE)
+        dense_store = lq.QdrantVectorStore(client, SOURCE, embedding=dense)
+        sparse_store = lq.QdrantVectorStore(
+            client, TARGET, sparse_embedding=sparse, retrieval_mode=lq.RetrievalMode.SPARSE, sparse_vector_name="csr"
+        )
+        # HYBRID validates the dense field (size and distance) and the sparse one: no error
+        hybrid_store = lq.QdrantVectorStore(
+            client, TARGET, embedding=dense, sparse_embedding=sparse, retrieval_mode=lq.RetrievalMode.HYBRID,
+            sparse_vector_name="csr",
+        )
+        qids = corpus.query_ids[:sample] if sample else corpus.query_ids
+        dense_run = ranked(dense_store, corpus, corpus.query_ids)
+        sparse_run = ranked(sparse_store, corpus, qids)
+        check_whole(sparse_store.similarity_search(corpus.query_texts[0], k=10), corpus)
+        check_whole(hybrid_store.similarity_search(corpus.query_texts[1], k=5), corpus)
+        if sample:
+            # the database's sparse ranking is exact: every query scored from the stored codes,
+            # the sampled framework queries checked against it
+            points, _ = client.scroll(TARGET, limit=len(corpus.ids) + 10, with_payload=["metadata"],
+                                      with_vectors=["csr"])
+            codes = {p.payload["metadata"]["doc_id"]: (p.vector["csr"].indices, p.vector["csr"].values) for p in points}
+            queries = [(q.indices, q.values) for q in (sparse.embed_query(t) for t in corpus.query_texts)]
+            candidates = exact_top(queries, codes, k=100)  # what CSRRetriever asks the database for
+            by_q = {q: c[:10] for q, c in zip(corpus.query_ids, candidates)}
+            for q in qids:
+                got = [(d.metadata["doc_id"], s) for d, s in sparse_store.similarity_search_with_score(
+                    dict(zip(corpus.query_ids, corpus.query_texts))[q], k=10)]
+                assert_same_ranking(got, by_q[q])
+            sparse_run = {q: [i for i, _ in by_q[q]] for q in corpus.query_ids}
+        figures = {"dense": corpus.ndcg(dense_run), "sparse": corpus.ndcg(sparse_run)}
+        assert figures["sparse"] >= min_ratio * figures["dense"], figures
+
+        # new documents written through the framework are found by sparse search
+        extra = new_texts(corpus)
+        meta = [{"doc_id": f"new-{n}", "kind": "added"} for n in range(len(extra))]
+        hybrid_store.add_texts(extra, metadatas=meta, ids=[doc_uuid(m["doc_id"]) for m in meta])
+        for t, m in zip(extra, meta):
+            top = sparse_store.similarity_search(t, k=1)[0]
+            assert top.page_content == t and top.metadata["doc_id"] == m["doc_id"]
+    finally:
+        client.close()
+
+    retriever = CSRRetriever.from_collection("qdrant", path, TARGET, model, embeddings=dense, k=10)
+    try:
+        docs = retriever.invoke(corpus.query_texts[0])
+        check_whole([d for d in docs if not d.metadata["doc_id"].startswith("new-")], corpus)
+        text_of = dict(zip(corpus.query_ids, corpus.query_texts))
+        got = {q: [(d.metadata["doc_id"], d.metadata["_score"]) for d in retriever.invoke(text_of[q])] for q in qids}
+    finally:
+        retriever.close()
+    if sample:
+        # the 100 exact sparse candidates re-ranked by the cosine of their dense vectors: every query
+        # scored in-process, the sampled ones checked against the retriever
+        row = {i: n for n, i in enumerate(corpus.ids)}
+        want = {}
+        for q, cands in zip(corpus.query_ids, candidates):
+            x = dense.embed_query(text_of[q])
+            scored = sorted(((i, float(corpus.vectors[row[i]] @ x)) for i, _ in cands), key=lambda t: -t[1])
+            want[q] = scored[:10]
+        for q in qids:
+            assert_same_ranking(got[q], want[q], atol=1e-5)
+        got = want
+    figures["retriever"] = corpus.ndcg({q: [i for i, _ in hits] for q, hits in got.items()})
+    assert figures["retriever"] >= min_retriever_ratio * figures["dense"], figures
+    return figures
+
+
+def test_small_collection(small_corpus, tmp_path):
+    figures = run_flow(small_corpus, tmp_path, None, None, min_ratio=0.9, min_retriever_ratio=0.9)
+    print("langchain-qdrant small", figures)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_scifact(scifact_corpus, scifact_model, tmp_path):
+    figures = run_flow(scifact_corpus, tmp_path, scifact_model, QDRANT_LOCAL_QUERIES, min_ratio=0.94,
+                       min_retriever_ratio=0.96)
+    print("langchain-qdrant scifact", figures)
