@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from csr_vdb import store as _contract
+from csr_vdb.adapters._retry import DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from csr_vdb.adapters.base import *  # noqa: F403 - the store contract, re-exported
 from csr_vdb.errors import ConfigError
 from csr_vdb.store import VectorStore
@@ -18,7 +19,8 @@ def open_store(
     uri: str | None = None,
     *,
     token: str | None = None,
-    timeout: float = 10.0,
+    timeout: float = DEFAULT_TIMEOUT,
+    retries: int = DEFAULT_RETRIES,
 ) -> VectorStore:
     """Open a store by kind.
 
@@ -27,7 +29,9 @@ def open_store(
             local-mode directory), "qdrant-edge" (embedded Qdrant engine, a directory) or "memory".
         uri: file/directory path for embedded engines, http(s)/grpc URL for servers.
         token: Milvus token or Qdrant API key (never logged or shown in errors).
-        timeout: seconds to wait for a server before raising `StoreError`.
+        timeout: seconds one request waits for a server (each attempt).
+        retries: attempts after the first when a server fails transiently (connection refused or
+            reset, timeouts, unavailable), with exponential backoff (`csr_vdb.adapters._retry`).
 
     Raises:
         ConfigError: unknown kind or missing uri.
@@ -42,11 +46,11 @@ def open_store(
     if kind == "milvus":
         from csr_vdb.adapters.milvus import MilvusStore
 
-        return MilvusStore(uri, token=token, timeout=timeout)
+        return MilvusStore(uri, token=token, timeout=timeout, retries=retries)
     if kind == "qdrant":
         from csr_vdb.adapters.qdrant import QdrantStore
 
-        return QdrantStore(uri, api_key=token, timeout=timeout)
+        return QdrantStore(uri, api_key=token, timeout=timeout, retries=retries)
     if kind == "qdrant-edge":
         from csr_vdb.adapters.qdrant_edge import QdrantEdgeStore
 

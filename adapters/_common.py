@@ -10,12 +10,14 @@ and answers alike (the contract suite in tests/adapters compares them).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from csr_vdb.adapters._retry import RetryPolicy, apply_retries
 from csr_vdb.errors import CollectionNotFoundError, ConfigError, DataError, StoreError
 from csr_vdb.sparse import SparseVectors
 from csr_vdb.store import (
@@ -117,10 +119,26 @@ class StoreBase:
     Subclasses set ``uri`` and implement `_layout` plus the engine hooks (`_count`,
     `_payload_sample`, `_create_dense`, `_create_sparse`, `_insert_dense`, `_upsert`,
     `_iter_dense`, `_search`, `_search_dense`, `_fetch`); the alias and admin methods are
-    their own.
+    their own. Every protocol method that talks to the database, here or in a subclass, retries
+    transient failures under ``retry_policy`` (`csr_vdb.adapters._retry`).
     """
 
     uri: str
+    CREATE_WAIT_S = 30.0
+    """How long `create_sparse_collection` waits for a target another worker is still making."""
+    retry_policy: RetryPolicy | None = RetryPolicy()
+    """How transient database failures are retried (None: never)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        apply_retries(cls)
+
+    def _after_failure(self) -> None:
+        """Called before a retry: forget what a restarted server may no longer hold (default: nothing)."""
+
+    def _recoverable(self, exc: BaseException) -> bool:
+        """A client error, other than a transient one, that `_after_failure` and a retry cure (default: none)."""
+        return False
 
     def __enter__(self) -> Any:
         return self
@@ -155,6 +173,22 @@ class StoreBase:
 
     def _reuse(self, tgt: Layout) -> None:
         """Called when `create_sparse_collection` finds the target already made (e.g. load it)."""
+
+    def _complete(self, tgt: Layout) -> bool:
+        """False while a collection is still being made (created, its indexes not yet)."""
+        return True
+
+    def _finish_sparse(self, tgt: Layout, src: Layout, dense: dict[str, tuple[int, Metric]]) -> None:
+        """Complete a target whose making was cut short (default: refuse it)."""
+        raise StoreError(f"collection '{tgt.name}' in {self.uri} was left half made: drop it and run again")
+
+    def _native_schema(self, s: Layout) -> dict[str, Any]:
+        """`CollectionInfo.native_schema` (default: what the layout knows)."""
+        return {
+            "id": {"type": s.id_type},
+            "vectors": {f: {"dim": dim, "metric": metric} for f, (dim, metric) in s.dense.items()},
+            "payload": {},
+        }
 
     def _create_sparse(self, name: str, src: Layout, dense: dict[str, tuple[int, Metric]]) -> None:
         raise NotImplementedError
@@ -225,6 +259,7 @@ class StoreBase:
             vector_fields={f: dim for f, (dim, _) in s.dense.items()},
             sparse_field=SPARSE_FIELD if s.sparse else None,
             payload_schema=self._payload_sample(s),
+            native_schema=self._native_schema(s),
         )
 
     def count(self, collection_name: str) -> int:
@@ -261,19 +296,39 @@ class StoreBase:
     ) -> None:
         """Create ``collection_name`` with `SPARSE_FIELD` (inner product) and, when ``keep_dense``,
         the dense field of ``like`` under its name and metric; idempotent for that schema,
-        `StoreError` when the name holds another."""
+        `StoreError` when the name holds another.
+
+        Shard workers of one migration create the target at the same time: the one that loses the
+        race waits until the winner's collection is complete (`CREATE_WAIT_S` at most, then it
+        completes it itself) and uses it.
+        """
         src = self._layout(like)
         self._check_new_name(collection_name)
         kept = src.dense_field(vector_field, self.uri) if keep_dense and src.dense else None
         dense = {kept: src.dense[kept]} if kept is not None else {}
-        if self.has_collection(collection_name):
-            tgt = self._layout(collection_name)
-            same = tgt.sparse and tgt.id_type in (None, src.id_type) and tgt.dense == dense
-            if not (same and self._same_schema(src, tgt)):
-                raise StoreError(f"collection '{collection_name}' already exists with another schema in {self.uri}")
-            self._reuse(tgt)
-            return
-        self._create_sparse(collection_name, src, dense)
+        waited: float | None = None
+        while True:
+            if self.has_collection(collection_name):
+                tgt = self._layout(collection_name)
+                if not self._complete(tgt):
+                    waited = time.monotonic() if waited is None else waited
+                    if time.monotonic() - waited < self.CREATE_WAIT_S:
+                        time.sleep(0.25)
+                        continue
+                    self._finish_sparse(tgt, src, dense)
+                    tgt = self._layout(collection_name)
+                same = tgt.sparse and tgt.id_type in (None, src.id_type) and tgt.dense == dense
+                if not (same and self._same_schema(src, tgt)):
+                    raise StoreError(f"collection '{collection_name}' already exists with another schema in {self.uri}")
+                self._reuse(tgt)
+                return
+            try:
+                self._create_sparse(collection_name, src, dense)
+                return
+            except StoreError:
+                if not self.has_collection(collection_name):
+                    raise
+                # made meanwhile by another worker of the same migration: check and use it above
 
     # ------------------------------------------------------------------ protocol: writes
     def _checked_ids(self, s: Layout, ids: Sequence[Id], n: int) -> list[Id]:
@@ -468,3 +523,6 @@ class StoreBase:
     # ------------------------------------------------------------------ helpers
     def _not_found(self, collection_name: str) -> CollectionNotFoundError:
         return CollectionNotFoundError(f"collection '{collection_name}' not found in {self.uri}")
+
+
+apply_retries(StoreBase)

@@ -26,6 +26,8 @@ class _Collection(Layout):
 class MemoryStore(StoreBase):
     """A `VectorStore` kept in process memory; exact (brute-force) search."""
 
+    retry_policy = None  # nothing here can fail transiently
+
     def __init__(self, uri: str = "memory://") -> None:
         self.uri = uri
         self._cols: dict[str, _Collection] = {}

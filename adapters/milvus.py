@@ -15,6 +15,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
 from csr_vdb.adapters._common import Found, Layout, StoreBase
+from csr_vdb.adapters._retry import DEFAULT_RETRIES, RetryPolicy
 from csr_vdb.errors import CollectionNotFoundError, ConfigError, CSRVDBError, DataError, StoreError
 from csr_vdb.sparse import SparseVectors
 from csr_vdb.store import SPARSE_FIELD, DensePage, Id, IdType, Metric, PayloadPage, strip_credentials
@@ -35,6 +36,11 @@ _INDEX_BOOKKEEPING = {
     "field_name", "index_name", "total_rows", "indexed_rows", "pending_index_rows", "state",
     "index_state_fail_reason",
 }
+
+# Client methods that send no request (everything else gets a deadline), and the slow ones.
+_LOCAL_CALLS = {"create_schema", "prepare_index_params", "close"}
+_SLOW_CALLS = {"load_collection", "flush"}
+_SLOW_FACTOR = 6  # a slow call may take this many request timeouts (loading or flushing a big collection)
 
 # Milvus Lite runs one in-process server per .db path; several stores in one process share it,
 # so the server is released only when the last of them closes.
@@ -57,6 +63,14 @@ class _Schema(Layout):
     scalars: dict[str, dict[str, Any]] = field(default_factory=dict)  # scalar payload field -> its description
     dynamic: bool = False
     raw_fields: list[dict[str, Any]] = field(default_factory=list)
+    indexes: dict[str, dict[str, Any]] = field(default_factory=dict)  # field -> index description (any field)
+    num_partitions: int | None = None  # partitions of a partition-key collection
+
+    @property
+    def complete(self) -> bool:
+        """Every vector field indexed: a collection csr-vdb creates gets its indexes right after
+        the collection itself, so one without them is still being made (or its making was cut short)."""
+        return all(self.indexes.get(f) for f in self.vector_names)
 
 
 def _password(uri: str) -> str | None:
@@ -64,6 +78,45 @@ def _password(uri: str) -> str | None:
         return urlsplit(uri).password
     except ValueError:
         return None
+
+
+class _Deadlines:
+    """The pymilvus client with a deadline on every request: pymilvus waits for an answer forever
+    unless a call carries ``timeout=``, so a server that stops answering would hang the caller."""
+
+    def __init__(self, client: MilvusClient, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name in _LOCAL_CALLS or not callable(attr):
+            return attr
+        deadline = self._timeout * (_SLOW_FACTOR if name in _SLOW_CALLS else 1)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", deadline)
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def _index_params(index: dict[str, Any]) -> dict[str, Any]:
+    """An index description without its bookkeeping (names, row counts, build state)."""
+    return {k: v for k, v in index.items() if k not in _INDEX_BOOKKEEPING}
+
+
+def _jsonable(value: Any) -> Any:
+    """A field description value as JSON (DataType enums by name, protobuf default values as text)."""
+    if isinstance(value, DataType):
+        return value.name
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return " ".join(str(value).split())
 
 
 def _is_not_found(exc: BaseException, reason: str) -> bool:
@@ -103,8 +156,12 @@ class MilvusStore(StoreBase):
           it flushes first: sealed segments are paged far faster than the write buffer).
     """
 
-    def __init__(self, uri: str, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, uri: str, token: str | None = None, timeout: float = 10.0, retries: int = DEFAULT_RETRIES
+    ) -> None:
         self.uri = strip_credentials(uri)
+        self.retry_policy = RetryPolicy(retries=retries, timeout=timeout)
+        self._secrets = [s for s in (token, _password(uri)) if s]
         self._lite_path: str | None = None
         self._loaded: set[str] = set()
         self._schemas: dict[str, tuple[tuple[str, Any], _Schema]] = {}
@@ -114,19 +171,27 @@ class MilvusStore(StoreBase):
                 os.makedirs(os.path.dirname(self._lite_path), exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the folder of Milvus Lite file {self.uri}: {exc}") from exc
-        try:
-            self._client = MilvusClient(uri=uri, token=token or "", timeout=timeout)
-            version = str(self._client.get_server_version())
-        except Exception as exc:  # pymilvus raises MilvusException, grpc errors or ValueError here
-            secrets = [token, _password(uri)]
-            reason = self._reason(exc, *secrets)
-            if self._lite_path is not None:
-                # Milvus Lite locks its file: the usual cause is another process holding it
-                raise StoreError(
-                    f"cannot open Milvus Lite file {self.uri} (is another process using it?): {reason}"
-                ) from None
-            # `from None`: the client's own exception may quote the token or the URI's password
-            raise StoreError(f"cannot connect to Milvus at {self.uri}: {reason}") from None
+
+        def connect() -> tuple[Any, str]:
+            try:
+                client = MilvusClient(uri=uri, token=token or "", timeout=timeout)
+                if self._lite_path is None:
+                    client = _Deadlines(client, timeout)
+                return client, str(client.get_server_version())
+            except Exception as exc:  # pymilvus raises MilvusException, grpc errors or ValueError here
+                reason = self._reason(exc)
+                if self._lite_path is not None:
+                    # Milvus Lite locks its file: the usual cause is another process holding it
+                    raise StoreError(
+                        f"cannot open Milvus Lite file {self.uri} (is another process using it?): {reason}"
+                    ) from None
+                # `from None`: the client's own exception may quote the token or the URI's password
+                raise StoreError(f"cannot connect to Milvus at {self.uri}: {reason}") from None
+
+        if self._lite_path is None:  # a server may be restarting: retried like every request
+            self._client, version = self.retry_policy.call(connect, what="connect", where=self.uri)
+        else:
+            self._client, version = connect()
         # Milvus Lite (embedded or `milvus-lite server`) serves paged queries far faster from
         # sealed segments than from its write buffer, so readers flush first there.
         self._is_lite = version.startswith("milvus_lite") or self._lite_path is not None
@@ -136,13 +201,23 @@ class MilvusStore(StoreBase):
         logger.debug("connected to Milvus %s at %s", version, self.uri)
 
     # ------------------------------------------------------------------ errors
-    @staticmethod
-    def _reason(exc: BaseException, *secrets: str | None) -> str:
+    def _reason(self, exc: BaseException) -> str:
+        """The first line of a client error, with the token and the URI's password masked."""
         msg = str(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
-        for secret in secrets:
-            if secret:
-                msg = msg.replace(secret, "***")
+        for secret in self._secrets:
+            msg = msg.replace(secret, "***")
         return msg.splitlines()[0] if msg else type(exc).__name__
+
+    def _after_failure(self) -> None:
+        # a restarted server may hold its collections released: check the load state again
+        self._loaded.clear()
+
+    def _recoverable(self, exc: BaseException) -> bool:
+        """A collection released by a server that restarted since it was loaded here: the retry loads it."""
+        if getattr(exc, "code", None) == 101:  # CollectionNotLoaded
+            return True
+        text = str(getattr(exc, "message", None) or exc).lower()
+        return "call load()" in text or "collection not loaded" in text
 
     @contextmanager
     def _errors(self, action: str, collection: str | None = None):
@@ -178,11 +253,13 @@ class MilvusStore(StoreBase):
         if cached is not None and cached[0] == key:
             return cached[1]
         schema = self._read_schema(real, desc)
-        self._schemas[real] = (key, schema)
+        if schema.complete:  # one still being made is read again next time
+            self._schemas[real] = (key, schema)
         return schema
 
     def _read_schema(self, real: str, desc: dict[str, Any]) -> _Schema:
         with self._errors("describe", real):
+            indexes = self._indexes(real)
             pk = None
             id_type: IdType = "int"
             pk_params: dict[str, Any] = {}
@@ -206,7 +283,7 @@ class MilvusStore(StoreBase):
                     pk_params = dict(f.get("params", {}))
                 elif dtype == DataType.FLOAT_VECTOR:
                     vector_names.add(f["name"])
-                    index = self._index_of(real, f["name"])
+                    index = indexes.get(f["name"], {})
                     metric = _METRICS.get(str(index.get("metric_type", "COSINE")).upper())
                     if metric is None:
                         raise StoreError(
@@ -236,13 +313,17 @@ class MilvusStore(StoreBase):
             scalars=scalars,
             dynamic=bool(desc.get("enable_dynamic_field")),
             raw_fields=list(desc["fields"]),
+            indexes=indexes,
+            num_partitions=desc.get("num_partitions") if any(f.get("is_partition_key") for f in desc["fields"]) else None,
         )
 
-    def _index_of(self, collection: str, field_name: str) -> dict[str, Any]:
-        names = self._client.list_indexes(collection, field_name=field_name)
-        if not names:
-            return {}
-        return dict(self._client.describe_index(collection, names[0]))
+    def _indexes(self, collection: str) -> dict[str, dict[str, Any]]:
+        """Field -> its index description, for every indexed field (vector or scalar)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self._client.list_indexes(collection):
+            index = dict(self._client.describe_index(collection, name))
+            out.setdefault(str(index.get("field_name", name)), index)
+        return out
 
     def _ensure_loaded(self, s: _Schema) -> None:
         # Milvus Lite reopens .db collections released; a server may have released them too.
@@ -275,10 +356,10 @@ class MilvusStore(StoreBase):
                         f"collection '{s.name}' has no dynamic field for payload keys {sorted(extra)} (id {i})", [i]
                     )
 
-    def _create(self, name: str, schema: Any, index: Any) -> None:
+    def _create(self, name: str, schema: Any, index: Any, **options: Any) -> None:
         # pymilvus' create_collection(index_params=...) polls the index build with 0.5 s sleeps;
         # an empty collection's index is ready at once, so create, index without waiting, load.
-        self._client.create_collection(name, schema=schema, consistency_level="Strong")
+        self._client.create_collection(name, schema=schema, consistency_level="Strong", **options)
         try:
             self._client.create_index(name, index, sync=False)
             self._client.load_collection(name)
@@ -331,45 +412,113 @@ class MilvusStore(StoreBase):
             self._create(name, schema, index)
 
     def _same_schema(self, src: _Schema, tgt: _Schema) -> bool:  # type: ignore[override]
+        # lenient on the dynamic field: targets made before it was copied always had one
         return (
             tgt.pk == src.pk
             and {k: v["type"] for k, v in tgt.scalars.items()} == {k: v["type"] for k, v in src.scalars.items()}
-            and tgt.dynamic
+            and (tgt.dynamic or not src.dynamic)
         )
+
+    def _complete(self, tgt: _Schema) -> bool:  # type: ignore[override]
+        return tgt.complete
 
     def _reuse(self, tgt: _Schema) -> None:  # type: ignore[override]
         self._ensure_loaded(tgt)
 
+    def _finish_sparse(self, tgt: _Schema, src: _Schema, dense: dict[str, tuple[int, Metric]]) -> None:  # type: ignore[override]
+        """Give a target whose making was cut short the indexes it lacks, then load it."""
+        missing = [f for f in tgt.vector_names if not tgt.indexes.get(f)]
+        index = self._client.prepare_index_params()
+        for f in missing:
+            self._add_index(index, f, src, dense)
+        with self._errors("create index", tgt.name):
+            try:
+                self._client.create_index(tgt.name, index, sync=False)
+            except MilvusException as exc:
+                if "already exists" not in self._reason(exc):  # another worker finished it first
+                    raise
+        logger.info("completed the indexes %s of collection '%s' in %s", missing, tgt.name, self.uri)
+
+    def _add_index(self, index: Any, f: str, src: _Schema, dense: dict[str, tuple[int, Metric]]) -> None:
+        """Add field ``f``'s index to ``index``: the source's (type and parameters) for a copied
+        field, SPARSE_INVERTED_INDEX (inner product) for `SPARSE_FIELD`."""
+        if f == SPARSE_FIELD:
+            # Milvus Lite accepts only this index/metric pair for sparse vectors; with its default
+            # drop ratio of 0 nothing is pruned, so search is exact.
+            index.add_index(SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+            return
+        idx = _index_params(src.indexes.get(f, {}))
+        index_type = idx.pop("index_type", "AUTOINDEX")
+        metric = idx.pop("metric_type", None)
+        params = idx.pop("params", None)
+        params = {**idx, **(params if isinstance(params, dict) else {})}
+        if f in dense:
+            index.add_index(f, index_type=index_type, metric_type=dense[f][1].upper(), params=params)
+        elif metric and str(metric).upper() != "NONE":
+            index.add_index(f, index_type=index_type, metric_type=metric, params=params)
+        else:
+            index.add_index(f, index_type=index_type, params=params)
+
     def _create_sparse(self, name: str, src: _Schema, dense: dict[str, tuple[int, Metric]]) -> None:  # type: ignore[override]
-        """The source's primary key and typed scalar fields, its dense field (with its index) when
-        kept, the dynamic field, and `SPARSE_FIELD` (SPARSE_INVERTED_INDEX, IP)."""
+        """The source's schema as pymilvus describes it, less the dense fields not kept: its primary
+        key, its typed scalar fields (parameters, nullability, defaults, partition key, indexes), its
+        dynamic field if it has one, the kept dense field with its index; plus `SPARSE_FIELD`."""
         if SPARSE_FIELD in src.scalars:
             raise StoreError(f"collection '{src.name}' in {self.uri} has a payload field named '{SPARSE_FIELD}'")
         kept = next(iter(dense), None)
         with self._errors("create collection", name):
-            schema = self._client.create_schema(auto_id=False, enable_dynamic_field=True)
+            schema = self._client.create_schema(auto_id=False, enable_dynamic_field=src.dynamic)
             index = self._client.prepare_index_params()
             for f in src.raw_fields:
                 if f["name"] == src.pk:
-                    schema.add_field(f["name"], f["type"], is_primary=True, **src.pk_params)
+                    schema.add_field(f["name"], f["type"], is_primary=True, **self._field_options(f))
                 elif f["name"] in src.scalars:
-                    kwargs = dict(f.get("params", {}))
-                    for key in ("nullable", "default_value", "element_type"):
-                        if key in f and f[key] is not None:
-                            kwargs[key] = f[key]
-                    schema.add_field(f["name"], f["type"], **kwargs)
+                    schema.add_field(f["name"], f["type"], **self._field_options(f))
+                    if src.indexes.get(f["name"]):
+                        self._add_index(index, f["name"], src, dense)
                 elif f["name"] == kept:
-                    schema.add_field(kept, DataType.FLOAT_VECTOR, dim=src.dense[kept][0])
-                    idx = {k: v for k, v in src.dense_index[kept].items() if k not in _INDEX_BOOKKEEPING}
-                    index_type = idx.pop("index_type", "AUTOINDEX")
-                    idx.pop("metric_type", None)
-                    index.add_index(kept, index_type=index_type, metric_type=src.dense[kept][1].upper(), params=idx)
+                    schema.add_field(kept, DataType.FLOAT_VECTOR, **self._field_options(f))
+                    self._add_index(index, kept, src, dense)
             schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
-            # Milvus Lite accepts only this index/metric pair for sparse vectors; with its default
-            # drop ratio of 0 nothing is pruned, so search is exact.
-            index.add_index(SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
-            self._create(name, schema, index)
+            self._add_index(index, SPARSE_FIELD, src, dense)
+            extra = {"num_partitions": src.num_partitions} if src.num_partitions else {}
+            self._create(name, schema, index, **extra)
         logger.info("created sparse collection '%s' like '%s' in %s", name, src.name, self.uri)
+
+    @staticmethod
+    def _field_options(f: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of ``add_field`` that re-create a described field."""
+        kwargs = dict(f.get("params", {}))
+        for key in ("nullable", "default_value", "element_type", "is_partition_key", "is_clustering_key", "description"):
+            if f.get(key) not in (None, "", False):
+                kwargs[key] = f[key]
+        return kwargs
+
+    def _native_schema(self, s: _Schema) -> dict[str, Any]:  # type: ignore[override]
+        """The schema as pymilvus' describe_collection / describe_index report it (field ids and
+        index bookkeeping left out): the primary key, the dense FLOAT_VECTOR fields, the typed
+        scalar fields and the dynamic field; other vector fields (`SPARSE_FIELD` among them) are
+        not part of it."""
+        fields = {f["name"]: f for f in s.raw_fields}
+
+        def describe(name: str) -> dict[str, Any]:
+            f = fields[name]
+            out = {"type": _jsonable(f["type"]), "params": _jsonable(dict(f.get("params", {})))}
+            for key in ("nullable", "default_value", "element_type", "is_partition_key", "is_clustering_key", "description"):
+                if f.get(key) not in (None, "", False):
+                    out[key] = _jsonable(f[key])
+            if s.indexes.get(name):
+                out["index"] = _jsonable(_index_params(s.indexes[name]))
+            return out
+
+        payload: dict[str, Any] = {"fields": {n: describe(n) for n in s.scalars}, "dynamic_field": s.dynamic}
+        if s.num_partitions:
+            payload["num_partitions"] = s.num_partitions
+        return {
+            "id": {"field": s.pk, **describe(s.pk)},
+            "vectors": {n: describe(n) for n in s.dense},
+            "payload": payload,
+        }
 
     # ------------------------------------------------------------------ protocol: writes
     def _insert_dense(self, s: _Schema, f: str, ids: list[Id], vectors: np.ndarray, payloads: list[dict]) -> None:  # type: ignore[override]

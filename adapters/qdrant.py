@@ -10,13 +10,16 @@ as Qdrant names it) and metric; the sparse codes are the named sparse vector `SP
 Collections made here record their id type in the collection metadata (``{"csr_vdb": {"id_type"}}``);
 for other collections it is read off the first point (UUID ids -> "str").
 
-Cosine stays Cosine in every mode, so a target's vector params equal its source's (LangChain's
-and LlamaIndex's Qdrant stores refuse a collection whose distance differs from the one they
-expect). The local engine re-normalises every cosine vector in float64 on insert, so a unit vector
-may come back changed in its last bit (within 3e-8; a server skips vectors that are already unit).
-Collections that an earlier version created in local mode with cosine fields stored as Dot (listed
-under ``"cosine_as_dot"`` in the metadata) are still read as "cosine": their rows are normalised
-here, in float32, only when they are not unit already, and queries are normalised before search.
+A sparse target keeps its source's schema as qdrant-client reports it: the kept dense field's
+`VectorParams` copied whole (size, distance, HNSW, quantization, on-disk, datatype), in the same
+form (a single unnamed vector stays unnamed; a dict of named vectors, the name ``""`` included,
+stays a dict), and the payload indexes. Cosine stays Cosine in every mode, so LangChain's and
+LlamaIndex's Qdrant stores, which check the distance, accept a migrated collection. The local
+engine re-normalises every cosine vector in float64 on insert, so a unit vector may come back
+changed in its last bit (within 3e-8; a server skips vectors that are already unit). Collections
+that an earlier version created in local mode with cosine fields stored as Dot (listed under
+``"cosine_as_dot"`` in the metadata) are still read as "cosine": their rows are normalised here,
+in float32, only when they are not unit already, and queries are normalised before search.
 
 Local mode is where users prototype: it locks its directory against a second client and searches
 by brute force in Python (slow at scale), fine as a migration source.
@@ -28,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -38,6 +41,7 @@ from qdrant_client import models as qm
 
 from csr_vdb.adapters._common import Layout
 from csr_vdb.adapters._qdrant_common import METRIC_TO_QDRANT, QDRANT_TO_METRIC, QdrantBase
+from csr_vdb.adapters._retry import DEFAULT_RETRIES, RetryPolicy
 from csr_vdb.errors import CollectionNotFoundError, DataError, StoreError
 from csr_vdb.store import SPARSE_FIELD, IdType, Metric, strip_credentials
 
@@ -50,12 +54,21 @@ QUERY_BATCH = 64  # queries per query_batch_points request
 SCHEMA_SAMPLE = 100  # points read to report a payload schema
 
 
+def _password(uri: str) -> str | None:
+    try:
+        return urlsplit(uri).password
+    except ValueError:
+        return None
+
+
 @dataclass
 class _Schema(Layout):
     """What the adapter needs to know about one collection (``id_type`` None: empty, and made
     without metadata, by a server older than collection metadata)."""
 
     cosine_as_dot: frozenset[str] = frozenset()  # Dot fields holding cosine rows (made by earlier versions)
+    vector_params: dict[str, Any] = field(default_factory=dict)  # dense field -> qm.VectorParams as reported
+    unnamed: bool = False  # a single unnamed vector (not a dict of named ones)
 
     def prepare(self, f: str, vectors: np.ndarray) -> np.ndarray:
         """Rows to store/search for field ``f``: unit-normalised where the adapter does it."""
@@ -88,8 +101,11 @@ class QdrantStore(QdrantBase):
     QUERY_BATCH = QUERY_BATCH
     SCHEMA_SAMPLE = SCHEMA_SAMPLE
 
-    def __init__(self, uri: str, api_key: str | None = None, timeout: float = 10.0) -> None:
-        self._api_key = api_key
+    def __init__(
+        self, uri: str, api_key: str | None = None, timeout: float = 10.0, retries: int = DEFAULT_RETRIES
+    ) -> None:
+        self._secrets = [s for s in (api_key, _password(str(uri))) if s]
+        self.retry_policy = RetryPolicy(retries=retries, timeout=timeout)
         self._schemas: dict[str, _Schema] = {}  # real name -> schema, dropped with the collection
         self.uri = strip_credentials(str(uri))
         self.is_server = urlsplit(str(uri)).scheme in ("http", "https")
@@ -110,19 +126,26 @@ class QdrantStore(QdrantBase):
         except Exception as exc:  # noqa: BLE001 - bad URL, unreadable directory, ...
             raise StoreError(f"cannot open Qdrant at {self.uri}: {self._clean(exc)}") from exc
         if self.is_server:
-            try:
-                self._client.get_collections()
-            except Exception as exc:  # noqa: BLE001
+
+            def reach() -> None:
+                try:
+                    self._client.get_collections()
+                except Exception as exc:  # noqa: BLE001
+                    raise StoreError(f"cannot reach Qdrant at {self.uri}: {self._clean(exc)}") from exc
+
+            try:  # a server may be restarting: retried like every request
+                self.retry_policy.call(reach, what="connect", where=self.uri)
+            except StoreError:
                 self._client.close()
-                raise StoreError(f"cannot reach Qdrant at {self.uri}: {self._clean(exc)}") from exc
+                raise
 
     # ------------------------------------------------------------------ plumbing
     def _clean(self, exc: BaseException) -> str:
         """One line of an exception's text, with the API key masked."""
         src = getattr(exc, "source", None)  # ResponseHandlingException wraps the transport error
         text = str(src or exc).strip().splitlines()[0] if str(src or exc).strip() else type(exc).__name__
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return text[:300]
 
     def _call(self, what: str, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -183,25 +206,33 @@ class QdrantStore(QdrantBase):
         if id_type not in ("int", "str"):
             recs, _ = self._call("scroll", real, self._client.scroll, real, limit=1, with_payload=False)
             id_type = ("int" if isinstance(recs[0].id, int) else "str") if recs else None
-        schema = _Schema(real, id_type, dense, sparse, as_dot)
+        unnamed = vectors is not None and not isinstance(vectors, dict)
+        schema = _Schema(real, id_type, dense, sparse, as_dot, vector_params=items, unnamed=unnamed)
         if id_type is not None:  # a schema never changes while the collection lives
             self._schemas[real] = schema
         return schema
 
-    def _vectors_config(self, dense: dict[str, tuple[int, Metric]]):
-        params = {
-            f: qm.VectorParams(size=dim, distance=qm.Distance(METRIC_TO_QDRANT[metric])) for f, (dim, metric) in dense.items()
-        }
-        if list(params) == [""]:
+    @staticmethod
+    def _params(s: _Schema, f: str) -> Any:
+        """Field ``f``'s `VectorParams` as the collection holds it (Cosine for a legacy Dot field
+        holding cosine rows)."""
+        vp = s.vector_params[f]
+        return vp.model_copy(update={"distance": qm.Distance.COSINE}) if f in s.cosine_as_dot else vp
+
+    @staticmethod
+    def _vectors_config(params: dict[str, Any], unnamed: bool | None = None) -> Any:
+        """``vectors_config`` of a new collection; a lone field ``""`` is made unnamed unless the
+        source held it in a dict (``unnamed=False``)."""
+        if list(params) == [""] and unnamed is not False:
             return params[""]
         return params or {}
 
-    def _create(self, name: str, dense: dict[str, tuple[int, Metric]], sparse: bool, id_type: IdType) -> None:
+    def _create(self, name: str, vectors_config: Any, sparse: bool, id_type: IdType) -> None:
         self._schemas.pop(name, None)
         meta: dict[str, Any] = {"id_type": id_type}
         kwargs: dict[str, Any] = dict(
             collection_name=name,
-            vectors_config=self._vectors_config(dense),
+            vectors_config=vectors_config,
             sparse_vectors_config={SPARSE_FIELD: qm.SparseVectorParams()} if sparse else None,
         )
         try:
@@ -289,25 +320,39 @@ class QdrantStore(QdrantBase):
     def _create_dense(self, name: str, dimension: int, metric: Metric, id_type: IdType, vector_field: str) -> None:
         if name in self._aliases():
             raise StoreError(f"collection '{name}' already exists in {self.uri}")
-        self._create(name, {vector_field: (dimension, metric)}, False, id_type)
+        params = {vector_field: qm.VectorParams(size=dimension, distance=qm.Distance(METRIC_TO_QDRANT[metric]))}
+        self._create(name, self._vectors_config(params), False, id_type)
 
     def _create_sparse(self, name: str, src: _Schema, dense: dict[str, tuple[int, Metric]]) -> None:  # type: ignore[override]
-        """Also copies the source's payload indexes on a server."""
-        self._create(name, dense, True, src.id_type or "int")
-        if self.is_server:
-            info = self._call("describe", src.name, self._client.get_collection, src.name)
-            for key, index in (info.payload_schema or {}).items():
-                if index.data_type is None:
-                    continue
-                self._call(
-                    "create_payload_index",
-                    name,
-                    self._client.create_payload_index,
-                    name,
-                    field_name=key,
-                    field_schema=index.params or index.data_type,
-                    wait=True,
-                )
+        """The kept dense field's `VectorParams` as the source holds them, in the source's form,
+        `SPARSE_FIELD`, and the source's payload indexes."""
+        params = {f: self._params(src, f) for f in dense}
+        self._create(name, self._vectors_config(params, src.unnamed), True, src.id_type or "int")
+        for key, index in self._payload_indexes(src.name).items():
+            if index.data_type is None:
+                continue
+            self._call(
+                "create_payload_index", name, self._client.create_payload_index, name,
+                field_name=key, field_schema=index.params or index.data_type, wait=True,
+            )  # fmt: skip
+
+    def _payload_indexes(self, name: str) -> dict[str, Any]:
+        """Payload key -> `PayloadIndexInfo`, read now (indexes may be added at any time; local
+        mode keeps none)."""
+        info = self._call("describe", name, self._client.get_collection, name)
+        return dict(info.payload_schema or {})
+
+    def _native_schema(self, s: _Schema) -> dict[str, Any]:  # type: ignore[override]
+        """qdrant-client's own description: each dense field's `VectorParams`, whether the vectors
+        are one unnamed vector or a dict, the payload indexes, and the id type."""
+        return {
+            "id": {"type": s.id_type},
+            "vectors": {f: self._params(s, f).model_dump(mode="json") for f in s.dense},
+            "vectors_form": "unnamed" if s.unnamed else "named",
+            "payload": {
+                "indexes": {k: v.model_dump(mode="json", exclude={"points"}) for k, v in self._payload_indexes(s.name).items()}
+            },
+        }
 
     # ------------------------------------------------------------------ protocol: aliases, admin
     def get_alias(self, alias: str) -> str | None:

@@ -271,10 +271,37 @@ class QdrantEdgeStore(QdrantBase):
             raise StoreError(f"collection '{name}' already exists in {self.uri}")
         self._create(name, {vector_field: (dimension, metric)}, False, id_type)
 
-    def _create_sparse(self, name: str, src: Layout, dense: dict[str, tuple[int, Metric]]) -> None:
+    def _create_sparse(self, name: str, src: _Shard, dense: dict[str, tuple[int, Metric]]) -> None:  # type: ignore[override]
+        """The kept dense field (size and distance), `SPARSE_FIELD`, and the source's payload indexes."""
         if name in self._aliases:  # an alias to a dropped collection still holds the name
             raise StoreError(f"collection '{name}' already exists with another schema in {self.uri}")
         self._create(name, dense, True, src.id_type or "int")
+        shard = self._shards[name]
+        for key, index in self._payload_indexes(src).items():
+            op = qe.UpdateOperation.create_field_index(key, index.params or index.data_type)
+            self._call("create_payload_index", name, shard.update, op)
+
+    def _payload_indexes(self, s: _Shard) -> dict[str, Any]:
+        """Payload key -> the engine's `PayloadIndexInfo`."""
+        return dict(self._call("describe", s.name, s.shard.info).payload_schema or {})
+
+    def _native_schema(self, s: _Shard) -> dict[str, Any]:  # type: ignore[override]
+        """The engine's own description: each dense field's entry of the shard's
+        ``edge_config.json``, the payload indexes of its `ShardInfo`, and the id type."""
+        try:
+            config = json.loads((self._dir(s.name) / "edge_config.json").read_text()).get("vectors") or {}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read the engine config of collection '{s.name}' in {self.uri}: {exc}") from exc
+        return {
+            "id": {"type": s.id_type},
+            "vectors": {f: config.get(f) for f in s.dense},
+            "payload": {
+                "indexes": {
+                    k: {"data_type": str(v.data_type).rsplit(".", 1)[-1], "params": None if v.params is None else str(v.params)}
+                    for k, v in self._payload_indexes(s).items()
+                }
+            },
+        }
 
     # ------------------------------------------------------------------ protocol: aliases, admin
     def get_alias(self, alias: str) -> str | None:

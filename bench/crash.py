@@ -14,8 +14,6 @@ also reports how long each resumed worker took to record its first batch.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import random
 import shutil
@@ -32,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # the checkout, for the `bench` helpers
 
-from bench.common import ProjectionEncoder, emit, placeholder_model  # noqa: E402
+from bench.common import ProjectionEncoder, placeholder_model, soak_main  # noqa: E402
+from bench.common import collection_checksum as export  # noqa: E402
+from bench.common import journaled_rows as journaled  # noqa: E402
 from csr_vdb.adapters import open_store  # noqa: E402
 from csr_vdb.migrations import Journal, MigrationPlan, run_migration, state_dir, verify_migration  # noqa: E402
 
@@ -59,25 +59,6 @@ def worker(args) -> int:
     finally:
         store.close()
     return 0
-
-
-def export(store, name: str) -> str:
-    h = hashlib.sha256()
-    for page in store.iter_dense(name, 5000):
-        h.update(json.dumps([page.ids, page.payloads], sort_keys=True).encode())
-        h.update(np.ascontiguousarray(page.vectors, np.float32).tobytes())
-    return h.hexdigest()
-
-
-def journaled(base: Path) -> int:
-    paths = list(Path(base).glob("*/journal.sqlite"))
-    if not paths:
-        return 0
-    try:
-        with Journal.open(paths[0], readonly=True) as j:
-            return j.totals().rows_written
-    except Exception:  # being created
-        return 0
 
 
 def spawn(args) -> subprocess.Popen:
@@ -201,17 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    p.add_argument("--out", help="write the result as JSON here")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--state", help=argparse.SUPPRESS)
-    p.add_argument("--model-dir", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.worker:
-        return worker(args)
-    res = run(args)
-    emit(res, table(res), args.out)
-    return 0 if res["ok"] else 1
+    return soak_main(p, argv, worker, run, table)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import Field, ValidationError
 
 from csr_vdb.errors import ConfigError, DataError, MigrationError, StoreError
+from csr_vdb.fileutil import private_dir
 from csr_vdb.migrations import (
     AliasResult,
     MigrationPlan,
@@ -304,6 +305,7 @@ def _training_file(
     info = store.describe(collection)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{info.name}")
     path = Path(work_dir) / "exports" / f"{slug}-{os.getpid()}.npy"
+    private_dir(path.parent, own=True)  # the collection's vectors: readable by their owner only
     try:
         exp = export_collection(store, collection, path, vector_field=vector_field, progress=progress)
         yield path, info.metric, exp.seconds

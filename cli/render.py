@@ -41,6 +41,8 @@ def render_verify(rep: Any) -> str:
                "missing / extra ids": f"{rep.n_missing} / {rep.n_extra}",
                "payload mismatches": rep.payload_mismatches, "dense mismatches": rep.dense_mismatches,
                "sparse mismatches": f"{rep.sparse_mismatches} of {rep.sample_size}",
+               "schema": "-" if rep.schema_check is None else
+               "same as the source" if rep.schema_check.ok else f"{len(rep.schema_check.differences)} difference(s)",
                "recall@10 sparse vs dense": rep.recall_at_10}) + "".join(f"\nproblem: {p}" for p in rep.problems)
 
 

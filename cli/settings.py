@@ -31,7 +31,7 @@ DEFAULT_URIS: dict[str, str] = {
 
 # Keys a config file may hold at top level (anything else is a ConfigError, like extra="forbid").
 FILE_KEYS = {
-    "store", "uri", "token", "state_dir", "device", "timeout",
+    "store", "uri", "token", "state_dir", "device", "timeout", "retries",
     "milvus_uri", "milvus_token", "qdrant_url", "qdrant_api_key",
 }
 
@@ -46,7 +46,10 @@ class CLISettings(BaseModel):
     token: SecretStr | None = Field(None, description="Milvus token or Qdrant API key (never printed).")
     state_dir: Path = Field(Path(".csr-vdb"), description="Where plans, journals, reports and exports live.")
     device: str | None = Field(None, description="Torch device for encoding/training: cpu, cuda, or auto.")
-    timeout: float = Field(10.0, gt=0, description="Seconds to wait for a database server.")
+    timeout: float = Field(10.0, gt=0, description="Seconds one request waits for a database server.")
+    retries: int = Field(
+        3, ge=0, description="Retries of a request that fails transiently (connection refused/reset, timeout)."
+    )
     config_file: Path | None = Field(None, description="The config file that was read, if any.")
 
     def public(self) -> dict[str, Any]:
@@ -58,6 +61,7 @@ class CLISettings(BaseModel):
             "state_dir": str(self.state_dir),
             "device": self.device,
             "timeout": self.timeout,
+            "retries": self.retries,
             "config_file": str(self.config_file) if self.config_file else None,
         }
 
@@ -101,7 +105,8 @@ def resolve_settings(
     """Merge the four sources, most specific first: flags > env > config file > defaults.
 
     Args:
-        flags: command-line values (None = not given): store, uri, token, state_dir, device, timeout.
+        flags: command-line values (None = not given): store, uri, token, state_dir, device, timeout,
+            retries.
         env: environment (default ``os.environ``); only ``CSR_VDB_*`` names are read.
         config_path: ``--config`` value; None looks for ``./csr-vdb.toml``.
         cwd: directory holding the default config file (tests).
@@ -131,6 +136,7 @@ def resolve_settings(
         "state_dir": _first(flags.get("state_dir"), env.get("CSR_VDB_STATE_DIR"), file.get("state_dir"), ".csr-vdb"),
         "device": _first(flags.get("device"), env.get("CSR_VDB_DEVICE"), file.get("device")),
         "timeout": _first(flags.get("timeout"), env.get("CSR_VDB_TIMEOUT"), file.get("timeout"), 10.0),
+        "retries": _first(flags.get("retries"), env.get("CSR_VDB_RETRIES"), file.get("retries"), 3),
         "config_file": file_path,
     }
     try:
@@ -142,6 +148,29 @@ def resolve_settings(
     if settings.device not in (None, "auto", "cpu") and not settings.device.startswith("cuda"):
         raise ConfigError(f"invalid device '{settings.device}' (cpu, cuda, cuda:N or auto)")
     return settings
+
+
+def shard_from_env(env: Mapping[str, str] | None = None) -> str:
+    """``--shard auto``: the ``i/n`` of a worker of a Kubernetes Indexed Job.
+
+    Kubernetes sets ``JOB_COMPLETION_INDEX`` (i) in every pod of an Indexed Job; the manifest sets
+    ``JOB_COMPLETIONS`` (n) to the Job's ``completions`` (docs/scale-out.md).
+
+    Raises:
+        ConfigError: either variable is missing or they do not make a shard ``0 <= i < n``.
+    """
+    from csr_vdb.migrations.plan import parse_shard
+
+    env = os.environ if env is None else env
+    index, count = env.get("JOB_COMPLETION_INDEX"), env.get("JOB_COMPLETIONS")
+    if not index or not count:
+        raise ConfigError(
+            "--shard auto needs JOB_COMPLETION_INDEX and JOB_COMPLETIONS in the environment (a Kubernetes "
+            "Indexed Job sets the index; set JOB_COMPLETIONS to its completions: see docs/scale-out.md)"
+        )
+    shard = f"{index.strip()}/{count.strip()}"
+    parse_shard(shard, what="--shard auto (JOB_COMPLETION_INDEX/JOB_COMPLETIONS)")
+    return shard
 
 
 def _path(value: str | None) -> Path | None:

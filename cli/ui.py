@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from csr_vdb.cli.settings import CLISettings, resolve_settings
+from csr_vdb.cli.settings import CLISettings, resolve_settings, shard_from_env
 from csr_vdb.store import STORE_KINDS
 from csr_vdb.errors import CSRVDBError, StoreError
 from csr_vdb.migrations.plan import parse_shard
@@ -23,7 +23,7 @@ from csr_vdb.migrations.plan import parse_shard
 logger = logging.getLogger("csr_vdb.cli")
 
 _DEBUG_KEY = "csr_vdb.debug"
-_COMMON = ("store", "uri", "token", "state_dir", "device", "config", "timeout", "json_out", "debug")
+_COMMON = ("store", "uri", "token", "state_dir", "device", "config", "timeout", "retries", "json_out", "debug")
 
 
 class CSRGroup(click.Group):
@@ -73,7 +73,7 @@ class App:
     def settings(self) -> CLISettings:
         if self._settings is None:
             self._settings = resolve_settings(
-                {k: self.flags.get(k) for k in ("store", "uri", "token", "state_dir", "device", "timeout")},
+                {k: self.flags.get(k) for k in ("store", "uri", "token", "state_dir", "device", "timeout", "retries")},
                 config_path=Path(self.flags["config"]) if self.flags.get("config") else None,
             )
         return self._settings
@@ -98,8 +98,12 @@ class App:
         s = self.settings
         if s.uri and "://" not in s.uri and not Path(s.uri).exists():
             raise StoreError(f"no {s.store} database at {s.uri} (check --uri)")
+        if s.store == "milvus":
+            import csr_vdb.adapters.milvus  # noqa: F401 - pymilvus sets its loggers' levels when imported
+        quiet_client_loggers(self.debug)  # so a retried failure prints nothing until the final error line
         store = open_store(
-            s.store, s.uri, token=s.token.get_secret_value() if s.token else None, timeout=s.timeout
+            s.store, s.uri, token=s.token.get_secret_value() if s.token else None, timeout=s.timeout,
+            retries=s.retries,
         )
         self._stores.append(store)
         return store
@@ -259,13 +263,20 @@ def renamed_option(old: str, new: str, **option: Any) -> Callable[[Callable[...,
 
 
 def _check_shard(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value.strip().lower() == "auto":
+        return shard_from_env()
     parse_shard(value, what="--shard")
     return value
 
 
 def shard_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--shard i/n`` (default 0/1), checked as it is parsed (a `ConfigError`, exit 2, naming --shard)."""
-    return click.option("--shard", default="0/1", show_default=True, callback=_check_shard, help=help)
+    """``--shard i/n`` (default 0/1) or ``--shard auto`` (a Kubernetes Indexed Job's worker: i and n
+    from ``JOB_COMPLETION_INDEX`` / ``JOB_COMPLETIONS``), checked as it is parsed (a `ConfigError`,
+    exit 2, naming --shard)."""
+    return click.option(
+        "--shard", default="0/1", show_default=True, callback=_check_shard,
+        help=help + " 'auto': i and n of a Kubernetes Indexed Job (JOB_COMPLETION_INDEX, JOB_COMPLETIONS).",
+    )
 
 
 def vector_field_option(help: str = "Dense vector field (default: the first).") -> Callable[..., Any]:
@@ -323,7 +334,11 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", default=None, help="Torch device: cpu, cuda, auto [env CSR_VDB_DEVICE]."),
         click.option("--config", default=None, type=click.Path(dir_okay=False),
                      help="Config file (TOML) [default ./csr-vdb.toml when present]."),
-        click.option("--timeout", default=None, type=float, help="Seconds to wait for a database server [10]."),
+        click.option("--timeout", default=None, type=float,
+                     help="Seconds one request waits for a database server [env CSR_VDB_TIMEOUT; 10]."),
+        click.option("--retries", default=None, type=click.IntRange(min=0),
+                     help="Retries of a request that fails transiently, with exponential backoff "
+                          "[env CSR_VDB_RETRIES; 3]."),
         click.option("--json", "json_out", is_flag=True, help="Machine-readable JSON on stdout only."),
         click.option("--debug", is_flag=True, help="Show tracebacks and debug logs."),
     ]

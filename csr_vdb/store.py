@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
 
@@ -90,6 +90,12 @@ class CollectionInfo:
         count: number of rows.
         payload_schema: payload field -> type name as the database reports it ("dynamic" for
             schemaless payloads).
+        native_schema: what a client of the database sees of the collection, as the database's own
+            client reports it (JSON values): ``{"id": ..., "vectors": {dense field: ...},
+            "payload": ...}`` (Qdrant adds ``"vectors_form"``: "unnamed" for a single unnamed
+            vector, "named" for a dict of them). The sparse field `SPARSE_FIELD` is not part of
+            it, so a migrated collection's equals its source's (the dense fields it did not keep
+            left out): `csr_vdb.migrations.verify` compares them.
     """
 
     name: str
@@ -101,6 +107,7 @@ class CollectionInfo:
     vector_fields: dict[str, int] = field(default_factory=dict)
     sparse_field: str | None = None
     payload_schema: dict[str, str] = field(default_factory=dict)
+    native_schema: dict[str, Any] = field(default_factory=dict)
 
 
 class _Page:
@@ -484,13 +491,32 @@ def _netloc(host: str | None, port: int | None, user: str | None = None) -> str:
     return f"{user}@{out}" if user is not None else out
 
 
+_SECRET_PARAMS = ("token", "key", "password", "passwd", "pwd", "pass", "secret", "auth", "credential", "signature")
+
+
+def _secret_param(name: str) -> bool:
+    """True for a query parameter that may carry a secret (``token``, ``api_key``, ``password`` ...)."""
+    low = name.lower().replace("-", "_")
+    return any(word in low for word in _SECRET_PARAMS) or low == "sig"
+
+
+def _query(query: str, secret: str | None) -> str:
+    """A query string with its secret-looking parameters dropped (``secret=None``) or masked."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if secret is None:
+        return urlencode([(k, v) for k, v in pairs if not _secret_param(k)])
+    return urlencode([(k, secret if _secret_param(k) else v) for k, v in pairs], safe="*")
+
+
 def strip_credentials(uri: str, *, keep_query: bool = False) -> str:
     """The URI without anything secret, for messages, logs, `VectorStore.uri` and state names.
 
     A URL (``scheme://...``) is rebuilt from its scheme, host (lower case), port and path: its
     user-info (``user:password@``), its fragment and, unless ``keep_query``, its query string
     (where tokens and API keys are passed too) are left out, so the result is also one spelling
-    of one server. Anything else (a file or folder path) is returned unchanged.
+    of one server. With ``keep_query`` the query's parameters that may carry a secret (a name
+    with token, key, password, secret, auth ...) are still left out. Anything else (a file or
+    folder path) is returned unchanged.
     """
     if "://" not in uri:
         return uri
@@ -502,12 +528,14 @@ def strip_credentials(uri: str, *, keep_query: bool = False) -> str:
         return f"{scheme}://{rest.rsplit('@', 1)[-1].split('?', 1)[0].split('#', 1)[0]}"
     # Rebuilt by hand: urlunsplit turns "memory://" into "memory:".
     out = f"{parts.scheme}://{_netloc(parts.hostname, port)}{parts.path}"
-    return f"{out}?{parts.query}" if keep_query and parts.query else out
+    query = _query(parts.query, None) if keep_query and parts.query else ""
+    return f"{out}?{query}" if query else out
 
 
 def redact_uri(uri: str) -> str:
-    """The URI with a password in its user-info replaced by ``***`` (user name, host, path and
-    query kept), for showing a user which account a setting names."""
+    """The URI with a password in its user-info and the values of secret-looking query parameters
+    replaced by ``***`` (user name, host, path and other parameters kept), for showing a user
+    which account a setting names."""
     if "://" not in uri:
         return uri
     try:
@@ -515,9 +543,12 @@ def redact_uri(uri: str) -> str:
         port = parts.port
     except ValueError:
         return strip_credentials(uri)
-    if parts.password is None:
+    secret_query = any(_secret_param(k) for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    if parts.password is None and not secret_query:
         return uri
-    netloc = _netloc(parts.hostname, port, f"{parts.username or ''}:***")
+    user = f"{parts.username or ''}:***" if parts.password is not None else parts.username
+    netloc = _netloc(parts.hostname, port, user)
     out = f"{parts.scheme}://{netloc}{parts.path}"
-    out += f"?{parts.query}" if parts.query else ""
+    query = _query(parts.query, "***") if parts.query else ""
+    out += f"?{query}" if query else ""
     return out + (f"#{parts.fragment}" if parts.fragment else "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,7 +16,7 @@ from csr_vdb.store import VectorStore
 from csr_vdb.errors import MigrationError
 from csr_vdb.fileutil import atomic_write_json
 from csr_vdb.migrations.journal import Journal
-from csr_vdb.migrations.lock import is_locked
+from csr_vdb.migrations.lock import holder, is_locked, plan_lock
 from csr_vdb.migrations.pipeline import Encode
 from csr_vdb.migrations.plan import (
     CUTOVER_FILE,
@@ -80,6 +81,9 @@ class StatusReport(PlanReport):
     verify_current: bool = Field(False, description="The last verify matches the journals' current state.")
     alias: str = Field(description="The alias reported (the plan's unless asked for another).")
     alias_target: str | None = Field(None, description="Collection the alias points to now.")
+    alias_on: str | None = Field(
+        None, description="Where the alias points: source, target, other (another collection), None (nowhere)."
+    )
     state_dir: str = Field(description="Folder of the plan's state files.")
     last_sync: dict[str, Any] | None = Field(None, description="When the last sync that changed rows ran, its mode "
                                                                "and how many rows it changed.")
@@ -115,6 +119,35 @@ def _check_verified(plan: MigrationPlan, report: dict[str, Any] | None, state_ba
     current, _, _, _ = shard_journals_state(plan, state_base)
     if report.get("journal_state") != current:
         raise MigrationError("cutover refused: the migration changed since the last verify (run verify again)")
+
+
+def _hold_split(plan: MigrationPlan, state_base: StateBase, action: str) -> ExitStack:
+    """Hold the lock of every shard of the plan's split that was started here, so that no migration
+    into the target runs while the alias moves (and none starts until it has moved).
+
+    A folder that cannot hold a lock file (read-only state) is only probed: refused if a run holds
+    it, otherwise passed.
+
+    Raises:
+        MigrationError: a migration of the split is running.
+    """
+    stack = ExitStack()
+    for p in plan.shards():
+        folder = state_dir(state_base, p)
+        if not folder.is_dir():
+            continue
+        try:
+            stack.enter_context(plan_lock(folder, action))
+        except MigrationError as exc:
+            if not is_locked(folder):
+                log.warning("%s without the lock of %s: %s", action, folder, exc)
+                continue
+            stack.close()
+            raise MigrationError(
+                f"{action} refused: a migration into '{plan.target}' is running (shard {p.shard}, {holder(folder)}); "
+                "wait for it to end"
+            ) from None
+    return stack
 
 
 def _point_alias(
@@ -177,6 +210,11 @@ def cutover(
     """Point the alias at the target, once the last verify passed for the current journal state and,
     given the encoder, a final sync left source and target equal.
 
+    Refused while a migration into the target runs (even with ``force``). Interrupted at any point
+    (even by SIGKILL), it leaves the alias where it was or on the target, never missing: the store
+    moves an alias in one atomic step; `migration_status` says where it points, and running
+    `cutover` again finishes the job.
+
     Args:
         store: the open store.
         plan: the migration plan.
@@ -189,21 +227,22 @@ def cutover(
     Raises:
         MigrationError: never verified, verify failed, or the journals changed since (unless
             ``force``); source and target still differ after the final sync; the target does not
-            exist; the alias names a collection.
+            exist; the alias names a collection; a migration into the target is running.
         StoreError: the store failed.
     """
     report = _last_verify(plan, state_base)
     synced = None
     if not force:
         _check_verified(plan, report, state_base)
-        if encode is not None:
+        if encode is not None:  # takes (and releases) each shard's lock itself
             synced = _final_sync(store, plan, encode, state_base)
-    if not store.has_collection(plan.target):
-        raise MigrationError(f"cutover refused: target collection '{plan.target}' does not exist in {plan.uri}")
-    return _point_alias(
-        store, plan, alias or plan.alias, plan.target, state_base, action="cutover", forced=force,
-        verified_at=report.get("checked_at") if report else None, synced=synced,
-    )
+    with _hold_split(plan, state_base, "cutover"):
+        if not store.has_collection(plan.target):
+            raise MigrationError(f"cutover refused: target collection '{plan.target}' does not exist in {plan.uri}")
+        return _point_alias(
+            store, plan, alias or plan.alias, plan.target, state_base, action="cutover", forced=force,
+            verified_at=report.get("checked_at") if report else None, synced=synced,
+        )
 
 
 def _previous_generation(store: VectorStore, plan: MigrationPlan, alias: str, state_base: StateBase) -> str | None:
@@ -229,15 +268,19 @@ def rollback(
     plan's last cutover (another sparse generation, a blue/green rollout), else the source (which
     the migration never wrote).
 
+    Refused while a migration into the target runs; atomic like `cutover`.
+
     Raises:
-        MigrationError: the collection to return to no longer exists, or the alias names a collection.
+        MigrationError: the collection to return to no longer exists, the alias names a collection, or
+            a migration into the target is running.
         StoreError: the store failed.
     """
     alias = alias or plan.alias
-    back = _previous_generation(store, plan, alias, state_base)
-    if back is None and not store.has_collection(plan.source):
-        raise MigrationError(f"rollback refused: source collection '{plan.source}' is gone from {plan.uri}")
-    return _point_alias(store, plan, alias, back or plan.source, state_base, action="rollback")
+    with _hold_split(plan, state_base, "rollback"):
+        back = _previous_generation(store, plan, alias, state_base)
+        if back is None and not store.has_collection(plan.source):
+            raise MigrationError(f"rollback refused: source collection '{plan.source}' is gone from {plan.uri}")
+        return _point_alias(store, plan, alias, back or plan.source, state_base, action="rollback")
 
 
 def generations(store: VectorStore, plan: MigrationPlan, state_base: StateBase, alias: str) -> list[Generation]:
@@ -268,6 +311,8 @@ def migration_status(
     jpath = folder / JOURNAL_FILE
     alias = alias or plan.alias
     total = store.count(plan.source) if store.has_collection(plan.source) else 0
+    points_to = store.get_alias(alias)
+    on = {plan.source: "source", plan.target: "target"}.get(points_to or "", "other" if points_to else None)
     where = dict(
         **StatusReport.about(plan),
         store_kind=plan.store_kind,
@@ -275,7 +320,8 @@ def migration_status(
         rows_total=total,
         target_rows=store.count(plan.target) if store.has_collection(plan.target) else None,
         alias=alias,
-        alias_target=store.get_alias(alias),
+        alias_target=points_to,
+        alias_on=on,
         state_dir=str(folder),
     )
     where["generations"] = generations(store, plan, state_base, alias)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from csr_vdb.errors import MigrationError
+from csr_vdb.fileutil import private_file
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,20 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+_TABLES = {"meta", "batches", "invalid", "runs"}
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def damaged(path: Path, reason: str) -> MigrationError:
+    """The refusal to use a damaged journal: what is wrong and how to recover, in one line."""
+    return MigrationError(
+        f"migration journal {path} is damaged ({reason}); nothing was written. Restore it from a backup, "
+        f"or start over: move the folder {path.parent} away and drop the target collection "
+        "(a journal is never rebuilt silently)"
+    )
+
+
 def ids_hash(ids: list) -> str:
     """sha256 of a list of ids (JSON, in order); equal lists of ints/strs give equal hashes."""
     return hashlib.sha256(json.dumps(ids, separators=(",", ":")).encode()).hexdigest()
@@ -65,6 +80,43 @@ class JournalTotals:
     last_at: float | None
 
 
+def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise the `damaged` refusal unless SQLite's quick check passes and the journal's tables and
+    plan id are there."""
+    try:
+        result = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise _unusable(path, exc) from exc
+    if result != ["ok"]:
+        raise damaged(path, f"SQLite integrity check: {result[0] if result else 'no answer'}")
+    if _TABLES - tables:
+        raise damaged(path, f"tables {', '.join(sorted(_TABLES - tables))} missing")
+    if conn.execute("SELECT value FROM meta WHERE key='plan_id'").fetchone() is None:
+        raise damaged(path, "no plan id recorded")
+
+
+def _unusable(path: Path, exc: sqlite3.DatabaseError) -> MigrationError:
+    """A journal SQLite cannot use: damaged (malformed, not a database) or not writable here."""
+    text = str(exc)
+    if any(w in text for w in ("malformed", "not a database", "file is encrypted")):
+        return damaged(path, text)
+    return MigrationError(
+        f"cannot open migration journal {path}: {text} (make {path.parent} writable and with free space, then run again)"
+    )
+
+
+def _remove(path: Path) -> None:
+    """Delete a journal file and SQLite's side files (a journal that was never completed)."""
+    for p in (path, *(path.with_name(path.name + s) for s in _SIDE_FILES)):
+        try:
+            p.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            log.warning("could not remove %s: %s", p, exc)
+
+
 class Journal:
     """A migration's sqlite journal (WAL, synchronous=FULL while writing).
 
@@ -80,9 +132,16 @@ class Journal:
     # ------------------------------------------------------------------ open
     @classmethod
     def create(cls, path: str | os.PathLike[str], meta: dict[str, Any]) -> Journal:
-        """Create a new journal with its meta (plan id, model checksum, source schema...)."""
+        """Create a new journal (readable by its owner only) with its meta (plan id, model checksum,
+        source schema...); on failure nothing of it is left behind."""
         path = Path(path)
-        j = cls._open(path, readonly=False)
+        try:
+            private_file(path)
+            j = cls._open(path, readonly=False, new=True)
+        except (MigrationError, OSError) as exc:
+            _remove(path)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise MigrationError(f"cannot open migration journal {path}: {reason}") from exc
         try:
             with j._conn:
                 j._conn.executemany(
@@ -90,33 +149,60 @@ class Journal:
                     [(k, json.dumps(v)) for k, v in meta.items()],
                 )
         except (sqlite3.Error, OSError) as exc:
-            j.close()
+            j._conn.close()
+            _remove(path)
             raise MigrationError(f"cannot write journal {path}: {exc}") from exc
         return j
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], readonly: bool = False) -> Journal:
-        """Open an existing journal; ``readonly`` never modifies the file (status, verify)."""
+        """Open an existing journal; ``readonly`` never modifies the file (status, verify).
+
+        Raises:
+            MigrationError: no journal there, or a damaged one (empty, truncated, not SQLite, failing
+                SQLite's integrity check, or without the tables and plan id every journal has), with
+                the way to recover; a damaged journal is never continued or re-created.
+        """
         path = Path(path)
         if not path.exists():
             raise MigrationError(f"no migration journal at {path}")
+        try:
+            with open(path, "rb") as f:
+                header = f.read(len(_SQLITE_HEADER))
+        except OSError as exc:
+            raise MigrationError(f"cannot read migration journal {path}: {exc.strerror or exc}") from exc
+        if not header:
+            raise damaged(path, "the file is empty")
+        if header != _SQLITE_HEADER:
+            raise damaged(path, "not an SQLite file" if len(header) == len(_SQLITE_HEADER) else "truncated")
         return cls._open(path, readonly=readonly)
 
     @classmethod
-    def _open(cls, path: Path, readonly: bool) -> Journal:
+    def _open(cls, path: Path, readonly: bool, new: bool = False) -> Journal:
         try:
             if readonly:
                 conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
                 # The runner writes from its writer thread; access is serialised by the runner.
                 conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        except (sqlite3.Error, OSError) as exc:
+            raise MigrationError(f"cannot open migration journal {path}: {exc}") from exc
+        try:
+            if not new:
+                _check_integrity(conn, path)
+            if not readonly:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.executescript(_SCHEMA)
                 conn.isolation_level = ""  # back to implicit transactions for `with conn:`
-        except (sqlite3.Error, OSError) as exc:
-            raise MigrationError(f"cannot open migration journal {path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if new:
+                raise MigrationError(f"cannot open migration journal {path}: {exc}") from exc
+            raise _unusable(path, exc) from exc
+        except BaseException:
+            conn.close()
+            raise
         return cls(path, conn, readonly)
 
     def close(self) -> None:
@@ -126,7 +212,7 @@ class Journal:
                 # Leave one self-contained file behind so read-only openers create nothing.
                 self._conn.execute("PRAGMA journal_mode=DELETE")
         except sqlite3.Error as exc:  # still consistent: WAL is replayed on the next open
-            log.warning("could not checkpoint journal %s: %s", self.path, exc)
+            log.info("could not checkpoint journal %s: %s", self.path, exc)
         finally:
             self._conn.close()
 
@@ -211,7 +297,10 @@ class Journal:
             with self._conn:  # one transaction: committed entirely or not at all
                 return fn(self._conn)
         except (sqlite3.Error, OSError) as exc:
-            raise MigrationError(f"cannot record {what} in journal {self.path}: {exc}") from exc
+            raise MigrationError(
+                f"cannot record {what} in journal {self.path}: {exc} (free space or make {self.path.parent} "
+                "writable, then run again with --resume: everything recorded so far is kept)"
+            ) from exc
 
     def set_meta(self, **values: Any) -> None:
         """Set meta keys (JSON-encoded)."""

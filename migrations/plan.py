@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from csr_vdb.store import StoreKind, VectorStore, strip_credentials
 from csr_vdb.errors import CollectionNotFoundError, ConfigError, DataError, MigrationError, ModelError
 from csr_vdb.fileutil import atomic_write_json, model_checksum
+from csr_vdb.migrations.journal import Journal
 from csr_vdb.migrations.schema import Preflight, SourceSchema, check_target_schema
 
 log = logging.getLogger(__name__)
@@ -322,13 +323,65 @@ def find_plan(
     if store is not None and not store.has_collection(source):
         raise CollectionNotFoundError(f"collection '{source}' not found in {normalize_uri(uri)}")
     target = target or default_target(source)
-    path = _base(base) / state_name(store_kind, uri, source, target, i, n) / PLAN_FILE
-    if not path.exists():
+    folder = _base(base) / state_name(store_kind, uri, source, target, i, n)
+    path = folder / PLAN_FILE
+    jpath = folder / JOURNAL_FILE
+    if not path.exists() and not jpath.exists():
         raise MigrationError(
             f"no migration of '{source}' -> '{target}' (shard {i}/{n}) in {normalize_uri(uri)} "
             f"found under state dir {_base(base)}"
         )
+    if jpath.exists():
+        with Journal.open(jpath, readonly=True) as journal:
+            check_plan_file(folder, journal.meta().get("plan"), restore=False)
     return MigrationPlan.load(path)
+
+
+def check_plan_file(folder: Path, saved: dict[str, Any] | None, *, restore: bool) -> None:
+    """plan.json must be the plan its journal was started with (the journal keeps a copy).
+
+    Other commands act on what plan.json says (the alias to move, the model to verify with), so a
+    file changed by hand is refused rather than followed; a missing one is restored from the
+    journal by a ``--resume`` run.
+
+    Args:
+        folder: the plan's state folder.
+        saved: the journal's copy (None: a journal of an earlier version, which keeps none).
+        restore: write a missing plan.json back from the copy (a run holding the plan's lock).
+
+    Raises:
+        MigrationError: plan.json missing (and not ``restore``), unreadable, or changed.
+    """
+    if saved is None:
+        return
+    path = folder / PLAN_FILE
+    recover = f"run `csr-vdb migrate ... --resume`, which restores it from the journal {folder / JOURNAL_FILE}"
+    if not path.exists():
+        if not restore:
+            raise MigrationError(f"plan file {path} is missing: {recover}")
+        try:
+            atomic_write_json(path, saved)
+        except OSError as exc:
+            raise MigrationError(f"cannot restore the plan {path}: {exc.strerror or exc}") from exc
+        log.warning("plan file %s was missing: restored from the journal", path)
+        return
+    try:
+        on_disk = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MigrationError(f"plan file {path} cannot be read ({exc}): delete it and {recover}") from exc
+    changed = plan_changes(on_disk, saved)
+    if changed:
+        raise MigrationError(
+            f"plan file {path} was changed since the migration started ({', '.join(changed)}): put those "
+            f"values back, or delete the file and {recover}"
+        )
+
+
+def plan_changes(on_disk: Any, saved: dict[str, Any]) -> list[str]:
+    """The top-level fields in which a plan file differs from the journal's copy."""
+    if not isinstance(on_disk, dict):
+        return ["not a JSON object"]
+    return sorted(k for k in set(on_disk) | set(saved) if on_disk.get(k) != saved.get(k))
 
 
 def plans_for(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,18 @@ from pydantic import Field
 
 from csr_vdb.store import VectorStore
 from csr_vdb.errors import MigrationError
+from csr_vdb.fileutil import private_dir, probe_space
 from csr_vdb.migrations.journal import Journal
 from csr_vdb.migrations.lock import plan_lock
 from csr_vdb.migrations.pipeline import Encode, Pipeline, Progress, Tally, prepare_batch
-from csr_vdb.migrations.plan import JOURNAL_FILE, PLAN_FILE, MigrationPlan, StateBase, state_dir
+from csr_vdb.migrations.plan import (
+    JOURNAL_FILE,
+    PLAN_FILE,
+    MigrationPlan,
+    StateBase,
+    check_plan_file,
+    state_dir,
+)
 from csr_vdb.migrations.report import PlanReport
 from csr_vdb.migrations.schema import Preflight, check_source_unchanged, check_target_schema
 
@@ -118,18 +127,30 @@ def run_migration(
         return _dry_run(store, plan, encode, pre.source.count, t0, progress)
     folder = state_dir(state_base, plan)
     jpath = folder / JOURNAL_FILE
-    if jpath.exists() and not resume:
-        raise MigrationError(
-            f"a journal for this migration already exists in {folder}: pass --resume to continue it "
-            "(or delete that folder and drop the target to start over)"
-        )
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
     except OSError as exc:
-        raise MigrationError(f"cannot create state folder {folder}: {exc.strerror or exc}") from exc
+        raise MigrationError(
+            f"cannot create state folder {folder}: {exc.strerror or exc} (choose a writable --state-dir)"
+        ) from exc
+    # The lock first: a second run of this plan is refused as such, whatever state the first is in.
     with plan_lock(folder):
         resumed = jpath.exists()
-        journal = _resume_journal(jpath, plan) if resumed else _new_journal(folder, plan, pre)
+        if resumed and not resume:
+            raise MigrationError(
+                f"a journal for this migration already exists in {folder}: pass --resume to continue it "
+                "(or delete that folder and drop the target to start over)"
+            )
+        journal = _resume_journal(jpath, plan) if resumed else None
+        try:
+            # Everything the state folder must hold is checked before anything is written to the target.
+            _check_room(folder, plan, pre, journal)
+            if journal is None:
+                journal = _new_journal(folder, plan, pre)
+        except BaseException:
+            if journal is not None:
+                journal.close()
+            raise
         try:
             return _run(store, plan, encode, journal, pre, folder=folder, resumed=resumed, t0=t0,
                         progress=progress)
@@ -145,7 +166,10 @@ def _new_journal(folder: Path, plan: MigrationPlan, pre: Preflight) -> Journal:
             f"target collection '{plan.target}' already exists with {pre.target.count} rows in {plan.uri} "
             "and no journal of this migration: drop it or choose another target"
         )
-    plan.save(folder / PLAN_FILE)
+    try:
+        plan.save(folder / PLAN_FILE)
+    except OSError as exc:
+        raise MigrationError(f"cannot write the plan in {folder}: {exc.strerror or exc}{_ROOM_HINT}") from exc
     return Journal.create(
         folder / JOURNAL_FILE,
         {
@@ -155,8 +179,33 @@ def _new_journal(folder: Path, plan: MigrationPlan, pre: Preflight) -> Journal:
             "source_count": pre.source.count,
             "created_at": time.time(),
             "manifest": 1,  # every batch records its rows' hashes (csr_vdb.migrations.manifest)
+            "plan": plan.model_dump(mode="json"),  # plan.json as written, to check and restore it
         },
     )
+
+
+_ROOM_HINT = " (free space or make the state folder writable, then run again)"
+_JOURNAL_BYTES_PER_BATCH = 8 * 1024  # a batch's row, its index entry and its WAL pages
+_JOURNAL_BYTES_PER_ROW = 128  # a row's manifest entry (id and two hashes) with its index
+_PROBE_MIN, _PROBE_MAX = 256 * 1024, 64 * 1024**2
+
+
+def _check_room(folder: Path, plan: MigrationPlan, pre: Preflight, journal: Journal | None) -> None:
+    """Refuse to start unless the state folder takes the journal's expected growth (this shard's
+    batches left): a full disk, a quota, a file-size limit or a read-only folder is met here, before
+    anything is written to the target, not after the first batches."""
+    done = journal.totals().rows_read if journal is not None else 0
+    left = max(pre.source.count - done, 0)
+    batches = math.ceil(left / plan.batch_size) + 1
+    need = batches * _JOURNAL_BYTES_PER_BATCH + math.ceil(left / plan.shard_count) * _JOURNAL_BYTES_PER_ROW
+    need = min(max(need, _PROBE_MIN), _PROBE_MAX)
+    try:
+        probe_space(folder, need)
+    except OSError as exc:
+        raise MigrationError(
+            f"state folder {folder} cannot take the migration journal ({need // 1024} KiB): "
+            f"{exc.strerror or exc}{_ROOM_HINT}"
+        ) from exc
 
 
 def journal_problem(meta: dict[str, Any], plan: MigrationPlan, jpath: Path) -> str | None:
@@ -175,8 +224,14 @@ def journal_problem(meta: dict[str, Any], plan: MigrationPlan, jpath: Path) -> s
 
 
 def _resume_journal(jpath: Path, plan: MigrationPlan) -> Journal:
-    """Open an existing journal, refusing one of another plan, model or source schema."""
+    """Open an existing journal, refusing a damaged one, one of another plan, model or source
+    schema, and a plan file changed by hand."""
     journal = Journal.open(jpath)
+    try:
+        check_plan_file(jpath.parent, journal.meta().get("plan"), restore=True)
+    except BaseException:
+        journal.close()
+        raise
     problem = journal_problem(journal.meta(), plan, jpath)
     if problem:
         journal.close()
@@ -237,7 +292,7 @@ def _run(
         try:
             journal.end_run(run, outcome, message)
         except MigrationError as exc:  # the run's own outcome matters more than its log line
-            log.warning("%s", exc)
+            log.info("%s", exc)
     return result(created)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -96,3 +97,39 @@ def check_target_schema(info: CollectionInfo, schema: SourceSchema, keep_dense: 
         raise MigrationError(
             f"target collection '{info.name}' already exists in {uri} with another schema: " + "; ".join(problems)
         )
+
+
+def fidelity_differences(source: dict[str, Any], target: dict[str, Any], kept: str | None) -> list[str]:
+    """Where a target's native schema (`CollectionInfo.native_schema`) differs from what a migration
+    of ``source`` keeping dense field ``kept`` (None: none) must give it, one line per difference.
+
+    The id, the payload layout and indexes, the kept dense field (and, in Qdrant, whether the
+    vectors are one unnamed vector or a dict) must be the source's exactly; the target holds no
+    other dense field. The sparse field is not part of a native schema.
+    """
+    want: dict[str, Any] = {"id": source.get("id"), "payload": source.get("payload")}
+    want["vectors"] = {kept: (source.get("vectors") or {}).get(kept)} if kept is not None else {}
+    if kept is not None and "vectors_form" in source:
+        want["vectors_form"] = source["vectors_form"]
+    got = {k: target.get(k) for k in want}
+    got["vectors"] = target.get("vectors") or {}
+    return list(_diff(want, got, ""))
+
+
+def _diff(want: Any, got: Any, path: str):
+    if isinstance(want, dict) and isinstance(got, dict):
+        for k in sorted(set(want) | set(got), key=str):
+            where = f"{path}.{k}" if path else str(k)
+            if k not in got:
+                yield f"{where}: missing in the target (source: {_short(want[k])})"
+            elif k not in want:
+                yield f"{where}: not in the source (target: {_short(got[k])})"
+            else:
+                yield from _diff(want[k], got[k], where)
+    elif want != got:
+        yield f"{path or 'schema'}: source {_short(want)}, target {_short(got)}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -21,14 +21,23 @@ from csr_vdb.fileutil import atomic_write_json
 from csr_vdb.migrations.journal import Journal, ids_hash
 from csr_vdb.migrations.pipeline import Encode, Progress
 from csr_vdb.migrations.plan import JOURNAL_FILE, VERIFY_FILE, MigrationPlan, StateBase, state_dir
-from csr_vdb.migrations.report import PlanReport
-from csr_vdb.migrations.schema import Preflight, check_source_unchanged
+from csr_vdb.migrations.report import PlanReport, Report
+from csr_vdb.migrations.schema import Preflight, check_source_unchanged, fidelity_differences
 
 log = logging.getLogger(__name__)
 
 _EXAMPLES = 20  # ids listed per kind of mismatch
 _SEARCH_CHUNK = 64
 RECALL_K = 10
+
+
+class SchemaCheck(Report):
+    """The target's schema against its source's, as the database's own client reports both."""
+
+    ok: bool = Field(description="True when the target keeps the source's schema exactly.")
+    differences: list[str] = Field(default_factory=list, description="One line per difference.")
+    source: dict[str, Any] = Field(default_factory=dict, description="The source's native schema.")
+    target: dict[str, Any] = Field(default_factory=dict, description="The target's native schema.")
 
 
 class VerifyReport(PlanReport):
@@ -64,6 +73,9 @@ class VerifyReport(PlanReport):
     recall_at_10: float | None = Field(None, description="Mean recall@10 of sparse search vs dense search, sampled rows as queries.")
     min_recall: float = Field(description="Recall threshold below which the check fails (0 = report only).")
     quality_ok: bool = Field(description="recall_at_10 >= min_recall.")
+    schema_check: SchemaCheck | None = Field(
+        None, description="The target's schema (ids, dense field, payload layout and indexes) against the source's."
+    )
 
 
 def shard_journals_state(
@@ -126,6 +138,10 @@ class _RowDiff:
 
     def __init__(self, store: VectorStore, plan: MigrationPlan, scan_target: bool) -> None:
         self.store, self.plan = store, plan
+        # A cosine field means its vectors' directions: engines may keep them normalised or not
+        # (a Qdrant server normalises on insert; qdrant-client's local mode keeps what a reopened
+        # directory persisted), so directions are compared.
+        self.cosine = plan.source_schema.metric == "cosine"
         self.missing, self.extra, self.payload, self.dense = _Found(), _Found(), _Found(), _Found()
         self.dense_checked = self.ranges = self.ranges_bad = self.expected = 0
         self._target = self._target_rows() if scan_target else None
@@ -183,7 +199,10 @@ class _RowDiff:
             self.payload.add(i)
         if got[0] is not None:
             self.dense_checked += 1
-            if not np.allclose(got[0], want[0], rtol=1e-5, atol=1e-6):
+            a, b = np.asarray(got[0], np.float64), np.asarray(want[0], np.float64)
+            if self.cosine:
+                a, b = a / max(np.linalg.norm(a), 1e-30), b / max(np.linalg.norm(b), 1e-30)
+            if not np.allclose(a, b, rtol=1e-5, atol=1e-6):
                 self.dense.add(i)
 
     def finish(self, target_rows: int) -> None:
@@ -248,7 +267,8 @@ def verify_migration(
 ) -> VerifyReport:
     """Check the target against the source (all shards) and write ``verify.json``.
 
-    Checks: every shard's journal complete; row count; id sets (a hash per id range — one
+    Checks: every shard's journal complete; the target's schema against the source's (ids, the
+    kept dense field, payload layout and indexes, as the database's client reports them); row count; id sets (a hash per id range — one
     source page — and an exact diff of ranges that differ); every payload; every dense vector
     when kept; a sample of rows re-encoded with ``encode`` and compared with the stored sparse
     vectors (atol 1e-5); recall@10 of sparse search (queries through ``encode_queries``) against
@@ -281,6 +301,10 @@ def verify_migration(
     if pre.target is None:
         raise MigrationError(f"target collection '{plan.target}' does not exist in {plan.uri}")
     skipped = set(skipped_list)
+    kept = plan.vector_field if plan.keep_dense else None
+    differences = fidelity_differences(pre.source.native_schema, pre.target.native_schema, kept)
+    schema = SchemaCheck(ok=not differences, differences=differences, source=pre.source.native_schema,
+                         target=pre.target.native_schema)
 
     diff = _RowDiff(store, plan, scan_target=plan.vector_field in pre.target.vector_fields)
     drawn = _Reservoir(sample, seed=int(plan.plan_id, 16) % 2**32)
@@ -295,6 +319,9 @@ def verify_migration(
     diff.finish(pre.target.count)
 
     problems = [f"shards not complete: {', '.join(incomplete)}"] if incomplete else []
+    if differences:
+        more = f" (+{len(differences) - 1} more)" if len(differences) > 1 else ""
+        problems.append(f"target schema differs from the source's: {differences[0]}{more}")
     problems += diff.problems(pre.target.count)
     sparse, recall = _Found(), None
     if drawn.ids:
@@ -340,6 +367,7 @@ def verify_migration(
         recall_at_10=None if recall is None else round(recall, 4),
         min_recall=min_recall,
         quality_ok=quality_ok,
+        schema_check=schema,
     )
     try:
         atomic_write_json(folder / VERIFY_FILE, report.model_dump())

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real-data folder (skip without it) and the CUDA skip; tiny builders are in tests/helpers.py."""
+"""Shared fixtures: the real-data folder (skip without it), a `milvus-lite server` a test may kill and restart,
+and the CUDA skip; tiny builders are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -29,6 +30,22 @@ def data_dir() -> Path:
     if d is None:
         pytest.skip("real data not found: set CSR_VDB_DATA_DIR or place ../shared/data beside the checkout")
     return d
+
+
+@pytest.fixture
+def milvus_server(tmp_path):
+    """A `milvus-lite server` of this test's own (data under tmp_path, a free port), started; the test
+    may `kill` and `restart` it. Skipped where the executable is missing or the server cannot start."""
+    from tests.helpers import MilvusLiteServer
+
+    try:
+        server = MilvusLiteServer(tmp_path / "milvus-server").start()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import ProjectionEncoder
+from bench.common import MilvusLiteServer, ProjectionEncoder, free_port, journaled_rows
 
-__all__ = ["TINY", "ProjectionEncoder", "clustered", "fast_train", "tiny_config", "tiny_encoder",
+__all__ = ["TINY", "MilvusLiteServer", "ProjectionEncoder", "clustered", "free_port", "journaled_rows", "fast_train", "tiny_config", "tiny_encoder",
            "write_banking77_folder", "write_beir_folder", "write_bench_data"]
 
 
@@ -91,3 +91,42 @@ def write_bench_data(root) -> None:
     docs, _ = clustered(300, 16, 10, noise=0.3, seed=4)
     queries = docs[:40] + 0.05 * np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
     write_beir_folder(root / "tinybeir", docs, queries)
+
+
+# ------------------------------------------------------------------------ fault tests
+def save_tiny_model(directory, input_dim: int, seed: int = 0):
+    """An untrained `CSREncoder` (``input_dim``, h=64, k=4, TopK codes) saved where the CLI's
+    ``--model`` can load it; returns the folder."""
+    from pathlib import Path
+
+    enc = tiny_encoder(seed, input_dim=input_dim, hidden_dim=64, k=4, doc_codes="topk",
+                       query_projection="encoder", bias_latent=False)
+    enc.save(directory)
+    return Path(directory)
+
+
+def cli_env(state_dir, **extra: str) -> dict[str, str]:
+    """The environment of a `csr-vdb` subprocess: this one's, less every ``CSR_VDB_*`` setting, plus
+    ``state_dir`` and ``extra``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CSR_VDB_") and not k.startswith("JOB_")}
+    env.update(CSR_VDB_STATE_DIR=str(state_dir), CSR_VDB_DEVICE="cpu", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def cli_process(args, env: dict[str, str], cwd, *, file_size_limit: int | None = None, **popen):
+    """Start ``csr-vdb ARGS`` as a subprocess (stdout/stderr piped, text); ``file_size_limit`` caps
+    every file it writes (RLIMIT_FSIZE), as a full disk would."""
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "csr_vdb.cli.main", *map(str, args)], env=env, cwd=str(cwd), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit if file_size_limit else None, **popen,
+    )  # fmt: skip

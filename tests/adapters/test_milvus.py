@@ -172,7 +172,7 @@ def test_credentials_in_uri_never_show(tmp_path):
     port = free_port()
     t0 = time.monotonic()
     with pytest.raises(StoreError) as err:
-        MilvusStore(f"http://alice:pa55word@127.0.0.1:{port}", token="tok-123", timeout=2)
+        MilvusStore(f"http://alice:pa55word@127.0.0.1:{port}", token="tok-123", timeout=2, retries=0)
     assert time.monotonic() - t0 < 6
     msg = str(err.value)
     assert f"http://127.0.0.1:{port}" in msg
@@ -182,7 +182,7 @@ def test_credentials_in_uri_never_show(tmp_path):
 def test_unroutable_server_times_out(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(StoreError) as err:
-        MilvusStore("http://10.255.255.1:19530", token="secret", timeout=2)
+        MilvusStore("http://10.255.255.1:19530", token="secret", timeout=2, retries=0)
     assert time.monotonic() - t0 < 8
     assert "10.255.255.1" in str(err.value) and "secret" not in str(err.value)
 

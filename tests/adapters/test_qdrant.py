@@ -212,7 +212,7 @@ def test_unreachable_server_fails_fast_without_leaking_the_key():
     uri = f"http://127.0.0.1:{free_port()}"
     t0 = time.monotonic()
     with pytest.raises(StoreError) as err:
-        QdrantStore(uri, api_key="k-123-secret", timeout=1.0)
+        QdrantStore(uri, api_key="k-123-secret", timeout=1.0, retries=0)
     assert time.monotonic() - t0 < 5
     assert uri in str(err.value) and "k-123-secret" not in str(err.value)
 

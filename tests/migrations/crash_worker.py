@@ -12,30 +12,39 @@ import sys
 import time
 
 
-def main(argv: list[str]) -> int:
+def migrate(kind: str, uri: str, base: str, model_dir: str, batch: int, encode) -> None:
+    """(Re)plan and run the migration of "docs", resuming when a journal exists; ``encode(x)``."""
     from csr_vdb.adapters import open_store
     from csr_vdb.migrations import JOURNAL_FILE, MigrationPlan, run_migration, state_dir
+
+    store = open_store(kind, uri)
+    try:
+        plan = MigrationPlan.create(store, store_kind=kind, uri=uri, source="docs", model_dir=model_dir,
+                                    batch_size=batch)
+        resume = (state_dir(base, plan) / JOURNAL_FILE).exists()
+        res = run_migration(store, plan, encode, state_base=base, resume=resume)
+        print(f"done written={res.rows_written} total={res.rows_done}", flush=True)
+    finally:
+        store.close()
+
+
+def main(argv: list[str]) -> int:
+    from csr_vdb.adapters import open_store
     from tests.helpers import ProjectionEncoder
 
     kind, uri, base, model_dir, batch = argv[:5]
     delay = float(argv[5]) if len(argv) > 5 else 0.0
     store = open_store(kind, uri)
     try:
-        info = store.describe("docs")
-        plan = MigrationPlan.create(
-            store, store_kind=kind, uri=uri, source="docs", model_dir=model_dir, batch_size=int(batch)
-        )
-        resume = (state_dir(base, plan) / JOURNAL_FILE).exists()
-        encoder = ProjectionEncoder(info.dimension)
-
-        def encode(x):
-            time.sleep(delay)
-            return encoder(x)
-
-        res = run_migration(store, plan, encode, state_base=base, resume=resume)
-        print(f"done written={res.rows_written} total={res.rows_done}", flush=True)
+        encoder = ProjectionEncoder(store.describe("docs").dimension)
     finally:
         store.close()
+
+    def encode(x):
+        time.sleep(delay)
+        return encoder(x)
+
+    migrate(kind, uri, base, model_dir, int(batch), encode)
     return 0
 
 
