@@ -17,7 +17,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from csr_vdb.adapters._common import Found, Layout, StoreBase
 from csr_vdb.errors import CollectionNotFoundError, ConfigError, CSRVDBError, DataError, StoreError
 from csr_vdb.sparse import SparseVectors
-from csr_vdb.store import SPARSE_FIELD, DensePage, Id, IdType, Metric, strip_credentials
+from csr_vdb.store import SPARSE_FIELD, DensePage, Id, IdType, Metric, SparseIndexConfig, strip_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ class MilvusStore(StoreBase):
         - ``iter_dense`` pages with ``pk > cursor`` queries in primary-key order (on Milvus Lite
           it flushes first: sealed segments are paged far faster than the write buffer).
     """
+
+    SPARSE_INDEX_SETTINGS = ("inverted_index_algo", "drop_ratio_build")
 
     def __init__(self, uri: str, token: str | None = None, timeout: float = 10.0) -> None:
         self.uri = strip_credentials(uri)
@@ -340,9 +342,12 @@ class MilvusStore(StoreBase):
     def _reuse(self, tgt: _Schema) -> None:  # type: ignore[override]
         self._ensure_loaded(tgt)
 
-    def _create_sparse(self, name: str, src: _Schema, dense: dict[str, tuple[int, Metric]]) -> None:  # type: ignore[override]
+    def _create_sparse(  # type: ignore[override]
+        self, name: str, src: _Schema, dense: dict[str, tuple[int, Metric]], sparse_index: SparseIndexConfig | None = None
+    ) -> None:
         """The source's primary key and typed scalar fields, its dense field (with its index) when
-        kept, the dynamic field, and `SPARSE_FIELD` (SPARSE_INVERTED_INDEX, IP)."""
+        kept, the dynamic field, and `SPARSE_FIELD` (SPARSE_INVERTED_INDEX, IP, with the
+        ``sparse_index`` parameters: Milvus Lite refuses all but the exact defaults)."""
         if SPARSE_FIELD in src.scalars:
             raise StoreError(f"collection '{src.name}' in {self.uri} has a payload field named '{SPARSE_FIELD}'")
         kept = next(iter(dense), None)
@@ -367,7 +372,8 @@ class MilvusStore(StoreBase):
             schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
             # Milvus Lite accepts only this index/metric pair for sparse vectors; with its default
             # drop ratio of 0 nothing is pruned, so search is exact.
-            index.add_index(SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+            params = sparse_index.given() if sparse_index is not None else {}
+            index.add_index(SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="IP", params=params)
             self._create(name, schema, index)
         logger.info("created sparse collection '%s' like '%s' in %s", name, src.name, self.uri)
 
@@ -520,12 +526,12 @@ class MilvusStore(StoreBase):
         return out
 
     def _search_dense(  # type: ignore[override]
-        self, s: _Schema, f: str, queries: np.ndarray, limit: int, with_payload: bool
+        self, s: _Schema, f: str, queries: np.ndarray, limit: int, with_payload: bool, ef: int | None = None
     ) -> list[list[Found]]:
         params: dict[str, Any] = {}
         if "HNSW" in str(s.dense_index[f].get("index_type", "")).upper():
-            # a generous ef keeps HNSW close to exact at small limits
-            params["ef"] = max(64, min(limit * 4, _MAX_WINDOW))
+            # a generous ef keeps HNSW close to exact at small limits (Milvus needs ef >= limit)
+            params["ef"] = min(max(ef, limit) if ef is not None else max(64, limit * 4), _MAX_WINDOW)
         fields = self._payload_fields(s) if with_payload else [s.pk]
         found = self._run_search(s, list(queries), f, s.dense[f][1], limit, fields, params)
         return [[self._found(s, e, score, with_payload, False, None) for e, score in rows] for rows in found]

@@ -35,9 +35,15 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from csr_vdb.adapters._common import Layout
-from csr_vdb.adapters._qdrant_common import METRIC_TO_QDRANT, QDRANT_TO_METRIC, QdrantBase
+from csr_vdb.adapters._qdrant_common import (
+    DEFAULT_QDRANT_SPARSE_INDEX,
+    METRIC_TO_QDRANT,
+    QDRANT_SPARSE_SETTINGS,
+    QDRANT_TO_METRIC,
+    QdrantBase,
+)
 from csr_vdb.errors import CollectionNotFoundError, DataError, StoreError
-from csr_vdb.store import SPARSE_FIELD, IdType, Metric, strip_credentials
+from csr_vdb.store import SPARSE_FIELD, IdType, Metric, SparseIndexConfig, strip_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +73,19 @@ class _Schema(Layout):
         return vectors
 
 
+def _sparse_params(cfg: SparseIndexConfig | None) -> Any:
+    """`SparseVectorParams` for a `SparseIndexConfig` (None: the server's defaults)."""
+    given = cfg.given() if cfg is not None else {}
+    if not given:
+        return qm.SparseVectorParams()
+    index = qm.SparseIndexParams(
+        datatype=qm.Datatype(given["datatype"]) if "datatype" in given else None,
+        memory=qm.Memory(given["memory"]) if "memory" in given else None,
+        full_scan_threshold=given.get("full_scan_threshold"),
+    )
+    return qm.SparseVectorParams(index=index)
+
+
 class QdrantStore(QdrantBase):
     """A `VectorStore` on qdrant-client: server URL or local-mode directory.
 
@@ -85,6 +104,8 @@ class QdrantStore(QdrantBase):
 
     QUERY_BATCH = QUERY_BATCH
     SCHEMA_SAMPLE = SCHEMA_SAMPLE
+    SPARSE_INDEX_SETTINGS = QDRANT_SPARSE_SETTINGS
+    DEFAULT_SPARSE_INDEX = DEFAULT_QDRANT_SPARSE_INDEX
 
     def __init__(self, uri: str, api_key: str | None = None, timeout: float = 10.0) -> None:
         self._api_key = api_key
@@ -195,7 +216,10 @@ class QdrantStore(QdrantBase):
             return params[""]
         return params or {}
 
-    def _create(self, name: str, dense: dict[str, tuple[int, Metric]], sparse: bool, id_type: IdType) -> None:
+    def _create(
+        self, name: str, dense: dict[str, tuple[int, Metric]], sparse: bool, id_type: IdType,
+        sparse_index: SparseIndexConfig | None = None,
+    ) -> None:
         self._schemas.pop(name, None)
         meta: dict[str, Any] = {"id_type": id_type}
         as_dot = [] if self.is_server else [f for f, (_, m) in dense.items() if m == "cosine"]
@@ -204,7 +228,7 @@ class QdrantStore(QdrantBase):
         kwargs: dict[str, Any] = dict(
             collection_name=name,
             vectors_config=self._vectors_config(dense, as_dot),
-            sparse_vectors_config={SPARSE_FIELD: qm.SparseVectorParams()} if sparse else None,
+            sparse_vectors_config={SPARSE_FIELD: _sparse_params(sparse_index)} if sparse else None,
         )
         try:
             self._call("create", name, self._client.create_collection, metadata={META_KEY: meta}, **kwargs)
@@ -230,11 +254,13 @@ class QdrantStore(QdrantBase):
         )  # fmt: skip
 
     def _query_batch(  # type: ignore[override]
-        self, s: _Schema, queries: list[Any], using: str, limit: int, with_payload: Any, vectors: list[str]
+        self, s: _Schema, queries: list[Any], using: str, limit: int, with_payload: Any, vectors: list[str],
+        ef: int | None = None,
     ) -> list[list[Any]]:
+        params = qm.SearchParams(hnsw_ef=int(ef)) if ef is not None else None
         reqs = [
             qm.QueryRequest(query=q, using=using or None, limit=int(limit), with_payload=with_payload,
-                            with_vector=self._vector_selector(vectors))
+                            with_vector=self._vector_selector(vectors), params=params)
             for q in queries
         ]  # fmt: skip
         res = self._call("search", s.name, self._client.query_batch_points, s.name, requests=reqs)
@@ -282,9 +308,11 @@ class QdrantStore(QdrantBase):
             raise StoreError(f"collection '{name}' already exists in {self.uri}")
         self._create(name, {vector_field: (dimension, metric)}, False, id_type)
 
-    def _create_sparse(self, name: str, src: _Schema, dense: dict[str, tuple[int, Metric]]) -> None:  # type: ignore[override]
+    def _create_sparse(  # type: ignore[override]
+        self, name: str, src: _Schema, dense: dict[str, tuple[int, Metric]], sparse_index: SparseIndexConfig | None = None
+    ) -> None:
         """Also copies the source's payload indexes on a server."""
-        self._create(name, dense, True, src.id_type or "int")
+        self._create(name, dense, True, src.id_type or "int", sparse_index)
         if self.is_server:
             info = self._call("describe", src.name, self._client.get_collection, src.name)
             for key, index in (info.payload_schema or {}).items():
