@@ -390,7 +390,19 @@ def verify_collection(
     ``options``: sample, min_recall, progress.
     """
     encoder = load_encoder(plan.model_dir, device)
-    return verify_migration(store, plan, encoder.encode, encoder.encode_queries, state_base=state_base, **options)
+    return verify_migration(store, plan, encoder.encode, verification_queries(encoder), state_base=state_base,
+                            **options)
+
+
+def verification_queries(encoder: Any) -> Any:
+    """The query encoder of verify's recall check: the database's search alone (no re-score), so
+    decoder-projection queries keep their full width (``k_query`` narrows the search of a query path
+    that re-scores its candidates); TopK queries as the encoder makes them."""
+    cfg = encoder.config
+    if cfg.query_projection != "decoder":
+        return encoder.encode_queries
+    full = cfg.k_query_for("decoder", cfg.k)
+    return lambda x: encoder.encode_queries(x, k=full)
 
 
 def evaluate(
