@@ -382,19 +382,13 @@ class QdrantBase(StoreBase):
                 ]  # fmt: skip
         return out
 
-    def _search(
-        self, s: Layout, queries: list, limit: int, with_payload: bool, with_codes: bool, dense_field: str | None
-    ) -> list[list[Found]]:
-        """Sparse search; the hits' codes and dense vectors come back in the same request."""
-        q = [self._sparse_vector(i, v) if i else None for i, v in queries]
-        return self._search_points(s, q, SPARSE_FIELD, limit, with_payload, "ip", with_codes, dense_field)
-
     def _search_batches(
         self, s: Layout, queries: list, limit: int, with_payload: bool, with_codes: bool, dense_field: str | None
     ) -> list[FoundBatch]:
-        """Sparse search read straight into columns: each point's attributes are read once and
-        the codes land in flat lists, so a query's hundreds of candidates leave no object per row
-        behind (which also spares the garbage collector)."""
+        """Sparse search, the hits' codes and dense vectors in the same request, read straight into
+        columns: each point's attributes are read once and the codes land in flat lists, so a
+        query's hundreds of candidates leave no object per row behind (which also spares the
+        garbage collector)."""
         dim = s.dense[dense_field][0] if dense_field is not None else None
         out = [FoundBatch.empty(with_payload, with_codes, dim) for _ in queries]  # empty queries get no hits
         wp = self._payload_selector(s, with_payload)
