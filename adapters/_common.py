@@ -19,7 +19,7 @@ import numpy as np
 
 from csr_vdb.adapters._retry import RetryPolicy, apply_retries
 from csr_vdb.errors import CollectionNotFoundError, ConfigError, DataError, StoreError
-from csr_vdb.sparse import SparseVectors
+from csr_vdb.sparse import SparseVectors, flat_pairs
 from csr_vdb.store import (
     METRICS,
     SPARSE_FIELD,
@@ -32,6 +32,7 @@ from csr_vdb.store import (
     Metric,
     PayloadPage,
     Record,
+    SparseIndexConfig,
     check_batch_size,
     check_cursor,
     check_ids,
@@ -42,7 +43,7 @@ from csr_vdb.store import (
 )
 from csr_vdb.validation import check_dense
 
-__all__ = ["Found", "Layout", "StoreBase", "payload_schema", "sorted_pair"]
+__all__ = ["Found", "FoundBatch", "Layout", "StoreBase", "payload_schema", "sorted_pair"]
 
 
 @dataclass
@@ -87,6 +88,84 @@ class Found(NamedTuple):
     payload: dict[str, Any] | None
     code: tuple[Sequence[int], Sequence[float]] | None = None  # the stored sparse vector
     dense: Sequence[float] | np.ndarray | None = None  # the stored dense vector
+
+
+@dataclass
+class FoundBatch:
+    """One query's rows as an engine returned them, as columns: what `VectorStore.search_candidates`
+    is made of without an object per row (hundreds of candidates per query).
+
+    Attributes:
+        ids: the rows' ids.
+        scores: ``[n]`` float64 scores.
+        payloads: one dict per row, or None when not asked for.
+        code_lengths: ``[n]`` entries of each row's stored code (None: codes not asked for).
+        code_indices: the codes' indices back to back (`SparseVectors.from_flat`).
+        code_values: their values.
+        dense: ``[n, dim]`` float32 stored dense vectors, or None when not asked for.
+    """
+
+    ids: list[Id]
+    scores: np.ndarray
+    payloads: list[dict[str, Any] | None] | None = None
+    code_lengths: np.ndarray | None = None
+    code_indices: np.ndarray | None = None
+    code_values: np.ndarray | None = None
+    dense: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls, with_payload: bool, with_codes: bool, dense_dim: int | None) -> FoundBatch:
+        """No rows (with empty columns for what was asked)."""
+        return cls.from_rows([], with_payload, with_codes, dense_dim)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Found], with_payload: bool, with_codes: bool, dense_dim: int | None) -> FoundBatch:
+        """Columns of `Found` rows (codes as ``(indices, values)`` pairs); `DataError` on a
+        malformed code, `StoreError` is left to the caller for missing dense vectors."""
+        n = len(rows)
+        batch = cls(
+            ids=[r.id for r in rows],
+            scores=np.fromiter((r.score for r in rows), np.float64, n),
+            payloads=[r.payload for r in rows] if with_payload else None,
+        )
+        if with_codes:
+            batch.code_lengths, batch.code_indices, batch.code_values = flat_pairs([r.code or ((), ()) for r in rows])
+        if dense_dim is not None:
+            missing = [r.id for r in rows if r.dense is None]
+            if missing:
+                raise _MissingDense(missing)
+            batch.dense = np.asarray([r.dense for r in rows], dtype=np.float32).reshape(n, dense_dim)
+        return batch
+
+    def ranked(self) -> FoundBatch:
+        """Rows with a positive score, best first, ties by id (the reference store's order)."""
+        keep = self.scores > 0
+        order = np.flatnonzero(keep)
+        s = self.scores[order]
+        if len(s) > 1 and not (s[1:] < s[:-1]).all():  # out of order or tied: sort as the reference does
+            order = np.asarray(sorted(order.tolist(), key=lambda j: (-self.scores[j], self.ids[j])), np.int64)
+        elif keep.all():
+            return self
+        return self.take(order)
+
+    def take(self, order: np.ndarray) -> FoundBatch:
+        """These rows in ``order`` (positions)."""
+        out = FoundBatch(ids=[self.ids[j] for j in order.tolist()], scores=self.scores[order])
+        if self.payloads is not None:
+            out.payloads = [self.payloads[j] for j in order.tolist()]
+        if self.code_lengths is not None:
+            starts = np.concatenate([[0], np.cumsum(self.code_lengths)[:-1]]).astype(np.int64)
+            lengths = self.code_lengths[order]
+            pos = np.repeat(starts[order] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+            pos += np.arange(int(lengths.sum()))
+            out.code_lengths, out.code_indices, out.code_values = lengths, self.code_indices[pos], self.code_values[pos]
+        if self.dense is not None:
+            out.dense = self.dense[order]
+        return out
+
+
+class _MissingDense(Exception):
+    """Rows without the dense vector asked for (ids in ``args[0]``); shaped into a `StoreError`."""
 
 
 def sorted_pair(indices: Iterable[int], values: Iterable[float]) -> tuple[list[int], list[float]]:
@@ -139,6 +218,14 @@ class StoreBase:
     def _recoverable(self, exc: BaseException) -> bool:
         """A client error, other than a transient one, that `_after_failure` and a retry cure (default: none)."""
         return False
+    SPARSE_INDEX_SETTINGS: tuple[str, ...] = ()
+    """The `SparseIndexConfig` fields this engine takes (the others are refused)."""
+    DEFAULT_SPARSE_INDEX: SparseIndexConfig | None = None
+    """Sparse index settings of a new sparse collection unless the caller gives others."""
+    LAZY_PAYLOADS = False
+    """`search_candidates` reads payloads only for the hits a caller keeps (`Candidates.select`):
+    for engines that read payloads row by row, where hundreds of candidates' payloads cost more
+    than a second request for the few kept."""
 
     def __enter__(self) -> Any:
         return self
@@ -178,7 +265,9 @@ class StoreBase:
         """False while a collection is still being made (created, its indexes not yet)."""
         return True
 
-    def _finish_sparse(self, tgt: Layout, src: Layout, dense: dict[str, tuple[int, Metric]]) -> None:
+    def _finish_sparse(
+        self, tgt: Layout, src: Layout, dense: dict[str, tuple[int, Metric]], sparse_index: SparseIndexConfig | None = None
+    ) -> None:
         """Complete a target whose making was cut short (default: refuse it)."""
         raise StoreError(f"collection '{tgt.name}' in {self.uri} was left half made: drop it and run again")
 
@@ -190,7 +279,10 @@ class StoreBase:
             "payload": {},
         }
 
-    def _create_sparse(self, name: str, src: Layout, dense: dict[str, tuple[int, Metric]]) -> None:
+    def _create_sparse(
+        self, name: str, src: Layout, dense: dict[str, tuple[int, Metric]], sparse_index: SparseIndexConfig | None = None
+    ) -> None:
+        """Make the sparse collection; ``sparse_index`` holds only settings of `SPARSE_INDEX_SETTINGS`."""
         raise NotImplementedError
 
     def _check_codes(self, sparse: SparseVectors, ids: Sequence[Id] | None, allow_empty: bool = False) -> Any:
@@ -232,7 +324,19 @@ class StoreBase:
         """Sparse search: per query the engine's rows (``code`` / ``dense`` filled when asked)."""
         raise NotImplementedError
 
-    def _search_dense(self, s: Layout, f: str, queries: np.ndarray, limit: int, with_payload: bool) -> list[list[Found]]:
+    def _search_batches(
+        self, s: Layout, queries: Any, limit: int, with_payload: bool, with_codes: bool, dense_field: str | None
+    ) -> list[FoundBatch]:
+        """`_search` as columns, one `FoundBatch` per query (an engine may read its results into
+        columns directly; this default goes through `Found` rows)."""
+        dim = s.dense[dense_field][0] if dense_field is not None else None
+        return [FoundBatch.from_rows(rows, with_payload, with_codes, dim)
+                for rows in self._search(s, queries, limit, with_payload, with_codes, dense_field)]
+
+    def _search_dense(
+        self, s: Layout, f: str, queries: np.ndarray, limit: int, with_payload: bool, ef: int | None = None
+    ) -> list[list[Found]]:
+        """Dense search; ``ef`` is the HNSW search breadth (None: the engine's default)."""
         raise NotImplementedError
 
     def _fetch(self, s: Layout, ids: list[Id], dense_field: str | None, with_sparse: bool) -> Mapping[Id, Found]:
@@ -293,15 +397,18 @@ class StoreBase:
         *,
         keep_dense: bool = True,
         vector_field: str | None = None,
+        sparse_index: SparseIndexConfig | dict[str, Any] | None = None,
     ) -> None:
         """Create ``collection_name`` with `SPARSE_FIELD` (inner product) and, when ``keep_dense``,
         the dense field of ``like`` under its name and metric; idempotent for that schema,
-        `StoreError` when the name holds another.
+        `StoreError` when the name holds another. ``sparse_index`` (over `DEFAULT_SPARSE_INDEX`)
+        applies when the collection is made; settings the engine lacks are a `ConfigError`.
 
         Shard workers of one migration create the target at the same time: the one that loses the
         race waits until the winner's collection is complete (`CREATE_WAIT_S` at most, then it
         completes it itself) and uses it.
         """
+        index = self._sparse_index(sparse_index)
         src = self._layout(like)
         self._check_new_name(collection_name)
         kept = src.dense_field(vector_field, self.uri) if keep_dense and src.dense else None
@@ -315,7 +422,7 @@ class StoreBase:
                     if time.monotonic() - waited < self.CREATE_WAIT_S:
                         time.sleep(0.25)
                         continue
-                    self._finish_sparse(tgt, src, dense)
+                    self._finish_sparse(tgt, src, dense, sparse_index=index)
                     tgt = self._layout(collection_name)
                 same = tgt.sparse and tgt.id_type in (None, src.id_type) and tgt.dense == dense
                 if not (same and self._same_schema(src, tgt)):
@@ -323,12 +430,18 @@ class StoreBase:
                 self._reuse(tgt)
                 return
             try:
-                self._create_sparse(collection_name, src, dense)
+                self._create_sparse(collection_name, src, dense, sparse_index=index)
                 return
             except StoreError:
                 if not self.has_collection(collection_name):
                     raise
                 # made meanwhile by another worker of the same migration: check and use it above
+
+    def _sparse_index(self, given: SparseIndexConfig | dict[str, Any] | None) -> SparseIndexConfig:
+        """The settings a new sparse collection gets: ``given`` over the adapter's defaults."""
+        cfg = SparseIndexConfig.parse(given) or SparseIndexConfig()
+        cfg.check_engine(type(self).__name__, self.SPARSE_INDEX_SETTINGS)
+        return cfg.merged(self.DEFAULT_SPARSE_INDEX)
 
     # ------------------------------------------------------------------ protocol: writes
     def _checked_ids(self, s: Layout, ids: Sequence[Id], n: int) -> list[Id]:
@@ -457,21 +570,36 @@ class StoreBase:
         if with_dense and f is None:
             raise ConfigError(f"collection '{s.name}' in {self.uri} keeps no dense vectors")
         checked = self._check_codes(queries, None, allow_empty=True)
-        if limit:
-            found = [_ranked(fs, True) for fs in self._search(s, checked, limit, with_payload, with_codes, f)]
-        else:
-            found = [[] for _ in range(len(queries))]
-        rows = [r for fs in found for r in fs]
+        dim = s.dense[f][0] if f is not None else None
+        lazy = with_payload and self.LAZY_PAYLOADS
+        eager = with_payload and not lazy
+        empty = FoundBatch.empty(eager, with_codes, dim)
+        try:
+            found = self._search_batches(s, checked, limit, eager, with_codes, f) if limit else []
+        except _MissingDense as exc:
+            raise StoreError(
+                f"collection '{s.name}' in {self.uri} has rows without vector '{f}': ids {exc.args[0][:5]}"
+            ) from None
+        batches = [b.ranked() for b in found] or [empty] * len(queries)
+        parts = [empty, *batches]  # never an empty concatenation
         codes = dense = None
         if with_codes:
-            codes = SparseVectors.from_pairs([r.code or ((), ()) for r in rows], queries.dim)
+            codes = SparseVectors.from_flat(
+                np.concatenate([b.code_lengths for b in parts]),
+                np.concatenate([b.code_indices for b in parts]),
+                np.concatenate([b.code_values for b in parts]),
+                queries.dim,
+            )
         if f is not None:
-            missing = [r.id for r in rows if r.dense is None]
-            if missing:
-                raise StoreError(f"collection '{s.name}' in {self.uri} has rows without vector '{f}': ids {missing[:5]}")
-            dense = np.asarray([r.dense for r in rows], dtype=np.float32).reshape(len(rows), s.dense[f][0])
-        hits = [[Hit(r.id, r.score, r.payload if with_payload else None) for r in fs] for fs in found]
-        return Candidates(hits, codes, dense)
+            dense = np.concatenate([b.dense for b in parts])
+        return Candidates(
+            codes=codes,
+            dense=dense,
+            ids=[b.ids for b in batches],
+            scores=[b.scores for b in batches],
+            payloads=[b.payloads for b in batches] if eager else None,  # type: ignore[misc]
+            payload_reader=(lambda ids: {r.id: r.payload for r in self.fetch(s.name, ids)}) if lazy else None,
+        )
 
     def search_dense(
         self,
@@ -480,13 +608,18 @@ class StoreBase:
         limit: int = 10,
         with_payload: bool = False,
         vector_field: str | None = None,
+        *,
+        ef: int | None = None,
     ) -> list[list[Hit]]:
-        """Top-``limit`` rows by the dense field's metric, best first (l2: negative squared distance)."""
+        """Top-``limit`` rows by the dense field's metric, best first (l2: negative squared distance);
+        ``ef``: the HNSW search breadth (None: the engine's default; exact indexes ignore it)."""
         s = self._layout(collection_name)
         f = s.dense_field(vector_field, self.uri)
         limit = check_limit(limit)
+        if ef is not None and (isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
+            raise ConfigError(f"ef must be a positive integer, got {ef!r}")
         q = check_dense(queries, s.dense[f][0], what="queries")
-        found = self._search_dense(s, f, q, limit, with_payload) if limit else [[] for _ in q]
+        found = self._search_dense(s, f, q, limit, with_payload, ef=None if ef is None else int(ef)) if limit else [[] for _ in q]
         return [[Hit(r.id, r.score, r.payload if with_payload else None) for r in _ranked(fs, False)] for fs in found]
 
     def fetch(

@@ -29,16 +29,25 @@ from typing import Any
 
 import numpy as np
 
-from csr_vdb.adapters._common import Found, Layout, StoreBase, payload_schema
+from csr_vdb.adapters._common import Found, FoundBatch, Layout, StoreBase, _MissingDense, payload_schema
 from csr_vdb.errors import DataError, StoreError
 from csr_vdb.sparse import SparseVectors
-from csr_vdb.store import SPARSE_FIELD, DensePage, Metric, PayloadPage
+from csr_vdb.store import SPARSE_FIELD, DensePage, Metric, PayloadPage, SparseIndexConfig
 
 RESERVED_ID_KEY = "__csr_vdb_id"
 """Payload key holding the original ``str`` id of a point whose id is not a UUID."""
 
 ID_NAMESPACE = uuid.UUID("6f1c3c52-7f0e-5b43-9a51-3c2d0f0c5a10")
 """Namespace of the ``uuid5`` point ids made from non-UUID ``str`` ids (fixed forever)."""
+
+QDRANT_SPARSE_SETTINGS = ("datatype", "memory", "full_scan_threshold")
+"""The `SparseIndexConfig` fields Qdrant's sparse index takes."""
+
+DEFAULT_QDRANT_SPARSE_INDEX = SparseIndexConfig(datatype="uint8")
+"""A new sparse collection's index: weights quantised to one byte, so the index takes about a fifth
+of the float32 one (a posting is an id and a weight) and the searches rank candidates by nearly
+exact scores; the stored vectors returned with the hits stay float32, so the exact re-score of
+`csr_vdb.retriever.Retriever` is unchanged (bench/README.md, scale.py)."""
 
 METRIC_TO_QDRANT = {"cosine": "Cosine", "ip": "Dot", "l2": "Euclid"}
 """csr-vdb metric -> Qdrant distance name (the enum member name in both libraries)."""
@@ -219,6 +228,7 @@ class QdrantBase(StoreBase):
 
     QUERY_BATCH = 64
     """Queries per batched search request."""
+    LAZY_PAYLOADS = True  # the engine reads each hit's payload from its payload storage
     SCHEMA_SAMPLE = 100
     """Points read to report a payload schema (payloads are schemaless)."""
 
@@ -232,9 +242,11 @@ class QdrantBase(StoreBase):
         raise NotImplementedError
 
     def _query_batch(
-        self, s: Layout, queries: list[Any], using: str, limit: int, with_payload: Any, vectors: list[str]
+        self, s: Layout, queries: list[Any], using: str, limit: int, with_payload: Any, vectors: list[str],
+        ef: int | None = None,
     ) -> list[list[Any]]:
-        """One batched nearest-neighbour request; per query the engine's scored points."""
+        """One batched nearest-neighbour request (``ef``: HNSW search breadth); per query the
+        engine's scored points."""
         raise NotImplementedError
 
     def _sparse_vector(self, indices: list[int], values: list[float]) -> Any:
@@ -261,7 +273,15 @@ class QdrantBase(StoreBase):
 
     def _vector(self, record: Any, f: str) -> Any:
         """A record's vector ``f`` (None when absent)."""
-        return (record.vector or {}).get(f)
+        return self._named(record.vector, f)
+
+    @staticmethod
+    def _named(vectors: Any, f: str) -> Any:
+        """Vector ``f`` of a record's ``vector`` attribute: a dict of named vectors, or the unnamed
+        default vector itself (field ``""``); None when absent."""
+        if isinstance(vectors, dict):
+            return vectors.get(f)
+        return vectors if f == "" else None
 
     # ------------------------------------------------------------------ shared checks
     def _check_codes(self, sparse: SparseVectors, ids: Sequence[Any] | None, allow_empty: bool = False) -> Any:
@@ -276,14 +296,20 @@ class QdrantBase(StoreBase):
         return [RESERVED_ID_KEY] if s.id_type == "str" else False  # mapped str ids live in the payload
 
     def _found(self, s: Layout, p: Any, score: float, with_payload: bool, with_code: bool, f: str | None) -> Found:
-        id_, payload = restore(point_key(p.id), p.payload)
-        code = self._vector(p, SPARSE_FIELD) if with_code else None
+        # Each attribute of an engine's point is converted to Python on every read: read each once,
+        # and the payload only when it is returned or may hold a mapped str id.
+        if with_payload or s.id_type != "int":
+            id_, payload = restore(point_key(p.id), p.payload)
+        else:
+            id_, payload = point_key(p.id), None
+        vectors = p.vector if with_code or f is not None else None
+        code = self._named(vectors, SPARSE_FIELD) if with_code else None
         return Found(
             id_,
             score,
             payload if with_payload else None,
             (code.indices, code.values) if code is not None else None,
-            self._vector(p, f) if f is not None else None,
+            self._named(vectors, f) if f is not None else None,
         )
 
     # ------------------------------------------------------------------ protocol hooks
@@ -374,7 +400,7 @@ class QdrantBase(StoreBase):
 
     def _search_points(
         self, s: Layout, queries: list[Any], using: str, limit: int, with_payload: bool, metric: Metric,
-        with_code: bool = False, dense_field: str | None = None,
+        with_code: bool = False, dense_field: str | None = None, ef: int | None = None,
     ) -> list[list[Found]]:
         """Batched searches (None queries get no hits), points shaped into `Found` rows."""
         out: list[list[Found]] = [[] for _ in queries]
@@ -383,7 +409,7 @@ class QdrantBase(StoreBase):
         todo = [n for n, q in enumerate(queries) if q is not None]
         for a in range(0, len(todo), self.QUERY_BATCH):
             chunk = todo[a : a + self.QUERY_BATCH]
-            results = self._query_batch(s, [queries[n] for n in chunk], using, limit, wp, vectors)
+            results = self._query_batch(s, [queries[n] for n in chunk], using, limit, wp, vectors, ef)
             for n, points in zip(chunk, results):
                 out[n] = [
                     self._found(s, p, l2_score(p.score) if metric == "l2" else float(p.score), with_payload,
@@ -392,16 +418,77 @@ class QdrantBase(StoreBase):
                 ]  # fmt: skip
         return out
 
-    def _search(
+    def _search_batches(
         self, s: Layout, queries: list, limit: int, with_payload: bool, with_codes: bool, dense_field: str | None
-    ) -> list[list[Found]]:
-        """Sparse search; the hits' codes and dense vectors come back in the same request."""
-        q = [self._sparse_vector(i, v) if i else None for i, v in queries]
-        return self._search_points(s, q, SPARSE_FIELD, limit, with_payload, "ip", with_codes, dense_field)
+    ) -> list[FoundBatch]:
+        """Sparse search, the hits' codes and dense vectors in the same request, read straight into
+        columns: each point's attributes are read once and the codes land in flat lists, so a
+        query's hundreds of candidates leave no object per row behind (which also spares the
+        garbage collector)."""
+        dim = s.dense[dense_field][0] if dense_field is not None else None
+        out = [FoundBatch.empty(with_payload, with_codes, dim) for _ in queries]  # empty queries get no hits
+        wp = self._payload_selector(s, with_payload)
+        vectors = ([SPARSE_FIELD] if with_codes else []) + ([dense_field] if dense_field is not None else [])
+        todo = [n for n, (i, _) in enumerate(queries) if i]
+        for a in range(0, len(todo), self.QUERY_BATCH):
+            chunk = todo[a : a + self.QUERY_BATCH]
+            sparse = [self._sparse_vector(*queries[n]) for n in chunk]
+            results = self._query_batch(s, sparse, SPARSE_FIELD, limit, wp, vectors)
+            for n, points in zip(chunk, results):
+                out[n] = self._columns(s, points, with_payload, with_codes, dense_field)
+        return out
 
-    def _search_dense(self, s: Layout, f: str, queries: np.ndarray, limit: int, with_payload: bool) -> list[list[Found]]:
+    def _columns(self, s: Layout, points: list[Any], with_payload: bool, with_codes: bool, f: str | None) -> FoundBatch:
+        """One query's scored points as a `FoundBatch`."""
+        n = len(points)
+        batch = FoundBatch([], np.fromiter((p.score for p in points), np.float64, n))
+        if with_payload or s.id_type != "int":  # mapped str ids live in the payload
+            pairs = [restore(point_key(p.id), p.payload) for p in points]
+            batch.ids = [i for i, _ in pairs]
+            batch.payloads = [pl for _, pl in pairs] if with_payload else None
+        else:
+            batch.ids = [point_key(p.id) for p in points]
+        if not with_codes and f is None:
+            return batch
+        lengths: list[int] = []
+        flat_idx: list[int] = []
+        flat_val: list[float] = []
+        flat_dense: list[float] = []
+        missing = []
+        for p, id_ in zip(points, batch.ids):
+            vectors = p.vector  # a dict of named vectors (the sparse one is always named)
+            if with_codes:
+                code = vectors.get(SPARSE_FIELD) if isinstance(vectors, dict) else None
+                if code is None:
+                    lengths.append(0)
+                else:
+                    idx = code.indices
+                    lengths.append(len(idx))
+                    flat_idx += idx
+                    flat_val += code.values
+            if f is not None:
+                vec = self._named(vectors, f)
+                if vec is None:
+                    missing.append(id_)
+                else:
+                    flat_dense += vec
+        if with_codes:
+            if len(flat_idx) != len(flat_val):
+                raise StoreError(f"collection '{s.name}' in {self.uri} returned sparse vectors with unequal lengths")
+            batch.code_lengths = np.asarray(lengths, np.int64)
+            batch.code_indices = np.asarray(flat_idx, np.int64)
+            batch.code_values = np.asarray(flat_val, np.float32)
+        if f is not None:
+            if missing:
+                raise _MissingDense(missing)
+            batch.dense = np.asarray(flat_dense, np.float32).reshape(n, s.dense[f][0])
+        return batch
+
+    def _search_dense(
+        self, s: Layout, f: str, queries: np.ndarray, limit: int, with_payload: bool, ef: int | None = None
+    ) -> list[list[Found]]:
         q = as_float_lists(self._prepare(s, f, queries))
-        return self._search_points(s, q, f, limit, with_payload, s.dense[f][1])  # type: ignore[arg-type]
+        return self._search_points(s, q, f, limit, with_payload, s.dense[f][1], ef=ef)  # type: ignore[arg-type]
 
     def _fetch(self, s: Layout, ids: list[Any], dense_field: str | None, with_sparse: bool) -> Mapping[Any, Found]:
         vectors = ([dense_field] if dense_field is not None else []) + ([SPARSE_FIELD] if with_sparse else [])

@@ -12,7 +12,7 @@ import numpy as np
 from csr_vdb.adapters._common import Found, Layout, StoreBase, payload_schema
 from csr_vdb.errors import StoreError
 from csr_vdb.sparse import SparseVectors
-from csr_vdb.store import DensePage, Id, IdType, Metric, PayloadPage, check_ids, check_payloads
+from csr_vdb.store import DensePage, Id, IdType, Metric, PayloadPage, SparseIndexConfig, check_ids, check_payloads
 
 # the id and payload checks live in the core contract; re-exported here for older imports
 __all__ = ["MemoryStore", "check_ids", "check_payloads"]
@@ -24,7 +24,10 @@ class _Collection(Layout):
 
 
 class MemoryStore(StoreBase):
-    """A `VectorStore` kept in process memory; exact (brute-force) search."""
+    """A `VectorStore` kept in process memory; exact (brute-force) search, so it takes every
+    `SparseIndexConfig` setting and ``ef`` and changes nothing for them."""
+
+    SPARSE_INDEX_SETTINGS = tuple(SparseIndexConfig.__dataclass_fields__)
 
     retry_policy = None  # nothing here can fail transiently
 
@@ -58,7 +61,9 @@ class MemoryStore(StoreBase):
     def _create_dense(self, name: str, dimension: int, metric: Metric, id_type: IdType, vector_field: str) -> None:
         self._cols[name] = _Collection(name, id_type, {vector_field: (dimension, metric)}, False)
 
-    def _create_sparse(self, name: str, src: Layout, dense: dict[str, tuple[int, Metric]]) -> None:
+    def _create_sparse(
+        self, name: str, src: Layout, dense: dict[str, tuple[int, Metric]], sparse_index: SparseIndexConfig | None = None
+    ) -> None:
         self._cols[name] = _Collection(name, src.id_type, dense, True)
 
     # ------------------------------------------------------------------ writes
@@ -146,7 +151,9 @@ class MemoryStore(StoreBase):
         scores = (queries.to_scipy() @ docs.to_scipy().T).toarray()
         return self._top(s, keys, scores, limit, (with_payload, with_codes, dense_field))
 
-    def _search_dense(self, s: Layout, f: str, queries: np.ndarray, limit: int, with_payload: bool) -> list[list[Found]]:
+    def _search_dense(
+        self, s: Layout, f: str, queries: np.ndarray, limit: int, with_payload: bool, ef: int | None = None
+    ) -> list[list[Found]]:
         rows = self._cols[s.name].rows
         dim, metric = s.dense[f]
         keys = sorted(rows)

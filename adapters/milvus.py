@@ -18,7 +18,7 @@ from csr_vdb.adapters._common import Found, Layout, StoreBase
 from csr_vdb.adapters._retry import DEFAULT_RETRIES, RetryPolicy
 from csr_vdb.errors import CollectionNotFoundError, ConfigError, CSRVDBError, DataError, StoreError
 from csr_vdb.sparse import SparseVectors
-from csr_vdb.store import SPARSE_FIELD, DensePage, Id, IdType, Metric, PayloadPage, strip_credentials
+from csr_vdb.store import SPARSE_FIELD, DensePage, Id, IdType, Metric, PayloadPage, SparseIndexConfig, strip_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,8 @@ class MilvusStore(StoreBase):
         - ``iter_dense`` pages with ``pk > cursor`` queries in primary-key order (on Milvus Lite
           it flushes first: sealed segments are paged far faster than the write buffer).
     """
+
+    SPARSE_INDEX_SETTINGS = ("inverted_index_algo", "drop_ratio_build")
 
     def __init__(
         self, uri: str, token: str | None = None, timeout: float = 10.0, retries: int = DEFAULT_RETRIES
@@ -425,12 +427,14 @@ class MilvusStore(StoreBase):
     def _reuse(self, tgt: _Schema) -> None:  # type: ignore[override]
         self._ensure_loaded(tgt)
 
-    def _finish_sparse(self, tgt: _Schema, src: _Schema, dense: dict[str, tuple[int, Metric]]) -> None:  # type: ignore[override]
+    def _finish_sparse(  # type: ignore[override]
+        self, tgt: _Schema, src: _Schema, dense: dict[str, tuple[int, Metric]], sparse_index: SparseIndexConfig | None = None
+    ) -> None:
         """Give a target whose making was cut short the indexes it lacks, then load it."""
         missing = [f for f in tgt.vector_names if not tgt.indexes.get(f)]
         index = self._client.prepare_index_params()
         for f in missing:
-            self._add_index(index, f, src, dense)
+            self._add_index(index, f, src, dense, sparse_index)
         with self._errors("create index", tgt.name):
             try:
                 self._client.create_index(tgt.name, index, sync=False)
@@ -439,13 +443,19 @@ class MilvusStore(StoreBase):
                     raise
         logger.info("completed the indexes %s of collection '%s' in %s", missing, tgt.name, self.uri)
 
-    def _add_index(self, index: Any, f: str, src: _Schema, dense: dict[str, tuple[int, Metric]]) -> None:
+    def _add_index(
+        self, index: Any, f: str, src: _Schema, dense: dict[str, tuple[int, Metric]],
+        sparse_index: SparseIndexConfig | None = None,
+    ) -> None:
         """Add field ``f``'s index to ``index``: the source's (type and parameters) for a copied
-        field, SPARSE_INVERTED_INDEX (inner product) for `SPARSE_FIELD`."""
+        field, SPARSE_INVERTED_INDEX (inner product, with the ``sparse_index`` parameters) for
+        `SPARSE_FIELD`."""
         if f == SPARSE_FIELD:
-            # Milvus Lite accepts only this index/metric pair for sparse vectors; with its default
-            # drop ratio of 0 nothing is pruned, so search is exact.
-            index.add_index(SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+            # Milvus Lite accepts only this index/metric pair for sparse vectors, and refuses all
+            # parameters but the exact defaults; with its default drop ratio of 0 nothing is
+            # pruned, so search is exact.
+            params = sparse_index.given() if sparse_index is not None else {}
+            index.add_index(SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="IP", params=params)
             return
         idx = _index_params(src.indexes.get(f, {}))
         index_type = idx.pop("index_type", "AUTOINDEX")
@@ -459,7 +469,9 @@ class MilvusStore(StoreBase):
         else:
             index.add_index(f, index_type=index_type, params=params)
 
-    def _create_sparse(self, name: str, src: _Schema, dense: dict[str, tuple[int, Metric]]) -> None:  # type: ignore[override]
+    def _create_sparse(  # type: ignore[override]
+        self, name: str, src: _Schema, dense: dict[str, tuple[int, Metric]], sparse_index: SparseIndexConfig | None = None
+    ) -> None:
         """The source's schema as pymilvus describes it, less the dense fields not kept: its primary
         key, its typed scalar fields (parameters, nullability, defaults, partition key, indexes), its
         dynamic field if it has one, the kept dense field with its index; plus `SPARSE_FIELD`."""
@@ -480,7 +492,7 @@ class MilvusStore(StoreBase):
                     schema.add_field(kept, DataType.FLOAT_VECTOR, **self._field_options(f))
                     self._add_index(index, kept, src, dense)
             schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
-            self._add_index(index, SPARSE_FIELD, src, dense)
+            self._add_index(index, SPARSE_FIELD, src, dense, sparse_index)
             extra = {"num_partitions": src.num_partitions} if src.num_partitions else {}
             self._create(name, schema, index, **extra)
         logger.info("created sparse collection '%s' like '%s' in %s", name, src.name, self.uri)
@@ -725,12 +737,12 @@ class MilvusStore(StoreBase):
         return out
 
     def _search_dense(  # type: ignore[override]
-        self, s: _Schema, f: str, queries: np.ndarray, limit: int, with_payload: bool
+        self, s: _Schema, f: str, queries: np.ndarray, limit: int, with_payload: bool, ef: int | None = None
     ) -> list[list[Found]]:
         params: dict[str, Any] = {}
         if "HNSW" in str(s.dense_index[f].get("index_type", "")).upper():
-            # a generous ef keeps HNSW close to exact at small limits
-            params["ef"] = max(64, min(limit * 4, _MAX_WINDOW))
+            # a generous ef keeps HNSW close to exact at small limits (Milvus needs ef >= limit)
+            params["ef"] = min(max(ef, limit) if ef is not None else max(64, limit * 4), _MAX_WINDOW)
         fields = self._payload_fields(s) if with_payload else [s.pk]
         found = self._run_search(s, list(queries), f, s.dense[f][1], limit, fields, params)
         return [[self._found(s, e, score, with_payload, False, None) for e, score in rows] for rows in found]

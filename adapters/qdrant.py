@@ -40,10 +40,16 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from csr_vdb.adapters._common import Layout
-from csr_vdb.adapters._qdrant_common import METRIC_TO_QDRANT, QDRANT_TO_METRIC, QdrantBase
+from csr_vdb.adapters._qdrant_common import (
+    DEFAULT_QDRANT_SPARSE_INDEX,
+    METRIC_TO_QDRANT,
+    QDRANT_SPARSE_SETTINGS,
+    QDRANT_TO_METRIC,
+    QdrantBase,
+)
 from csr_vdb.adapters._retry import DEFAULT_RETRIES, RetryPolicy
 from csr_vdb.errors import CollectionNotFoundError, DataError, StoreError
-from csr_vdb.store import SPARSE_FIELD, IdType, Metric, strip_credentials
+from csr_vdb.store import SPARSE_FIELD, IdType, Metric, SparseIndexConfig, strip_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +88,19 @@ class _Schema(Layout):
         return vectors
 
 
+def _sparse_params(cfg: SparseIndexConfig | None) -> Any:
+    """`SparseVectorParams` for a `SparseIndexConfig` (None: the server's defaults)."""
+    given = cfg.given() if cfg is not None else {}
+    if not given:
+        return qm.SparseVectorParams()
+    index = qm.SparseIndexParams(
+        datatype=qm.Datatype(given["datatype"]) if "datatype" in given else None,
+        memory=qm.Memory(given["memory"]) if "memory" in given else None,
+        full_scan_threshold=given.get("full_scan_threshold"),
+    )
+    return qm.SparseVectorParams(index=index)
+
+
 class QdrantStore(QdrantBase):
     """A `VectorStore` on qdrant-client: server URL or local-mode directory.
 
@@ -100,6 +119,8 @@ class QdrantStore(QdrantBase):
 
     QUERY_BATCH = QUERY_BATCH
     SCHEMA_SAMPLE = SCHEMA_SAMPLE
+    SPARSE_INDEX_SETTINGS = QDRANT_SPARSE_SETTINGS
+    DEFAULT_SPARSE_INDEX = DEFAULT_QDRANT_SPARSE_INDEX
 
     def __init__(
         self, uri: str, api_key: str | None = None, timeout: float = 10.0, retries: int = DEFAULT_RETRIES
@@ -227,13 +248,15 @@ class QdrantStore(QdrantBase):
             return params[""]
         return params or {}
 
-    def _create(self, name: str, vectors_config: Any, sparse: bool, id_type: IdType) -> None:
+    def _create(
+        self, name: str, vectors_config: Any, sparse: bool, id_type: IdType, sparse_index: SparseIndexConfig | None = None
+    ) -> None:
         self._schemas.pop(name, None)
         meta: dict[str, Any] = {"id_type": id_type}
         kwargs: dict[str, Any] = dict(
             collection_name=name,
             vectors_config=vectors_config,
-            sparse_vectors_config={SPARSE_FIELD: qm.SparseVectorParams()} if sparse else None,
+            sparse_vectors_config={SPARSE_FIELD: _sparse_params(sparse_index)} if sparse else None,
         )
         try:
             self._call("create", name, self._client.create_collection, metadata={META_KEY: meta}, **kwargs)
@@ -259,11 +282,13 @@ class QdrantStore(QdrantBase):
         )  # fmt: skip
 
     def _query_batch(  # type: ignore[override]
-        self, s: _Schema, queries: list[Any], using: str, limit: int, with_payload: Any, vectors: list[str]
+        self, s: _Schema, queries: list[Any], using: str, limit: int, with_payload: Any, vectors: list[str],
+        ef: int | None = None,
     ) -> list[list[Any]]:
+        params = qm.SearchParams(hnsw_ef=int(ef)) if ef is not None else None
         reqs = [
             qm.QueryRequest(query=q, using=using or None, limit=int(limit), with_payload=with_payload,
-                            with_vector=self._vector_selector(vectors))
+                            with_vector=self._vector_selector(vectors), params=params)
             for q in queries
         ]  # fmt: skip
         res = self._call("search", s.name, self._client.query_batch_points, s.name, requests=reqs)
@@ -323,11 +348,13 @@ class QdrantStore(QdrantBase):
         params = {vector_field: qm.VectorParams(size=dimension, distance=qm.Distance(METRIC_TO_QDRANT[metric]))}
         self._create(name, self._vectors_config(params), False, id_type)
 
-    def _create_sparse(self, name: str, src: _Schema, dense: dict[str, tuple[int, Metric]]) -> None:  # type: ignore[override]
+    def _create_sparse(  # type: ignore[override]
+        self, name: str, src: _Schema, dense: dict[str, tuple[int, Metric]], sparse_index: SparseIndexConfig | None = None
+    ) -> None:
         """The kept dense field's `VectorParams` as the source holds them, in the source's form,
-        `SPARSE_FIELD`, and the source's payload indexes."""
+        `SPARSE_FIELD` (with the ``sparse_index`` settings), and the source's payload indexes."""
         params = {f: self._params(src, f) for f in dense}
-        self._create(name, self._vectors_config(params, src.unnamed), True, src.id_type or "int")
+        self._create(name, self._vectors_config(params, src.unnamed), True, src.id_type or "int", sparse_index)
         for key, index in self._payload_indexes(src.name).items():
             if index.data_type is None:
                 continue

@@ -39,10 +39,15 @@ from typing import Any, TypeVar
 import qdrant_edge as qe
 
 from csr_vdb.adapters._common import Layout
-from csr_vdb.adapters._qdrant_common import METRIC_TO_QDRANT, QdrantBase
+from csr_vdb.adapters._qdrant_common import (
+    DEFAULT_QDRANT_SPARSE_INDEX,
+    METRIC_TO_QDRANT,
+    QDRANT_SPARSE_SETTINGS as EDGE_SPARSE_SETTINGS,
+    QdrantBase,
+)
 from csr_vdb.errors import StoreError
 from csr_vdb.fileutil import atomic_write_json
-from csr_vdb.store import SPARSE_FIELD, IdType, Metric
+from csr_vdb.store import SPARSE_FIELD, IdType, Metric, SparseIndexConfig
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,19 @@ META_FORMAT = 1
 QUERY_BATCH = 256  # queries per query_batch call: one planned pass over the segments each
 SCHEMA_SAMPLE = 100  # points read to report a payload schema (payloads are schemaless)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
+
+
+def _edge_sparse_params(cfg: SparseIndexConfig | None) -> Any:
+    """The engine's sparse vector parameters for a `SparseIndexConfig` (None: the engine's defaults)."""
+    given = cfg.given() if cfg is not None else {}
+    kwargs: dict[str, Any] = {}
+    if "datatype" in given:
+        kwargs["datatype"] = getattr(qe.VectorStorageDatatype, given["datatype"].capitalize())
+    if "memory" in given:
+        kwargs["memory"] = getattr(qe.Memory, given["memory"].capitalize())
+    if "full_scan_threshold" in given:
+        kwargs["full_scan_threshold"] = int(given["full_scan_threshold"])
+    return qe.EdgeSparseVectorParams(**kwargs)
 
 
 @dataclass
@@ -81,6 +99,8 @@ class QdrantEdgeStore(QdrantBase):
 
     QUERY_BATCH = QUERY_BATCH
     SCHEMA_SAMPLE = SCHEMA_SAMPLE
+    SPARSE_INDEX_SETTINGS = EDGE_SPARSE_SETTINGS
+    DEFAULT_SPARSE_INDEX = DEFAULT_QDRANT_SPARSE_INDEX
 
     def __init__(self, uri: str, *, fsync: bool = False) -> None:
         self.uri = str(uri)
@@ -178,7 +198,10 @@ class QdrantEdgeStore(QdrantBase):
         dense = {f: (int(p["dim"]), p["metric"]) for f, p in meta["dense"].items()}
         return _Shard(real, meta["id_type"], dense, meta.get("sparse_field") == SPARSE_FIELD, shard)
 
-    def _create(self, name: str, dense: dict[str, tuple[int, Metric]], sparse: bool, id_type: IdType) -> None:
+    def _create(
+        self, name: str, dense: dict[str, tuple[int, Metric]], sparse: bool, id_type: IdType,
+        sparse_index: SparseIndexConfig | None = None,
+    ) -> None:
         """Create the shard, then publish it by writing its metadata file."""
         path = self._dir(name)
         if path.exists():
@@ -190,7 +213,7 @@ class QdrantEdgeStore(QdrantBase):
         }
         config = qe.EdgeConfig(
             vectors=vectors or None,
-            sparse_vectors={SPARSE_FIELD: qe.EdgeSparseVectorParams()} if sparse else None,
+            sparse_vectors={SPARSE_FIELD: _edge_sparse_params(sparse_index)} if sparse else None,
         )
         shard = self._call("create", name, qe.EdgeShard.create, str(path), config)
         meta = {
@@ -198,6 +221,7 @@ class QdrantEdgeStore(QdrantBase):
             "id_type": id_type,
             "dense": {f: {"dim": dim, "metric": metric} for f, (dim, metric) in dense.items()},
             "sparse_field": SPARSE_FIELD if sparse else None,
+            "sparse_index": sparse_index.given() if sparse and sparse_index is not None else None,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_json(path / META_FILE, meta)
@@ -214,16 +238,16 @@ class QdrantEdgeStore(QdrantBase):
         return self._call("fetch", s.name, s.shard.retrieve, pids, with_payload=with_payload, with_vector=vectors or False)
 
     def _query_batch(  # type: ignore[override]
-        self, s: _Shard, queries: list[Any], using: str, limit: int, with_payload: Any, vectors: list[str]
+        self, s: _Shard, queries: list[Any], using: str, limit: int, with_payload: Any, vectors: list[str],
+        ef: int | None = None,
     ) -> list[list[Any]]:
-        req = qe.QueryBatchRequest(
-            [
-                qe.QueryRequest(limit=int(limit), query=qe.Query.Nearest(q, using=using), with_payload=with_payload,
-                                with_vector=vectors or False)
-                for q in queries
-            ]
-        )  # fmt: skip
-        return self._call("search", s.name, s.shard.query_batch, req)
+        params = qe.SearchParams(hnsw_ef=int(ef)) if ef is not None else None
+        reqs = [
+            qe.QueryRequest(limit=int(limit), query=qe.Query.Nearest(q, using=using), with_payload=with_payload,
+                            with_vector=vectors or False, params=params)
+            for q in queries
+        ]  # fmt: skip
+        return self._call("search", s.name, s.shard.query_batch, qe.QueryBatchRequest(reqs))
 
     def _sparse_vector(self, indices: list[int], values: list[float]) -> Any:
         return qe.SparseVector(indices, values)
@@ -271,11 +295,13 @@ class QdrantEdgeStore(QdrantBase):
             raise StoreError(f"collection '{name}' already exists in {self.uri}")
         self._create(name, {vector_field: (dimension, metric)}, False, id_type)
 
-    def _create_sparse(self, name: str, src: _Shard, dense: dict[str, tuple[int, Metric]]) -> None:  # type: ignore[override]
+    def _create_sparse(  # type: ignore[override]
+        self, name: str, src: _Shard, dense: dict[str, tuple[int, Metric]], sparse_index: SparseIndexConfig | None = None
+    ) -> None:
         """The kept dense field (size and distance), `SPARSE_FIELD`, and the source's payload indexes."""
         if name in self._aliases:  # an alias to a dropped collection still holds the name
             raise StoreError(f"collection '{name}' already exists with another schema in {self.uri}")
-        self._create(name, dense, True, src.id_type or "int")
+        self._create(name, dense, True, src.id_type or "int", sparse_index)
         shard = self._shards[name]
         for key, index in self._payload_indexes(src).items():
             op = qe.UpdateOperation.create_field_index(key, index.params or index.data_type)

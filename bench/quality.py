@@ -44,7 +44,7 @@ from bench.common import emit, percent_of  # noqa: E402
 from bench.loaders import evaluate_banking77, evaluate_beir, find_datasets, load_dataset  # noqa: E402
 from csr_vdb.config import CSRConfig, TrainConfig  # noqa: E402
 from csr_vdb.model import CSREncoder  # noqa: E402
-from csr_vdb.recipes import default_configs  # noqa: E402
+from csr_vdb.recipes import default_configs, with_overrides  # noqa: E402
 from csr_vdb.sources import ArraySource  # noqa: E402
 from csr_vdb.training import train_encoder  # noqa: E402
 
@@ -58,20 +58,22 @@ def dataset_scorer(kind: str, folder: Path) -> tuple[np.ndarray, str, Scorer]:
     """``(database rows, metric name, score)`` for a Banking77 or BEIR folder.
 
     ``score()`` without encoders is the dense baseline; with them, documents are encoded by
-    ``f_doc``, queries by ``f_query`` (default ``f_doc``) and, with ``f_rescore``, the 100 best
-    candidates of that search are re-scored by ``f_rescore``'s codes (`csr_vdb.metrics.rescored_search`).
+    ``f_doc``, queries by ``f_query`` (default ``f_doc``) and, with ``f_rescore``, the ``candidates``
+    best of that search are re-scored by ``f_rescore``'s codes (`csr_vdb.metrics.rescored_search`).
     """
     data = load_dataset(kind, folder)
     if kind == "banking77":
 
-        def score(f_doc=None, f_query=None, scorer="cosine", f_rescore=None):
+        def score(f_doc=None, f_query=None, scorer="cosine", f_rescore=None, candidates=100):
             # 1-NN compares test rows (queries) to training rows (documents)
-            return evaluate_banking77(data, f_doc, scorer, encode_queries=f_query, rescore_queries=f_rescore)
+            return evaluate_banking77(data, f_doc, scorer, encode_queries=f_query, rescore_queries=f_rescore,
+                                      candidates=candidates)
 
         return data.train_x, "1nn_accuracy", score
 
-    def score(f_doc=None, f_query=None, scorer="dot", f_rescore=None):
-        return evaluate_beir(data, f_doc, f_query, k=10, scorer=scorer, rescore_queries=f_rescore)["ndcg@10"]
+    def score(f_doc=None, f_query=None, scorer="dot", f_rescore=None, candidates=100):
+        return evaluate_beir(data, f_doc, f_query, k=10, scorer=scorer, rescore_queries=f_rescore,
+                             candidates=candidates)["ndcg@10"]
 
     return data.corpus_x, "ndcg@10", score
 
@@ -175,7 +177,7 @@ def train_recipe(train_x: np.ndarray, k: int, overrides: Overrides = Overrides()
         train_updates.update(epochs=max(1, -(-overrides.steps // per_epoch)), max_steps=overrides.steps)
     if overrides.quick:
         train_updates["epochs"] = min(train_updates.get("epochs", train_cfg.epochs), 3)
-    model_cfg = CSRConfig(**{**model_cfg.model_dump(), **model_updates})
+    model_cfg = with_overrides(model_cfg, **model_updates)
     train_cfg = TrainConfig(**{**train_cfg.model_dump(), **train_updates})
     return train_encoder(ArraySource(train_x), model_cfg, train_cfg).encoder
 
@@ -183,13 +185,16 @@ def train_recipe(train_x: np.ndarray, k: int, overrides: Overrides = Overrides()
 def score_recipe(score: Scorer, enc: CSREncoder) -> dict[str, float]:
     """The ways of searching with one trained model, scored by the data set's metric.
 
-    ``csr``: the database's sparse search, then the exact re-score of its 100 candidates (signed
-    query); ``csr_search``: the search alone; ``csr_topk``: the same weights with TopK codes on both
-    sides (the paper's CSR).
+    ``csr``: the database's sparse search with the model's search query (``k_query`` entries),
+    then the exact re-score of its ``search_candidates`` candidates (100 when unset) with the signed
+    query, as `csr_vdb.retriever.Retriever` does; ``csr_search``: the search alone; ``csr_topk``:
+    the same weights with TopK codes on both sides (the paper's CSR).
     """
-    topk = enc.with_config(doc_codes="topk", bias_latent=False, query_projection="encoder")
+    topk = enc.with_config(doc_codes="topk", bias_latent=False, query_projection="encoder", k_query=None,
+                           search_candidates=None)
+    candidates = enc.config.search_candidates or 100
     return {
-        "csr": score(enc.encode, enc.encode_queries, "dot", lambda a: enc.encode_queries(a, signed=True)),
+        "csr": score(enc.encode, enc.encode_queries, "dot", lambda a: enc.encode_queries(a, signed=True), candidates),
         "csr_search": score(enc.encode, enc.encode_queries, "dot"),
         "csr_topk": score(topk.encode, topk.encode_queries, "dot"),
     }

@@ -40,12 +40,17 @@ from csr_vdb.sources import ArraySource  # noqa: E402
 from csr_vdb.training import train_encoder  # noqa: E402
 
 
-def encoder_for(x: np.ndarray, model: Path | None, threads: int) -> tuple[CSREncoder, float]:
+def encoder_for(x: np.ndarray, model: Path | None, args: argparse.Namespace) -> tuple[CSREncoder, float]:
+    """The ``--*-model`` encoder, or the recipe trained on ``x`` (at ``--hidden-dim``, ``--steps``)."""
     if model is not None:
         return CSREncoder.load(model, device="cpu"), 0.0
-    model_cfg, train_cfg = default_configs(x.shape[1], len(x))
+    model_cfg, train_cfg = default_configs(x.shape[1], len(x), hidden_dim=args.hidden_dim)
+    update: dict = {"threads": args.threads}
+    if args.steps:
+        per_epoch = -(-len(x) // train_cfg.batch_size)
+        update.update(epochs=max(1, -(-args.steps // per_epoch)), max_steps=args.steps)
     t = time.perf_counter()
-    enc = train_encoder(ArraySource(x), model_cfg, train_cfg.model_copy(update={"threads": threads})).encoder
+    enc = train_encoder(ArraySource(x), model_cfg, train_cfg.model_copy(update=update)).encoder
     return enc, time.perf_counter() - t
 
 
@@ -71,11 +76,12 @@ def run_dataset(name: str, folder: Path, args: argparse.Namespace) -> dict:
 
         top = 10
         model = args.scifact_model
-    enc, train_s = encoder_for(db, model, args.threads)
+    enc, train_s = encoder_for(db, model, args)
     docs = enc.encode(db)
     post = posting_lengths(docs)
     h = enc.config.hidden_dim
-    search = enc.encode_queries(qx)
+    full = enc.config.k_query_for("decoder", enc.config.k)  # the whole decoder query, whatever k_query says
+    search = enc.encode_queries(qx, k=full)
     signed = enc.encode_queries(qx, signed=True)
     out: dict = {"metric": "1nn_accuracy" if name == "banking77" else "ndcg@10", "dense": float(dense),
                  "train_s": round(train_s, 1), "hidden_dim": h, "dead_frac": float((post[:h] == 0).mean()),
@@ -90,7 +96,7 @@ def run_dataset(name: str, folder: Path, args: argparse.Namespace) -> dict:
                 out["cells"].append({"select": select, "width": w, "candidates": c, "value": round(v, 4),
                                      "pct_of_dense": round(100 * v / dense, 1), "postings_per_row": round(walked, 3)})
     rows_q, truth = self_query_sample(db, 300, top_k=10, seed=0)
-    s_q, e_q = enc.encode_queries(db[rows_q]), enc.encode_queries(db[rows_q], signed=True)
+    s_q, e_q = enc.encode_queries(db[rows_q], k=full), enc.encode_queries(db[rows_q], signed=True)
     out["chosen"] = []
     for c in args.candidates:
         for floor in (0.99, 0.98):
@@ -130,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", default="100,200,300,500")
     p.add_argument("--select", default="magnitude", help="magnitude and/or cost, comma-separated")
     p.add_argument("--alpha", type=float, default=0.5, help="posting-length exponent of select=cost")
+    p.add_argument("--hidden-dim", type=int, help="latents h of the trained encoders (default: the recipe's 4d)")
+    p.add_argument("--steps", type=int, help="cap on the training steps (default: the recipe's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)

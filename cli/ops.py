@@ -175,6 +175,11 @@ class TrainSummary(Report):
     seconds: float = Field(description="Training wall time (export excluded).")
     export_seconds: float | None = Field(None, description="Export wall time when trained from a store.")
     report: dict[str, Any] = Field(default_factory=dict, description="Final figures of the training report.")
+    query_width: int | None = Field(None, description="Entries of the database's search query (k_query).")
+    search_candidates: int | None = Field(None, description="Candidates re-scored per search.")
+    query_width_report: dict[str, Any] | None = Field(
+        None, description="How the query width was chosen (--query-width auto): recalls per width, floor."
+    )
 
 
 _MODEL_OVERRIDES = ("hidden_dim", "k", "k_query", "query_projection", "doc_codes", "bias_latent", "source_collection")
@@ -197,7 +202,7 @@ def build_configs(input_dim: int, n_rows: int, *, metric: str = "cosine", **over
         ConfigError: an unknown or invalid override (e.g. k > hidden_dim).
     """
     from csr_vdb.config import CSRConfig, TrainConfig
-    from csr_vdb.recipes import default_configs
+    from csr_vdb.recipes import default_configs, with_overrides
 
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(given) - set(_MODEL_OVERRIDES) - set(_TRAIN_OVERRIDES))
@@ -211,11 +216,10 @@ def build_configs(input_dim: int, n_rows: int, *, metric: str = "cosine", **over
         shape["hidden_dim"] = 4 * shape["k"]
     try:
         cfg, tcfg = default_configs(input_dim, n_rows, **shape)
-        model_kw = {**cfg.model_dump(), "input_dim": input_dim, "normalize": "l2" if metric == "cosine" else "none",
-                    **model}
-        if "bias_latent" not in model and model.get("query_projection") == "encoder":
-            # TopK queries never score the bias latent: keep the codes those queries expect
-            model_kw["bias_latent"] = False
+        # TopK queries (the encoder projection) never score the bias latent nor take the decoder
+        # search width: with_overrides keeps the codes and queries those settings expect
+        model_kw = with_overrides(cfg, input_dim=input_dim, normalize="l2" if metric == "cosine" else "none",
+                                  **model).model_dump()
         if model_kw["k"] > model_kw["hidden_dim"] and "hidden_dim" not in model:
             model_kw["hidden_dim"] = max(model_kw["k"] * 4, model_kw["hidden_dim"])
         train_kw = {**tcfg.model_dump(), **train}
@@ -241,12 +245,16 @@ def train_model(
     export_progress: Progress | None = None,
     train_progress: Progress | None = None,
     metric: str | None = None,
+    query_width: str | int | None = "auto",
+    recall_floor: float = 0.99,
     **overrides: Any,
 ) -> TrainSummary:
     """Train an encoder on a collection (streamed through a memmap export) or on a ``.npy`` file.
 
     The collection is exported page by page to ``<work_dir>/exports/…npy`` and read back with
     `csr_vdb.sources.NpySource` (memory-mapped), so the whole collection is never in RAM.
+    Then, for decoder-projection queries, the search-query width is chosen on the collection's own
+    rows (`csr_vdb.query_width.fit_query_width`) and saved in the model's config.
 
     Args:
         model_dir: where the encoder is saved.
@@ -259,10 +267,15 @@ def train_model(
         export_progress: callback ``(done_rows, total_rows)``.
         train_progress: callback ``(step, total_steps, metrics)``.
         metric: the vectors' metric when training from a file ("cosine" default).
+        query_width: ``"auto"``: the narrowest width (16 and up) whose search + re-score keeps
+            ``recall_floor`` of the full width's recall on self-queries of the training rows;
+            an int: that width; None: the recipe's. Decoder-projection queries only.
+        recall_floor: see ``query_width``.
         overrides: `build_configs` keyword overrides (hidden_dim, k, k_query, epochs, ...).
 
     Raises:
-        ConfigError: neither or both sources; invalid settings.
+        ConfigError: neither or both sources; invalid settings (a query width with TopK queries,
+            or one that differs from ``k_query``).
         DataError / StoreError / ModelError: from the export, training or saving.
     """
     from csr_vdb.sources import NpySource
@@ -270,6 +283,9 @@ def train_model(
 
     if (from_npy is None) == (collection is None):
         raise ConfigError("give either --collection or --from-npy")
+    width = _query_width_setting(query_width, recall_floor, overrides)
+    if isinstance(width, int):
+        overrides["k_query"] = width
     with _training_file(store, collection, from_npy, vector_field, work_dir, keep_export, export_progress) as (
         npy, file_metric, export_s,
     ):
@@ -280,13 +296,48 @@ def train_model(
         t0 = time.perf_counter()
         result = train_encoder(source, cfg, tcfg, progress=train_progress)
         secs = time.perf_counter() - t0
+        encoder = result.encoder
+        if width == "auto" and encoder.config.query_projection == "decoder":
+            from csr_vdb.query_width import apply_query_width, fit_query_width
+
+            rows = np.load(npy, mmap_mode="r")
+            apply_query_width(encoder, fit_query_width(encoder, rows, recall_floor=recall_floor, seed=tcfg.seed))
         result.save(model_dir)  # also writes training_report.json
     report = dict(getattr(result, "report", {}) or {})
+    final = encoder.config
     return TrainSummary(
         model_dir=str(model_dir), source=collection or str(from_npy), rows=n_rows, input_dim=cfg.input_dim,
         hidden_dim=cfg.hidden_dim, k=cfg.k, epochs=tcfg.epochs, seconds=secs, export_seconds=export_s,
         report={k: v for k, v in report.items() if isinstance(v, (int, float, str, bool)) or v is None},
+        query_width=final.k_query_for(final.query_projection), search_candidates=final.search_candidates,
+        query_width_report=final.query_width.model_dump() if final.query_width is not None else None,
     )
+
+
+def _query_width_setting(query_width: str | int | None, recall_floor: float, overrides: dict[str, Any]) -> str | int | None:
+    """``--query-width`` as "auto", a width, or None, checked against the other settings."""
+    if isinstance(query_width, str) and query_width.strip().lower() != "auto":
+        try:
+            query_width = int(query_width)
+        except ValueError:
+            raise ConfigError(f"--query-width must be 'auto' or a positive integer, got {query_width!r}") from None
+    if isinstance(query_width, str):
+        query_width = "auto"
+    if isinstance(query_width, int) and query_width < 1:
+        raise ConfigError(f"--query-width must be 'auto' or a positive integer, got {query_width}")
+    if not 0 < recall_floor <= 1:
+        raise ConfigError(f"--recall-floor must be in (0, 1], got {recall_floor}")
+    k_query = overrides.get("k_query")
+    if k_query is not None:
+        if isinstance(query_width, int) and query_width != k_query:
+            raise ConfigError(f"--k-query {k_query} and --query-width {query_width} disagree: give one")
+        return k_query  # an explicit width is kept as given
+    if overrides.get("query_projection") == "encoder" and query_width is not None:
+        if isinstance(query_width, int):
+            raise ConfigError("--query-width is the decoder-projection search width; with --query-projection "
+                              "encoder use --k-query")
+        return None  # auto: TopK queries keep k non-zeros
+    return query_width
 
 
 @contextmanager
@@ -346,7 +397,19 @@ def verify_collection(
     ``options``: sample, min_recall, progress.
     """
     encoder = load_encoder(plan.model_dir, device)
-    return verify_migration(store, plan, encoder.encode, encoder.encode_queries, state_base=state_base, **options)
+    return verify_migration(store, plan, encoder.encode, verification_queries(encoder), state_base=state_base,
+                            **options)
+
+
+def verification_queries(encoder: Any) -> Any:
+    """The query encoder of verify's recall check: the database's search alone (no re-score), so
+    decoder-projection queries keep their full width (``k_query`` narrows the search of a query path
+    that re-scores its candidates); TopK queries as the encoder makes them."""
+    cfg = encoder.config
+    if cfg.query_projection != "decoder":
+        return encoder.encode_queries
+    full = cfg.k_query_for("decoder", cfg.k)
+    return lambda x: encoder.encode_queries(x, k=full)
 
 
 def sync_collection(

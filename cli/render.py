@@ -16,8 +16,20 @@ def render_export(res: Any) -> str:
 def render_train(res: Any) -> str:
     """A `TrainSummary` with the numeric figures of its training report."""
     figures = {k: v for k, v in res.report.items() if isinstance(v, (int, float))}
-    return kv({"model": res.model_dir, "rows": res.rows, "input_dim": res.input_dim, "hidden_dim": res.hidden_dim,
-               "k": res.k, "epochs": res.epochs, "train_s": res.seconds, **figures})
+    out = kv({"model": res.model_dir, "rows": res.rows, "input_dim": res.input_dim, "hidden_dim": res.hidden_dim,
+              "k": res.k, "epochs": res.epochs, "train_s": res.seconds, "query width": res.query_width,
+              "search candidates": res.search_candidates, **figures})
+    return out + ("\n" + query_width_line(res.query_width_report) if res.query_width_report else "")
+
+
+def query_width_line(rep: dict[str, Any]) -> str:
+    """How a model's search-query width was chosen (`csr_vdb.config.QueryWidthReport` as a dict)."""
+    recalls = ", ".join(f"{w}: {r:.3f}" for w, r in sorted(rep["recalls"].items(), key=lambda kv: int(kv[0])))
+    verdict = "met" if rep["met"] else "not met (widest kept)"
+    return (f"query width {rep['width']} chosen for {rep['recall_floor']:.0%} of the full width's recall@10 "
+            f"({rep['full_recall']:.3f} at {rep['full_width']}; floor {rep['floor']:.3f} {verdict}), "
+            f"{rep['candidates']} candidates, {rep['queries']} self-queries over {rep['rows']} rows; "
+            f"recall by width: {recalls}")
 
 
 def render_migration(plan: Any, res: Any) -> str:
@@ -89,6 +101,10 @@ def eval_table(rep: Any) -> str:
          rep.latency_ms["rescore"]],
     ]
     head = f"{rep.queries} sampled rows of '{rep.source}' as queries; reference: dense search; target '{rep.target}'"
+    if rep.query_width is not None:
+        head += f"\nsearch query width {rep.query_width}, {rep.candidates} candidates re-scored"
+    if rep.query_width_report:
+        head += "\n" + query_width_line(rep.query_width_report)
     return head + "\n" + table(rows, ["mode", f"recall@{rep.top_k}", "bytes/vector", "ms/query"])
 
 

@@ -44,7 +44,7 @@ def run_search(
     model_dir: str | None,
     mode: str,
     top_k: int,
-    candidates: int,
+    candidates: int | None,
     text_model: str,
     query_projection: str | None = None,
 ) -> dict[str, Any]:
@@ -58,7 +58,8 @@ def run_search(
         vectors: a ``[q, dim]`` .npy file of query vectors.
         model_dir: the encoder; default the one of this collection's migration.
         mode: "dense", a key of `RERANK`, or "all" (`MODES`).
-        top_k, candidates: hits returned, and sparse candidates re-ranked, per query.
+        top_k, candidates: hits returned, and sparse candidates re-ranked, per query (None: the
+            model's ``search_candidates``).
         text_model: the sentence-transformers model that embeds ``query``.
         query_projection: the encoder's query projection, unless its config's.
     """

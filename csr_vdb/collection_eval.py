@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from csr_vdb.errors import ConfigError, DataError
-from csr_vdb.retriever import Projection, Retriever
+from csr_vdb.retriever import DEFAULT_CANDIDATES, Projection, Retriever
 from csr_vdb.store import Hit, Id, VectorStore
 
 if TYPE_CHECKING:
@@ -38,6 +38,10 @@ class CollectionEvalReport(BaseModel):
     queries: int = Field(description="Sampled rows used as queries.")
     top_k: int = Field(description="Neighbours compared per query.")
     candidates: int = Field(description="Sparse candidates re-ranked per query.")
+    query_width: int | None = Field(None, description="Entries of the database's search query (the model's k_query).")
+    query_width_report: dict[str, Any] | None = Field(
+        None, description="How the model's query width was chosen at training time (recall per width, floor)."
+    )
     recall_sparse: float = Field(description="Mean recall@top_k of sparse search vs dense search.")
     recall_rerank: float = Field(description="Same after exact re-ranking of the sparse candidates (dense when kept).")
     recall_rescore: float = Field(
@@ -117,7 +121,7 @@ def evaluate_collection(
     *,
     sample: int = 200,
     top_k: int = 10,
-    candidates: int = 100,
+    candidates: int | None = None,
     seed: int = 0,
     vector_field: str | None = None,
     device: str | None = None,
@@ -134,7 +138,8 @@ def evaluate_collection(
         encoder: the `CSREncoder` the target was built with.
         sample: rows used as queries.
         top_k: neighbours compared (recall@top_k, the query row itself excluded).
-        candidates: sparse candidates re-ranked per query.
+        candidates: sparse candidates re-ranked per query (None: the encoder's
+            ``search_candidates``, else 100).
         seed: sampling seed.
         vector_field: dense field of ``source`` (default: its first).
         device: re-ranker device.
@@ -150,6 +155,8 @@ def evaluate_collection(
         ConfigError: bad sample/top_k/candidates.
         CollectionNotFoundError / StoreError: from the store.
     """
+    if candidates is None:
+        candidates = encoder.config.search_candidates or DEFAULT_CANDIDATES
     if sample < 1 or top_k < 1 or candidates < top_k:
         raise ConfigError(f"need sample >= 1, top_k >= 1 and candidates >= top_k (got {sample}, {top_k}, {candidates})")
     info = store.describe(source)
@@ -200,6 +207,8 @@ def evaluate_collection(
         queries=n,
         top_k=top_k,
         candidates=candidates,
+        query_width=encoder.config.k_query_for(retriever.projection),
+        query_width_report=encoder.config.query_width.model_dump() if encoder.config.query_width else None,
         recall_sparse=_recall(ref, _drop_self(sparse, ids, top_k), top_k),
         recall_rerank=_recall(ref, _drop_self(rer, ids, top_k), top_k),
         recall_rescore=_recall(ref, _drop_self(res, ids, top_k), top_k),

@@ -16,6 +16,25 @@ QueryProjection = Literal["encoder", "decoder"]
 DECODER_QUERY_K_FACTOR = 16
 
 
+class QueryWidthReport(BaseModel):
+    """How a model's search-query width (``k_query``) was chosen for a recall floor
+    (`csr_vdb.query_width.fit_query_width`), kept in its config so that ``csr-vdb eval`` shows it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(gt=0, description="The chosen width: entries of the database's search query.")
+    floor: float = Field(description="Recall@10 the width had to reach (absolute).")
+    recall_floor: float = Field(description="The floor asked for, as a share of the full-width recall.")
+    recall: float = Field(description="Recall@10 of search + re-score at the chosen width.")
+    full_recall: float = Field(description="Recall@10 at the full decoder-query width.")
+    full_width: int = Field(gt=0, description="The full decoder-query width the floor is relative to.")
+    recalls: dict[int, float] = Field(default_factory=dict, description="Recall@10 of every width tried.")
+    candidates: int = Field(gt=0, description="Candidates searched per query before the re-score.")
+    met: bool = Field(description="Whether the chosen width reaches the floor (else the widest tried).")
+    queries: int = Field(ge=0, description="Self-queries measured (rows of the training sample).")
+    rows: int = Field(ge=0, description="Rows searched (the training sample).")
+
+
 class CSRConfig(BaseModel):
     """Shape and behaviour of a CSR encoder (arXiv 2503.01776); rebuilt with ``CSRConfig(**cfg)``.
 
@@ -41,6 +60,17 @@ class CSRConfig(BaseModel):
             "<query, doc code> ranks documents by <x, reconstruction(doc)> (asymmetric retrieval: "
             "question -> passage). Default query k for 'decoder' is min(16 k, hidden_dim)."
         ),
+    )
+    search_candidates: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Candidates a search asks the database for before re-scoring them exactly "
+            "(`Retriever.search` and `csr-vdb search` when not given); None: 100."
+        ),
+    )
+    query_width: QueryWidthReport | None = Field(
+        default=None, description="How k_query was chosen for a recall floor at training time, if it was."
     )
     k_aux: int = Field(512, gt=0, description="Dead latents used by the auxiliary loss (clamped to hidden_dim).")
     dead_threshold: int = Field(

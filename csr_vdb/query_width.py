@@ -6,19 +6,25 @@ positive entries (512 at k=32); the exact signed re-score of the candidates (`cs
 fixes the order afterwards, so the search query can keep far fewer of them. `narrow_queries`
 keeps ``width`` entries per query, chosen by magnitude or by magnitude per expected posting cost;
 `choose_query_width` finds the smallest width whose search + re-score still finds the exact dense
-neighbours of a collection's own rows (self-queries) at a given recall floor.
+neighbours of a collection's own rows (self-queries) at a given recall floor; `fit_query_width`
+runs it for a trained encoder (``csr-vdb train --query-width auto``) and `apply_query_width` keeps
+the choice in the model's config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from csr_vdb.errors import ConfigError, DataError
 from csr_vdb.sparse import SparseVectors
+
+if TYPE_CHECKING:
+    from csr_vdb.config import QueryWidthReport
+    from csr_vdb.model import CSREncoder
 
 Select = Literal["magnitude", "cost"]
 
@@ -242,3 +248,77 @@ def self_query_sample(
     rows = np.sort(rng.choice(n, size=min(int(n_queries), n), replace=False)).astype(np.int64)
     _, truth = exact_search(np.asarray(x)[rows], x, top_k + 1, metric="cosine")
     return rows, truth
+
+
+def fit_query_width(
+    encoder: CSREncoder,
+    x: np.ndarray,
+    recall_floor: float = 0.99,
+    candidates: int | None = None,
+    queries: int = 300,
+    max_rows: int = 20_000,
+    widths: Sequence[int] = DEFAULT_WIDTHS,
+    top_k: int = 10,
+    seed: int = 0,
+) -> QueryWidthReport:
+    """The narrowest search-query width of a decoder-projection encoder that keeps
+    ``recall_floor`` of its full-width recall, measured on the collection's own rows.
+
+    Up to ``max_rows`` rows of ``x`` (e.g. the training sample) are encoded as documents;
+    ``queries`` of them search the others (self-queries) with the database's search query at each
+    width, the ``candidates`` best are re-scored exactly with the signed query (as `Retriever`
+    does), and recall@``top_k`` is taken against the exact cosine neighbours (`choose_query_width`).
+
+    Args:
+        encoder: a trained `CSREncoder` with ``query_projection="decoder"``.
+        x: ``[n, input_dim]`` rows of the collection.
+        recall_floor: share of the full-width recall to keep, in (0, 1].
+        candidates: candidates re-scored per query (default: the encoder's ``search_candidates``,
+            else 100).
+        queries: self-queries drawn from the rows.
+        max_rows: rows encoded and searched (a random sample when ``x`` has more).
+        widths: widths tried (the full width is always measured).
+        top_k: neighbours compared.
+        seed: sampling seed.
+
+    Returns:
+        A `csr_vdb.config.QueryWidthReport`; apply it with `apply_query_width`.
+
+    Raises:
+        ConfigError: an encoder without the decoder projection, or a floor outside (0, 1].
+        DataError: fewer than ``top_k + 2`` rows.
+    """
+    from csr_vdb.config import QueryWidthReport
+
+    cfg = encoder.config
+    if cfg.query_projection != "decoder":
+        raise ConfigError("a query width is chosen for decoder-projection queries (query_projection='decoder')")
+    if len(x) < top_k + 2:
+        raise DataError(f"choosing a query width needs at least {top_k + 2} rows, got {len(x)}")
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(x), max_rows, replace=False)) if len(x) > max_rows else slice(None)
+    x = np.array(x[picked], dtype=np.float32)  # a copy in memory (x may be a read-only memmap)
+    cand = int(candidates or cfg.search_candidates or 100)
+    cand = min(max(cand, top_k + 1), len(x))
+    rows, truth = self_query_sample(x, queries, top_k, seed=seed)
+    full = cfg.k_query_for("decoder", cfg.k)  # the full decoder width, whatever k_query says
+    docs = encoder.encode(x)
+    search = encoder.encode_queries(x[rows], k=full, projection="decoder")
+    exact = encoder.encode_queries(x[rows], projection="decoder", signed=True)
+    choice = choose_query_width(search, exact, docs, truth, floor=recall_floor, relative=True, widths=widths,
+                                candidates=cand, self_rows=rows, top_k=top_k)
+    return QueryWidthReport(
+        width=choice.width, floor=round(choice.floor, 6), recall_floor=float(recall_floor),
+        recall=round(choice.recall, 6), full_recall=round(choice.full_recall, 6), full_width=full,
+        recalls={int(w): round(r, 6) for w, r in choice.recalls.items()}, candidates=cand, met=choice.met,
+        queries=len(rows), rows=len(x),
+    )
+
+
+def apply_query_width(encoder: CSREncoder, report: QueryWidthReport) -> None:
+    """Set the encoder's ``k_query`` (and ``search_candidates``) to a `fit_query_width` choice,
+    keeping the report in its config (saved with the model)."""
+    from csr_vdb.config import CSRConfig
+
+    encoder.config = CSRConfig(**{**encoder.config.model_dump(), "k_query": report.width,
+                                  "search_candidates": report.candidates, "query_width": report.model_dump()})

@@ -10,6 +10,13 @@ from csr_vdb.errors import ConfigError
 #: Optimisation steps the defaults aim for: quality kept rising with steps up to a few thousand
 #: on 5k-10k row collections.
 TARGET_STEPS = 2000
+#: Entries of the database's search query (the decoder projection's largest): the exact re-score
+#: of `SEARCH_CANDIDATES` candidates with the whole signed query then keeps the quality of the
+#: 512-entry query while the database walks about 1/26 of the postings (bench/README.md,
+#: query_width.py and scale.py).
+QUERY_WIDTH = 16
+#: Candidates re-scored per query with `QUERY_WIDTH`-entry search queries.
+SEARCH_CANDIDATES = 300
 #: Cap on epochs, so that a tiny collection is not trained for hours.
 MAX_EPOCHS = 200
 #: Small collections take smaller batches: more steps per epoch, and in-batch negatives stay hard.
@@ -29,7 +36,8 @@ def default_configs(
     Model: h = 4d (the paper's sweet spot); documents encoded by matching pursuit with the bias
     latent (k-1 atoms + ``b_pre``), codes L2-normalised; queries by the decoder projection, so that
     a database's search ranks by the cosine with each document's reconstruction and the signed
-    query re-scores its candidates exactly. Training: InfoNCE on code cosines (temperature 0.1)
+    query re-scores its candidates exactly; the search query keeps `QUERY_WIDTH` entries and
+    `SEARCH_CANDIDATES` candidates are re-scored (`with_overrides` drops both for TopK queries). Training: InfoNCE on code cosines (temperature 0.1)
     with each row's dense nearest neighbour, mined in the batch plus a pool of the 4096 most recent
     rows, as the positive; Adam 1e-3 with cosine decay; batch 256 below `SMALL_COLLECTION_ROWS`
     rows (more steps per epoch), 1024 above; epochs for about `TARGET_STEPS` steps; no early
@@ -65,6 +73,8 @@ def default_configs(
         input_dim=input_dim,
         hidden_dim=h,
         k=k,
+        k_query=min(QUERY_WIDTH, h),
+        search_candidates=SEARCH_CANDIDATES,
         normalize_codes=True,
         query_projection="decoder",
         doc_codes="pursuit",
@@ -87,3 +97,23 @@ def default_configs(
         val_fraction=0.0,
     )
     return model, train
+
+
+def with_overrides(model: CSRConfig, **changes: object) -> CSRConfig:
+    """The recipe's model settings with ``changes`` (`CSRConfig` fields), keeping them coherent.
+
+    Queries by the encoder projection (``query_projection="encoder"``, TopK codes like the
+    documents) get neither the recipe's decoder search width nor its candidate count, nor the
+    bias latent, unless ``changes`` sets them.
+
+    Raises:
+        pydantic.ValidationError: an unknown field or an invalid combination.
+    """
+    fields = {**model.model_dump(), **changes}
+    if fields.get("query_projection") == "encoder":
+        for name in ("k_query", "search_candidates"):
+            if name not in changes:
+                fields[name] = None
+        if "bias_latent" not in changes:
+            fields["bias_latent"] = False
+    return CSRConfig(**fields)

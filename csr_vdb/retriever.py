@@ -9,10 +9,9 @@ adapter or a database client.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
@@ -30,6 +29,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Projection = Literal["encoder", "decoder"]
+DEFAULT_CANDIDATES = 100
+"""Candidates re-ranked per query when neither the call nor the encoder's config says how many."""
 SMALL_BATCH = 16
 """Query batches up to this size are encoded on one torch thread (see `Retriever.query_codes`)."""
 RetrievedHit = Hit
@@ -61,30 +62,46 @@ def decoder_queries(encoder: QueryEncoder, x: np.ndarray) -> tuple[SparseVectors
     The signed query holds every entry of the projection (and the bias latent's, with
     ``bias_latent``), as ``encode_queries(x, projection="decoder", signed=True)`` makes it. The
     search query is what ``encode_queries(x, projection="decoder")`` makes of the same entries:
-    the ``k`` largest, negative ones dropped (the largest kept as ``MIN_ACTIVATION`` when none is
-    positive, as databases refuse empty vectors), unit-normalised with ``normalize_codes``.
+    the ``k_query`` largest, negative ones dropped (the largest kept as ``MIN_ACTIVATION`` when
+    none is positive, as databases refuse empty vectors), unit-normalised with ``normalize_codes``.
 
     Returns:
-        ``(search [q, k] over code_dim, signed [q, code_dim])``.
+        ``(search [q, k_query] over code_dim, signed [q, code_dim])``.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from csr_vdb.model import MIN_ACTIVATION
-
     cfg = encoder.config
     signed = encoder.encode_queries(x, projection="decoder", signed=True)
-    proj = torch.from_numpy(signed.to_dense()[:, : cfg.hidden_dim])
-    vals, idx = proj.topk(cfg.k_query_for("decoder"), dim=1)
-    first = vals[:, :1]
-    vals[:, :1] = torch.where(first > 0, first, torch.full_like(first, MIN_ACTIVATION))
-    vals = F.relu(vals)
-    if cfg.normalize_codes:
-        vals = vals / vals.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    vals, order = vals.sort(dim=1, descending=True)
-    idx = idx.gather(1, order)
-    idx = torch.where(vals != 0, idx, torch.zeros_like(idx))
-    return SparseVectors(idx.numpy(), vals.numpy(), cfg.code_dim), signed
+    return search_queries(_projection(signed, cfg.hidden_dim), cfg.k_query_for("decoder"), cfg), signed
+
+
+def _projection(signed: SparseVectors, hidden_dim: int) -> np.ndarray:
+    """``W_dec x`` ``[q, hidden_dim]`` out of the full signed query (its first ``hidden_dim`` slots
+    are the latents in order, as `CSREncoder.encode` makes it; any other layout is scattered)."""
+    head = signed.indices[:, :hidden_dim]
+    if head.shape[1] == hidden_dim and (head == np.arange(hidden_dim)).all():
+        return signed.values[:, :hidden_dim]
+    return signed.to_dense()[:, :hidden_dim]
+
+
+def search_queries(projection: np.ndarray, width: int, config: CSRConfig) -> SparseVectors:
+    """The database's search query from a decoder projection ``[q, hidden_dim]``: the ``width``
+    largest entries, best first, non-negative and never empty (see `decoder_queries`)."""
+    from csr_vdb.model import MIN_ACTIVATION
+
+    proj = np.asarray(projection, dtype=np.float32)
+    width = max(1, min(int(width), proj.shape[1]))
+    if width < proj.shape[1]:
+        top = np.argpartition(-proj, width - 1, axis=1)[:, :width]
+    else:
+        top = np.broadcast_to(np.arange(proj.shape[1]), proj.shape)
+    vals = np.take_along_axis(proj, top, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    idx = np.take_along_axis(top, order, axis=1).astype(np.int64)
+    vals = np.take_along_axis(vals, order, axis=1)
+    vals[:, 0] = np.where(vals[:, 0] > 0, vals[:, 0], np.float32(MIN_ACTIVATION))
+    vals = np.maximum(vals, np.float32(0))
+    if config.normalize_codes:
+        vals = vals / np.maximum(np.linalg.norm(vals, axis=1, keepdims=True), np.float32(1e-30))
+    return SparseVectors(np.where(vals != 0, idx, 0), vals, config.code_dim)
 
 
 class Retriever:
@@ -183,7 +200,7 @@ class Retriever:
         self,
         queries: np.ndarray | str | Sequence[str],
         top_k: int = 10,
-        candidates: int = 100,
+        candidates: int | None = None,
         rerank: bool | str = True,
     ) -> list[list[Hit]]:
         """Sparse search in the database, then (optionally) exact re-ranking of the candidates.
@@ -191,7 +208,8 @@ class Retriever:
         Args:
             queries: dense query vectors ``[q, input_dim]`` (or ``[input_dim]``), a text, or texts.
             top_k: results per query.
-            candidates: sparse candidates fetched per query before re-ranking (>= top_k).
+            candidates: sparse candidates fetched per query before re-ranking (at least top_k are);
+                None: the encoder's ``search_candidates`` (`DEFAULT_CANDIDATES` when it has none).
             rerank: re-rank the candidates exactly. ``"dense"``: by the dense metric (the collection
                 must have kept its dense vectors). ``"codes"``: from their stored codes, with
                 decoder-projection queries by the signed query (``signed=True``: every entry,
@@ -212,6 +230,10 @@ class Retriever:
         """
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        if candidates is None:
+            candidates = getattr(self.encoder.config, "search_candidates", None) or DEFAULT_CANDIDATES
+        if candidates < 1:
+            raise ConfigError(f"candidates must be >= 1, got {candidates}")
         if rerank not in (True, False, "dense", "codes"):
             raise ConfigError(f"rerank must be True, False, 'dense' or 'codes', got {rerank!r}")
         if rerank is True:
@@ -236,10 +258,8 @@ class Retriever:
             ranked = self._get_reranker().rank_codes(score_codes, found.codes, found.lengths, top_k=top_k)
         else:
             raise StoreError(f"{self.store.uri} returned no {rerank} vectors with the candidates of '{self.collection_name}'")
-        return [
-            [dataclasses.replace(hits[j], score=float(s)) for j, s in zip(pos, scores)]
-            for hits, (pos, scores) in zip(found.hits, ranked)
-        ]
+        # hits are made for the kept candidates only, with their exact scores
+        return found.select(ranked)
 
     # ------------------------------------------------------------------ writes
     def writer(self) -> SparseWriter:

@@ -236,18 +236,44 @@ class SparseVectors:
         Raises:
             DataError: a pair whose indices and values differ in length.
         """
-        rows = [(i if isinstance(i, Sized) else list(i), v if isinstance(v, Sized) else list(v)) for i, v in pairs]
-        lengths = np.fromiter((len(i) for i, _ in rows), np.int64, len(rows))
-        bad = np.flatnonzero(lengths != np.fromiter((len(v) for _, v in rows), np.int64, len(rows)))
-        if len(bad):
-            n = int(bad[0])
-            raise DataError(f"sparse row {n} has {len(rows[n][0])} indices but {len(rows[n][1])} values", [n])
+        return SparseVectors.from_flat(*flat_pairs(pairs), dim)
+
+    @staticmethod
+    def from_flat(lengths: np.ndarray, indices: np.ndarray, values: np.ndarray, dim: int) -> SparseVectors:
+        """Rows given back to back: row ``r`` holds the next ``lengths[r]`` entries of the flat
+        ``indices`` / ``values`` (CSR without the offsets), padded to the longest row.
+
+        Raises:
+            DataError: entry counts that do not add up.
+        """
+        lengths = np.asarray(lengths, np.int64)
+        if len(indices) != len(values) or int(lengths.sum()) != len(indices) or (lengths < 0).any():
+            raise DataError(f"{len(indices)} indices and {len(values)} values for rows of {int(lengths.sum())} entries")
         width = max(int(lengths.max(initial=0)), 1)
-        idx = np.zeros((len(rows), width), np.int64)
-        val = np.zeros((len(rows), width), np.float32)
-        total = int(lengths.sum())
-        if total:
+        idx = np.zeros((len(lengths), width), np.int64)
+        val = np.zeros((len(lengths), width), np.float32)
+        if len(indices):
             live = np.arange(width)[None, :] < lengths[:, None]
-            idx[live] = np.fromiter(chain.from_iterable(i for i, _ in rows), np.int64, total)
-            val[live] = np.fromiter(chain.from_iterable(v for _, v in rows), np.float32, total)
+            idx[live] = indices
+            val[live] = values
         return SparseVectors(idx, val, dim)
+
+
+def flat_pairs(pairs: Sequence[tuple[Iterable[int], Iterable[float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lengths [n] int64, indices int64, values float32)`` of ``(indices, values)`` pairs laid back
+    to back (the input of `SparseVectors.from_flat`), in one pass over the entries.
+
+    Raises:
+        DataError: a pair whose indices and values differ in length.
+    """
+    idx_rows = [i if isinstance(i, Sized) else list(i) for i, _ in pairs]
+    val_rows = [v if isinstance(v, Sized) else list(v) for _, v in pairs]
+    lengths = np.fromiter(map(len, idx_rows), np.int64, len(idx_rows))
+    bad = np.flatnonzero(lengths != np.fromiter(map(len, val_rows), np.int64, len(val_rows)))
+    if len(bad):
+        n = int(bad[0])
+        raise DataError(f"sparse row {n} has {len(idx_rows[n])} indices but {len(val_rows[n])} values", [n])
+    total = int(lengths.sum())
+    flat_idx = np.fromiter(chain.from_iterable(idx_rows), np.int64, total)
+    flat_val = np.fromiter(chain.from_iterable(val_rows), np.float32, total)
+    return lengths, flat_idx, flat_val

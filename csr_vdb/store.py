@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -50,6 +50,7 @@ __all__ = [
     "Metric",
     "PayloadPage",
     "Record",
+    "SparseIndexConfig",
     "VectorStore",
     "check_batch_size",
     "check_cursor",
@@ -179,25 +180,174 @@ class Record:
     sparse: tuple[list[int], list[float]] | None = None
 
 
-@dataclass(frozen=True)
 class Candidates:
     """What `VectorStore.search_candidates` returns: the hits of a batch of queries and, row-aligned
     with those hits taken in query order, the vectors stored with them.
 
-    Attributes:
-        hits: one list per query, best first (as `VectorStore.search_sparse`).
+    Held as columns (ids, scores, payloads per query), so that a caller that re-ranks hundreds of
+    candidates builds `Hit` objects, and may read payloads, only for the few it keeps (`select`);
+    `hits` builds them all.
+
+    Args:
+        hits: one list of `Hit` per query, best first (or give ``ids``/``scores``/``payloads``).
         codes: the hits' sparse codes ``[total hits, width]`` when asked for, else None.
         dense: the hits' dense vectors ``[total hits, dimension]`` float32 when asked for, else None.
+        ids: per query the hits' ids, best first.
+        scores: per query the hits' scores ``[hits]`` float64.
+        payloads: per query the hits' payloads; None when no payloads were asked for, or when
+            ``payload_reader`` reads them on demand.
+        payload_reader: ``ids -> {id: payload}``: reads the payloads of the hits a caller keeps
+            (a store whose engine reads payloads per row, so that hundreds of candidates cost it
+            nothing); ids it does not return get an empty payload.
     """
 
-    hits: list[list[Hit]]
-    codes: SparseVectors | None = None
-    dense: np.ndarray | None = None
+    __slots__ = ("ids", "scores", "codes", "dense", "_payloads", "_reader", "_hits")
+
+    def __init__(
+        self,
+        hits: list[list[Hit]] | None = None,
+        codes: SparseVectors | None = None,
+        dense: np.ndarray | None = None,
+        *,
+        ids: list[list[Id]] | None = None,
+        scores: list[np.ndarray] | None = None,
+        payloads: list[list[dict[str, Any] | None]] | None = None,
+        payload_reader: Callable[[list[Id]], dict[Id, dict[str, Any]]] | None = None,
+    ) -> None:
+        if hits is not None:
+            ids = [[h.id for h in hs] for hs in hits]
+            scores = [np.fromiter((h.score for h in hs), np.float64, len(hs)) for hs in hits]
+            payloads = [[h.payload for h in hs] for hs in hits]
+        if ids is None or scores is None or len(ids) != len(scores):
+            raise DataError("Candidates need hits, or ids and scores of the same number of queries")
+        self.ids = ids
+        self.scores = scores
+        self.codes = codes
+        self.dense = dense
+        self._payloads = payloads
+        self._reader = payload_reader
+        self._hits = hits
 
     @property
     def lengths(self) -> list[int]:
         """Hits per query: the rows of `codes` / `dense` that belong to each query, in order."""
-        return [len(h) for h in self.hits]
+        return [len(i) for i in self.ids]
+
+    @property
+    def payloads(self) -> list[list[dict[str, Any] | None]] | None:
+        """Per query the hits' payloads (read now when read on demand), or None."""
+        if self._payloads is None and self._reader is not None:
+            read = self._read([i for row in self.ids for i in row])
+            self._payloads = [[read.get(i, {}) for i in row] for row in self.ids]
+        return self._payloads
+
+    @property
+    def hits(self) -> list[list[Hit]]:
+        """One list of `Hit` per query, best first (built on first use)."""
+        if self._hits is None:
+            self._hits = self.select([(range(len(i)), None) for i in self.ids])
+        return self._hits
+
+    def select(self, ranked: Sequence[tuple[Iterable[int], Iterable[float] | None]]) -> list[list[Hit]]:
+        """Per query the hits at the given positions (in that order), with the given scores
+        instead of the database's (a re-ranking's; None keeps them); payloads are read for these
+        hits only.
+
+        Args:
+            ranked: one ``(positions, scores or None)`` per query.
+        """
+        picked = [[int(j) for j in pos] for pos, _ in ranked]
+        payloads = self._payloads
+        lookup: dict[Id, dict[str, Any]] | None = None
+        if payloads is None and self._reader is not None:
+            lookup = self._read([self.ids[q][j] for q, pos in enumerate(picked) for j in pos])
+        out = []
+        for q, (pos, (_, sc)) in enumerate(zip(picked, ranked)):
+            ids = self.ids[q]
+            values = self.scores[q][pos].tolist() if sc is None else [float(x) for x in sc]
+            if lookup is not None:
+                row = [lookup.get(ids[j], {}) for j in pos]
+            elif payloads is not None:
+                row = [payloads[q][j] for j in pos]
+            else:
+                row = [None] * len(pos)
+            out.append([Hit(ids[j], v, p) for j, v, p in zip(pos, values, row)])
+        return out
+
+    def _read(self, ids: list[Id]) -> dict[Id, dict[str, Any]]:
+        wanted = list(dict.fromkeys(ids))
+        return self._reader(wanted) if wanted and self._reader is not None else {}
+
+
+@dataclass(frozen=True)
+class SparseIndexConfig:
+    """Engine settings of a sparse collection's inverted index (`VectorStore.create_sparse_collection`).
+
+    Each engine takes its own settings and refuses the others with `ConfigError`; None leaves a
+    setting to the adapter's default (``DEFAULT_SPARSE_INDEX``). They change how the database
+    finds its candidates, never the stored codes that `Retriever` re-scores them with.
+
+    Attributes:
+        datatype: Qdrant: value type of the index ("float32", "float16", "uint8"); "uint8"
+            quantises the index weights (a smaller index, approximate search scores) while the
+            stored vectors returned with the hits stay exact float32.
+        memory: Qdrant: where the index lives: "pinned" (RAM), "cached" or "cold" (memory-mapped
+            from disk, in the page cache while used / not held).
+        full_scan_threshold: Qdrant: below this many matching points a search scans instead of
+            using the index.
+        inverted_index_algo: Milvus: "TAAT_NAIVE", "DAAT_WAND" or "DAAT_MAXSCORE" (Milvus Lite
+            implements TAAT_NAIVE only and refuses the others).
+        drop_ratio_build: Milvus: share of the smallest values left out of the index at build
+            time (approximate; Milvus Lite takes 0 only).
+    """
+
+    datatype: Literal["float32", "float16", "uint8"] | None = None
+    memory: Literal["pinned", "cached", "cold"] | None = None
+    full_scan_threshold: int | None = None
+    inverted_index_algo: Literal["TAAT_NAIVE", "DAAT_WAND", "DAAT_MAXSCORE"] | None = None
+    drop_ratio_build: float | None = None
+
+    def __post_init__(self) -> None:
+        choices = {"datatype": ("float32", "float16", "uint8"), "memory": ("pinned", "cached", "cold"),
+                   "inverted_index_algo": ("TAAT_NAIVE", "DAAT_WAND", "DAAT_MAXSCORE")}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(f"sparse index {name} must be one of {', '.join(allowed)}, got {value!r}")
+        t = self.full_scan_threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0):
+            raise ConfigError(f"sparse index full_scan_threshold must be a non-negative integer, got {t!r}")
+        r = self.drop_ratio_build
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1):
+            raise ConfigError(f"sparse index drop_ratio_build must be in [0, 1), got {r!r}")
+
+    @classmethod
+    def parse(cls, value: SparseIndexConfig | dict[str, Any] | None) -> SparseIndexConfig | None:
+        """A config from itself, a mapping of its fields, or None; `ConfigError` on unknown keys."""
+        if value is None or isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"sparse_index must be a SparseIndexConfig or a dict, got {type(value).__name__}")
+        unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(
+                f"unknown sparse index setting(s) {', '.join(unknown)} (use {', '.join(cls.__dataclass_fields__)})"
+            )
+        return cls(**value)
+
+    def given(self) -> dict[str, Any]:
+        """The settings that are set (not None)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def merged(self, defaults: SparseIndexConfig | None) -> SparseIndexConfig:
+        """These settings over ``defaults`` (an adapter's)."""
+        return SparseIndexConfig(**{**(defaults.given() if defaults else {}), **self.given()})
+
+    def check_engine(self, engine: str, takes: Iterable[str]) -> None:
+        """Refuse settings the engine does not have (`ConfigError` naming them)."""
+        other = sorted(set(self.given()) - set(takes))
+        if other:
+            raise ConfigError(f"{engine} has no sparse index setting {', '.join(other)} (it takes: {', '.join(takes) or 'none'})")
 
 
 @runtime_checkable
@@ -277,9 +427,13 @@ class VectorStore(Protocol):
         *,
         keep_dense: bool = True,
         vector_field: str | None = None,
+        sparse_index: SparseIndexConfig | dict[str, Any] | None = None,
     ) -> None:
         """Create ``collection_name`` with the sparse field `SPARSE_FIELD`, the id type and payload
         schema of ``like`` and (when ``keep_dense``) its dense field ``vector_field``.
+
+        ``sparse_index``: engine settings of the sparse index (`SparseIndexConfig`, over the
+        adapter's defaults); they apply when the collection is made.
 
         Idempotent when the collection already exists with that schema; raises `StoreError`
         when it exists with another schema.
@@ -349,8 +503,14 @@ class VectorStore(Protocol):
         limit: int = 10,
         with_payload: bool = False,
         vector_field: str | None = None,
+        *,
+        ef: int | None = None,
     ) -> list[list[Hit]]:
-        """Top-``limit`` rows by the dense field's metric, one list per query, best first."""
+        """Top-``limit`` rows by the dense field's metric, one list per query, best first.
+
+        ``ef``: the HNSW search breadth where the field has an HNSW index (larger: higher recall,
+        slower); None leaves the engine's default. Ignored by exact (brute-force) indexes.
+        """
         ...
 
     def fetch(

@@ -345,6 +345,49 @@ def test_search_candidates_return_the_hits_with_their_stored_vectors(store, make
         store.search_sparse(lean, qc, limit=-1)
 
 
+SPARSE_INDEX_ASKS = {"datatype": "float16", "memory": "cold", "full_scan_threshold": 5000,
+                     "inverted_index_algo": "TAAT_NAIVE", "drop_ratio_build": 0.0}
+
+
+def test_sparse_index_settings_are_taken_or_refused_per_engine(store, make_name):
+    """Each engine takes its own index settings (the collection then searches and returns its codes
+    as every other does) and refuses the others with a ConfigError, creating nothing."""
+    src, tgt = make_name("src"), make_name("tuned")
+    ids, x, pl = fill_dense(store, src, 120)
+    takes = set(type(store).SPARSE_INDEX_SETTINGS)
+    store.create_sparse_collection(tgt, like=src, keep_dense=False,
+                                   sparse_index={k: v for k, v in SPARSE_INDEX_ASKS.items() if k in takes})
+    codes = codes_for(x)
+    store.upsert(tgt, ids, codes, pl)
+    store.flush(tgt)
+    qc = codes_for(clustered(6, DIM, clusters=6, seed=2, noise=0.3)[0])
+    found = store.search_candidates(tgt, qc, limit=10, with_codes=True)
+    assert_ranked(found.hits, (qc.to_scipy() @ codes.to_scipy().T).toarray(), ids, 10, positive_only=True)
+    rows = [ids.index(h.id) for hs in found.hits for h in hs]
+    assert found.codes.equals(codes[rows], atol=1e-6)
+    other = sorted(set(SPARSE_INDEX_ASKS) - takes)
+    if other:
+        bad = make_name("refused")
+        with pytest.raises(ConfigError, match=other[0]):
+            store.create_sparse_collection(bad, like=src, sparse_index={k: SPARSE_INDEX_ASKS[k] for k in other})
+        assert not store.has_collection(bad)
+    for wrong in ({"datatype": "int4"}, {"no_such_setting": 1}, {"full_scan_threshold": -1}, {"drop_ratio_build": 1.5}):
+        with pytest.raises(ConfigError):
+            store.create_sparse_collection(make_name("wrong"), like=src, sparse_index=wrong)
+
+
+def test_search_dense_takes_an_hnsw_ef(store, make_name):
+    name = make_name("dense")
+    ids, x, _ = fill_dense(store, name, 200)
+    q, _ = clustered(8, DIM, clusters=6, seed=0, noise=0.3)
+    exact = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T
+    for ef in (16, 512):
+        assert_ranked(store.search_dense(name, q, limit=10, ef=ef), exact, ids, 10, positive_only=False)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ConfigError, match="ef"):
+            store.search_dense(name, q, limit=3, ef=bad)
+
+
 def test_search_sparse_without_overlap_is_empty(store, make_name):
     src, tgt = make_name("src"), make_name("tgt")
     ids, x, pl = fill_dense(store, src, 20)

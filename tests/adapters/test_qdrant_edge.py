@@ -354,3 +354,33 @@ def test_optimize_builds_indexes_and_keeps_results(root):
         exact = mem.search_dense("c", x[:25], 10)
         recall = np.mean([len({h.id for h in a} & {h.id for h in b}) / 10 for a, b in zip(dense, exact)])
         assert recall >= 0.9
+
+
+@pytest.mark.slow
+def test_uint8_index_by_default_quantises_the_search_and_keeps_the_stored_codes_exact(store):
+    """The default sparse index stores one-byte weights (the engine builds it once a segment is
+    large enough to index): the database's scores are then approximate, the codes it returns with
+    the hits are the float32 ones written, so the re-score from them is exact; a float32 index
+    scores exactly."""
+    n, k, h = 50_000, 32, 512
+    rng = np.random.default_rng(0)
+    idx = np.argsort(rng.random((n, h)), axis=1)[:, :k]
+    codes = SparseVectors(idx, rng.random((n, k)).astype(np.float32) + 0.01, h)
+    q = SparseVectors(idx[:5, :8], np.ones((5, 8), np.float32), h)
+    exact = (q.to_scipy() @ codes.to_scipy().T).toarray()
+    store.create_dense_collection("src", DIM)
+    errors = {}
+    for name, index in (("u8", None), ("f32", {"datatype": "float32"})):
+        store.create_sparse_collection(name, like="src", keep_dense=False, sparse_index=index)
+        for a in range(0, n, 10_000):
+            store.upsert(name, list(range(a, a + 10_000)), codes[a : a + 10_000])
+        store.flush(name)
+        found = store.search_candidates(name, q, limit=20, with_codes=True)
+        rows = [hit.id for hs in found.hits for hit in hs]
+        assert found.codes.equals(codes[rows])  # bit for bit
+        got = np.array([hit.score for hs in found.hits for hit in hs])
+        want = np.array([exact[qi, hit.id] for qi, hs in enumerate(found.hits) for hit in hs])
+        errors[name] = float(np.max(np.abs(got - want) / want))
+    meta = json.loads((store._root / "collections" / "u8" / META_FILE).read_text())
+    assert meta["sparse_index"] == {"datatype": "uint8"}
+    assert 1e-5 < errors["u8"] < 0.02 and errors["f32"] < 1e-5

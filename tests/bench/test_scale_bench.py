@@ -54,7 +54,9 @@ def test_scale_on_qdrant_edge_with_variants_and_engine_settings(tmp_path, capsys
         _check_mode(m, 14)
     # the exact dense top-10 is what the recall is measured against: a tiny HNSW finds it all
     assert res["modes"]["dense"]["recall_at_10"]["all"] > 0.9
-    assert res["modes"]["search:m16"]["query_nnz_mean"] <= 16 < res["modes"]["search:default"]["query_nnz_mean"]
+    # the default variant is the model's own search width and candidate count (the recipe's 16 and 300)
+    assert res["variants"]["default"] == {"width": 16, "candidates": 300}
+    assert res["modes"]["search:m16"]["query_nnz_mean"] <= 16 and res["modes"]["search:default"]["query_nnz_mean"] <= 16
     assert res["modes"]["search:c16"]["postings_per_query"] <= res["modes"]["search:m16"]["postings_per_query"]
     assert set(res["modes"]["dense"]["qps"]) == {"1", "2"} and res["modes"]["retriever:default"]["qps"]["1"] > 0
     assert res["dense_ef"]["ef"] in res["dense_ef"]["calibration"] or str(res["dense_ef"]["ef"]) in \
@@ -64,6 +66,7 @@ def test_scale_on_qdrant_edge_with_variants_and_engine_settings(tmp_path, capsys
         assert c["count"] == 1500 and c["disk_bytes"] > 0 and c["build_s"] >= 0
         assert c["memory_mb"]["loaded"]["rss"] > 0 and "rss_after_run" in c["memory_mb"]
     assert res["collections"]["f16"]["engine"] == {"datatype": "float16", "memory": "cold"}
+    assert res["collections"]["sparse"]["engine"] == {"datatype": "uint8"}  # the adapter's default index
     model = next(iter(res["models"].values()))
     assert model["trained"] and model["hidden_dim"] == 1536 and 0 <= model["dead_frac"] <= 1
     assert res["blas_threads"] == 1 and res["profiles"]["retriever:default"][0]["cum_ms"] > 0

@@ -16,9 +16,11 @@ from csr_vdb.cli.ops import (
     build_configs,
     evaluate,
     export_collection,
+    load_encoder,
     migrate_collection,
     model_for,
     train_model,
+    verification_queries,
     verify_collection,
 )
 from csr_vdb.errors import ConfigError, DataError
@@ -71,11 +73,34 @@ def test_train_from_npy_and_keep_export(setup, tmp_path):
         train_model(tmp_path / "m3", from_npy=tmp_path / "missing.npy")
 
 
+def test_train_chooses_the_query_width_on_the_rows_or_takes_one(setup, tmp_path):
+    npy = tmp_path / "x.npy"
+    np.save(npy, setup.x)
+    auto = train_model(tmp_path / "auto", from_npy=npy, recall_floor=0.9, **TINY)
+    rep = auto.query_width_report
+    assert rep is not None and rep["recall_floor"] == 0.9 and auto.query_width == rep["width"] >= 16
+    assert auto.search_candidates == rep["candidates"] == min(300, ROWS) and rep["rows"] == ROWS
+    saved = json.loads((tmp_path / "auto" / "config.json").read_text())["csr_config"]
+    assert saved["k_query"] == rep["width"] and saved["query_width"]["recalls"] == {str(w): r for w, r in rep["recalls"].items()}
+    fixed = train_model(tmp_path / "fixed", from_npy=npy, query_width="24", **TINY)
+    assert (fixed.query_width, fixed.query_width_report) == (24, None)
+    topk = train_model(tmp_path / "topk", from_npy=npy, query_projection="encoder", **TINY)
+    assert (topk.query_width, topk.query_width_report) == (4, None)  # TopK queries: k non-zeros
+    for bad, match in ((dict(query_width="wide"), "query-width"), (dict(query_width=0), "query-width"),
+                       (dict(query_width=8, k_query=6), "disagree"), (dict(recall_floor=1.5), "recall-floor"),
+                       (dict(query_width=8, query_projection="encoder"), "k-query")):
+        with pytest.raises(ConfigError, match=match):
+            train_model(tmp_path / "bad", from_npy=npy, **{**TINY, **bad})
+
+
 def test_build_configs_applies_overrides_to_the_recipe():
     cfg, tcfg = build_configs(16, 300, hidden_dim=64, k=4, epochs=3, lr=0.01, seed=5, k_query=8)
     assert (cfg.input_dim, cfg.hidden_dim, cfg.k, cfg.k_query, cfg.normalize) == (16, 64, 4, 8, "l2")
     assert (tcfg.epochs, tcfg.lr, tcfg.seed) == (3, 0.01, 5)
     assert build_configs(16, 300, metric="ip")[0].normalize == "none"
+    assert (build_configs(16, 300)[0].k_query, build_configs(16, 300)[0].search_candidates) == (16, 300)
+    topk = build_configs(16, 300, query_projection="encoder")[0]
+    assert (topk.k_query, topk.search_candidates, topk.bias_latent) == (None, None, False)
     assert build_configs(16, 300, k=100)[0].hidden_dim == 400  # k beyond 4 x dim: h follows k
     assert build_configs(16, 5, batch_size=512)[1].batch_size == 5  # never an epoch of zero steps
     assert build_configs(16, 300, k=4, hidden_dim=None)[0].hidden_dim == build_configs(16, 300)[0].hidden_dim
@@ -125,6 +150,10 @@ def test_migrate_verify_and_evaluate(setup):
     assert res.status == "complete" and res.rows_done == ROWS and res.plan_id == plan.plan_id
     rep = verify_collection(setup.store, plan, device="cpu", state_base=state, sample=30)
     assert rep.ok, rep.problems
+    # verify's recall is the database's search alone: the full decoder query, whatever k_query says
+    enc = load_encoder(plan.model_dir)
+    full = enc.config.k_query_for("decoder", enc.config.k)
+    assert verification_queries(enc)(setup.x[:3]).width == full
     assert rep.sample_size == 30 and rep.sparse_mismatches == 0  # the plan's encoder re-encodes what it wrote
 
     # the model of a collection is found from its migration: by source or target
@@ -136,3 +165,12 @@ def test_migrate_verify_and_evaluate(setup):
                   device="cpu", sample=40, candidates=50)
     assert (ev.source, ev.target, ev.queries) == ("docs", "docs_csr", 40)
     assert 0.0 <= ev.recall_sparse <= ev.recall_rerank <= 1.0
+    # the model's search width, and how training chose it, are part of the report and its table
+    assert ev.query_width == setup.summary.query_width and ev.query_width_report == setup.summary.query_width_report
+    from csr_vdb.cli.render import eval_table
+
+    text = eval_table(ev)
+    assert f"search query width {ev.query_width}, 50 candidates" in text and "recall by width" in text
+    ev2 = evaluate(setup.store, "docs", None, model_dir=None, state_dir=state, store_kind=KIND, uri=setup.uri,
+                   device="cpu", sample=20)
+    assert ev2.candidates == setup.summary.search_candidates  # the model's own count

@@ -11,7 +11,9 @@ from csr_vdb.errors import ConfigError, DataError
 from csr_vdb.metrics import exact_search
 from csr_vdb.model import CSREncoder
 from csr_vdb.query_width import (
+    apply_query_width,
     choose_query_width,
+    fit_query_width,
     narrow_queries,
     posting_lengths,
     recall_at,
@@ -109,6 +111,26 @@ def test_choose_query_width_on_self_queries_of_a_real_encoder():
                               candidates=30, self_rows=rows, top_k=5)
     if hard.full_recall < 1.0:
         assert not hard.met and hard.width == full
+
+
+def test_fit_query_width_chooses_on_the_rows_and_keeps_the_choice_in_the_config(tmp_path):
+    enc, x = _encoder_and_data()
+    enc.config = enc.config.model_copy(update={"search_candidates": 40})
+    rep = fit_query_width(enc, x, recall_floor=0.9, queries=50, max_rows=150, widths=(2, 4, 8), seed=1)
+    full = enc.config.k_query_for("decoder", enc.config.k)
+    assert rep.full_width == full and set(rep.recalls) == {2, 4, 8, full}
+    assert (rep.candidates, rep.queries, rep.rows, rep.recall_floor) == (40, 50, 150, 0.9)
+    assert rep.floor == pytest.approx(0.9 * rep.full_recall, abs=1e-6) and rep.met and rep.recall >= rep.floor - 1e-6
+    assert all(rep.recalls[w] < rep.floor for w in rep.recalls if w < rep.width)
+    apply_query_width(enc, rep)
+    assert (enc.config.k_query, enc.config.search_candidates) == (rep.width, 40)
+    enc.save(tmp_path / "m")
+    loaded = CSREncoder.load(tmp_path / "m")
+    assert loaded.config.query_width == rep and loaded.config.k_query_for("decoder") == rep.width
+    with pytest.raises(ConfigError, match="decoder"):
+        fit_query_width(enc.with_config(query_projection="encoder"), x)
+    with pytest.raises(DataError, match="rows"):
+        fit_query_width(enc, x[:5])
 
 
 def test_choose_query_width_by_cost_uses_the_collections_posting_lengths():

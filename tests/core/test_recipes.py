@@ -7,7 +7,7 @@ import pytest
 from csr_vdb.config import CSRConfig, TrainConfig
 from csr_vdb.errors import ConfigError
 from csr_vdb.metrics import one_nn_accuracy, rescored_search
-from csr_vdb.recipes import default_configs
+from csr_vdb.recipes import default_configs, with_overrides
 from csr_vdb.training import train_encoder
 from tests.helpers import clustered
 
@@ -28,6 +28,19 @@ def test_defaults_follow_the_collection_size():
     assert big_steps >= small_steps
     m2, t2 = default_configs(8, 3, k=2, hidden_dim=32)
     assert (m2.hidden_dim, m2.k) == (32, 2) and t2.batch_size <= 3
+
+
+def test_search_width_and_candidates_of_the_recipe_and_of_its_topk_variant():
+    model, _ = default_configs(384, 5000)
+    assert (model.k_query, model.search_candidates) == (16, 300)
+    assert model.k_query_for("decoder") == 16 and model.k_query_for("decoder", k=32) == 512  # the full width
+    assert default_configs(8, 100, k=2, hidden_dim=12)[0].k_query == 12  # never wider than h
+    topk = with_overrides(model, query_projection="encoder")
+    assert (topk.k_query, topk.search_candidates, topk.bias_latent) == (None, None, False)
+    assert topk.k_query_for("encoder") == 32  # TopK queries keep k non-zeros
+    kept = with_overrides(model, query_projection="encoder", k_query=24, bias_latent=True)
+    assert (kept.k_query, kept.bias_latent) == (24, True)
+    assert with_overrides(model, hidden_dim=3072).k_query == 16
 
 
 @pytest.mark.parametrize("args", [(0, 10), (8, 0), (8, 10, 40, 32)])

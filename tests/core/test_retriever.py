@@ -12,6 +12,7 @@ from csr_vdb.config import CSRConfig
 from csr_vdb.errors import ConfigError, DataError, StoreError
 from csr_vdb.model import CSREncoder
 from csr_vdb.retriever import Retriever
+from csr_vdb.sparse import SparseVectors
 from tests.helpers import clustered
 
 N, D = 240, 16
@@ -269,3 +270,48 @@ def test_retrieved_hit_is_the_contracts_hit():
     from csr_vdb.retriever import RetrievedHit
 
     assert RetrievedHit is Hit
+
+
+def test_candidates_default_to_the_models_search_candidates(world):
+    """``search()`` without ``candidates`` asks the store for the encoder's ``search_candidates``."""
+    store, x, ids, _, _ = world
+    torch.manual_seed(5)
+    enc = CSREncoder(CSRConfig(input_dim=D, hidden_dim=64, k=6, query_projection="decoder", search_candidates=37),
+                     device="cpu")
+    asked = []
+    real = store.search_candidates
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def search_candidates(self, *args, **kwargs):
+            asked.append(kwargs["limit"])
+            return real(*args, **kwargs)
+
+    r = Retriever(Spy(), "lean", enc, device="cpu")
+    r.search(x[:2], top_k=5)
+    r.search(x[:2], top_k=5, candidates=12)
+    plain = Retriever(Spy(), "lean", enc.with_config(search_candidates=None), device="cpu")
+    plain.search(x[:2], top_k=5)
+    assert asked == [37, 12, 100]
+    with pytest.raises(ConfigError, match="candidates"):
+        r.search(x[:1], candidates=0)
+
+
+def test_signed_queries_of_a_few_rows_are_projected_in_numpy_like_the_torch_path(encoder):
+    """Small batches take a numpy product; the result is the torch path's to float32 rounding."""
+    torch.manual_seed(6)
+    enc = CSREncoder(CSRConfig(input_dim=D, hidden_dim=64, k=6, normalize_codes=True, query_projection="decoder",
+                               doc_codes="pursuit", bias_latent=True), device="cpu")
+    with torch.no_grad():
+        enc.b_pre.copy_(torch.randn(D))
+    x = np.random.default_rng(7).normal(size=(80, D)).astype(np.float32)
+    many = enc.encode_queries(x, signed=True)  # 80 rows: torch
+    few = SparseVectors.concat([enc.encode_queries(x[i : i + 10], signed=True) for i in range(0, 80, 10)])
+    assert many.dim == few.dim == 65 and few.width == 65
+    np.testing.assert_allclose(few.to_dense(), many.to_dense(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(enc.encode_queries(torch.from_numpy(x[:3]), signed=True).to_dense(),
+                               many.to_dense()[:3], rtol=1e-5, atol=1e-6)
+    with pytest.raises(DataError):
+        enc.encode_queries(np.full((2, D), np.nan, np.float32), signed=True)

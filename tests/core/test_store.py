@@ -44,6 +44,43 @@ def test_candidates_group_their_rows_by_query():
     assert found.dense is None
 
 
+def test_candidates_select_builds_the_kept_hits_and_reads_their_payloads_only():
+    asked: list[list] = []
+
+    def reader(ids):
+        asked.append(list(ids))
+        return {i: {"name": f"doc {i}"} for i in ids if i != 9}  # 9 was deleted meanwhile
+
+    found = Candidates(ids=[[4, 9, 2], [7]], scores=[np.array([3.0, 2.0, 1.0]), np.array([0.5])],
+                       payload_reader=reader)
+    assert found.lengths == [3, 1] and asked == []
+    top = found.select([(np.array([2, 1]), np.array([5.0, 4.0])), (np.array([0]), None)])
+    assert asked == [[2, 9, 7]]  # one read, for the kept hits only
+    assert top == [[Hit(2, 5.0, {"name": "doc 2"}), Hit(9, 4.0, {})], [Hit(7, 0.5, {"name": "doc 7"})]]
+    assert found.hits[0][0] == Hit(4, 3.0, {"name": "doc 4"}) and len(asked) == 2  # all of them, on demand
+    plain = Candidates(ids=[[1, 2]], scores=[np.array([1.0, 0.5])])
+    assert plain.payloads is None and plain.select([([1], None)]) == [[Hit(2, 0.5, None)]]
+    with pytest.raises(DataError):
+        Candidates(ids=[[1]], scores=[])
+
+
+def test_sparse_index_config_checks_its_settings():
+    cfg = store.SparseIndexConfig.parse({"datatype": "uint8", "full_scan_threshold": 100})
+    assert cfg.given() == {"datatype": "uint8", "full_scan_threshold": 100}
+    assert store.SparseIndexConfig.parse(None) is None and store.SparseIndexConfig.parse(cfg) is cfg
+    merged = store.SparseIndexConfig(memory="cold").merged(store.SparseIndexConfig(datatype="uint8", memory="pinned"))
+    assert merged.given() == {"datatype": "uint8", "memory": "cold"}  # the caller's over the defaults
+    cfg.check_engine("QdrantEdgeStore", ("datatype", "memory", "full_scan_threshold"))
+    with pytest.raises(ConfigError, match="MilvusStore has no sparse index setting datatype, full_scan_threshold"):
+        cfg.check_engine("MilvusStore", ("inverted_index_algo", "drop_ratio_build"))
+    for bad in ({"datatype": "int4"}, {"memory": "disk"}, {"inverted_index_algo": "WAND"}, {"full_scan_threshold": -1},
+                {"full_scan_threshold": 1.5}, {"drop_ratio_build": 1.0}, {"drop_ratio_build": True}, {"nope": 1}):
+        with pytest.raises(ConfigError):
+            store.SparseIndexConfig.parse(bad)
+    with pytest.raises(ConfigError):
+        store.SparseIndexConfig.parse("uint8")  # type: ignore[arg-type]
+
+
 def test_memory_store_satisfies_the_protocol():
     from csr_vdb.adapters.memory import MemoryStore
 
