@@ -10,14 +10,17 @@ and answers alike (the contract suite in tests/adapters compares them).
 
 from __future__ import annotations
 
+import functools
+import logging
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from csr_vdb.adapters._retry import RetryPolicy, apply_retries
+from csr_vdb.adapters._retry import RetryPolicy, apply_retries, is_transient
 from csr_vdb.errors import CollectionNotFoundError, ConfigError, DataError, StoreError
 from csr_vdb.sparse import SparseVectors, flat_pairs
 from csr_vdb.store import (
@@ -44,6 +47,8 @@ from csr_vdb.store import (
 from csr_vdb.validation import check_dense
 
 __all__ = ["Found", "FoundBatch", "Layout", "StoreBase", "payload_schema", "sorted_pair"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -208,12 +213,59 @@ class StoreBase:
     retry_policy: RetryPolicy | None = RetryPolicy()
     """How transient database failures are retried (None: never)."""
 
+    CACHE_LAYOUTS = False
+    """Keep collection layouts between calls: for engines where resolving a name is a request
+    (Milvus' describe, a Qdrant server's alias list). See `_described`."""
+    ALIAS_TTL_S = 1.0
+    """How long an alias's resolution is trusted: a long-lived reader (a `Retriever`) sees an alias
+    moved by another process (a cutover) within this time."""
+    layout_clock: Callable[[], float] = staticmethod(time.monotonic)
+    """The clock of the alias TTL (injectable for tests)."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         apply_retries(cls)
+        _guard_layouts(cls)
 
     def _after_failure(self) -> None:
-        """Called before a retry: forget what a restarted server may no longer hold (default: nothing)."""
+        """Called before a retry: forget what a restarted server may no longer hold (the cached
+        layouts; subclasses add their own state and call this)."""
+        self.forget_layouts()
+
+    def forget_layouts(self, name: str | None = None) -> None:
+        """Drop cached layouts: those of ``name`` (as asked for, or as resolved), or all."""
+        cache = self.__dict__.get("_layout_cache")
+        if not cache:
+            return
+        if name is None:
+            cache.clear()
+            return
+        for key, (s, _) in list(cache.items()):
+            if key == name or s.name == name:
+                cache.pop(key, None)
+
+    def _described(self, collection_name: str) -> Layout:
+        """`_layout`, cached when `CACHE_LAYOUTS`, so that a migration describes its source and
+        its target once per run and a search costs one request.
+
+        A collection's layout is kept until this store changes that name (create, drop, alias
+        moves), a retry starts (`_after_failure`), or a call that used it fails with a
+        `StoreError` (the call is then run once more on layouts read afresh: `_guard_layouts`).
+        An alias's resolution is kept `ALIAS_TTL_S` only, because another process may move it.
+        A collection still being made, or of unknown id type, is not kept.
+        """
+        if not self.CACHE_LAYOUTS:
+            return self._layout(collection_name)
+        cache = self.__dict__.setdefault("_layout_cache", {})
+        now = self.layout_clock()
+        hit = cache.get(collection_name)
+        if hit is not None and (hit[1] is None or now < hit[1]):
+            _calls.cached = True
+            return hit[0]
+        s = self._layout(collection_name)
+        if s.id_type is not None and self._complete(s):
+            cache[collection_name] = (s, None if s.name == collection_name else now + self.ALIAS_TTL_S)
+        return s
 
     def _recoverable(self, exc: BaseException) -> bool:
         """A client error, other than a transient one, that `_after_failure` and a retry cure (default: none)."""
@@ -345,13 +397,13 @@ class StoreBase:
 
     # ------------------------------------------------------------------ protocol: schema
     def _sparse_layout(self, collection_name: str) -> Layout:
-        s = self._layout(collection_name)
+        s = self._described(collection_name)
         if not s.sparse:
             raise StoreError(f"collection '{s.name}' in {self.uri} has no sparse field '{SPARSE_FIELD}'")
         return s
 
     def describe(self, collection_name: str) -> CollectionInfo:
-        s = self._layout(collection_name)
+        s = self._described(collection_name)
         first = s.first_dense
         return CollectionInfo(
             name=s.name,
@@ -367,7 +419,7 @@ class StoreBase:
         )
 
     def count(self, collection_name: str) -> int:
-        return self._count(self._layout(collection_name))
+        return self._count(self._described(collection_name))
 
     def create_dense_collection(
         self,
@@ -409,7 +461,7 @@ class StoreBase:
         completes it itself) and uses it.
         """
         index = self._sparse_index(sparse_index)
-        src = self._layout(like)
+        src = self._described(like)
         self._check_new_name(collection_name)
         kept = src.dense_field(vector_field, self.uri) if keep_dense and src.dense else None
         dense = {kept: src.dense[kept]} if kept is not None else {}
@@ -456,11 +508,14 @@ class StoreBase:
         ids: Sequence[Id],
         vectors: np.ndarray,
         payloads: Sequence[dict[str, Any]] | None = None,
+        *,
+        validated: bool = False,
     ) -> None:
-        """Upsert dense rows (validated first: nothing is written on error)."""
-        s = self._layout(collection_name)
+        """Upsert dense rows (validated first: nothing is written on error; ``validated``: the
+        caller checked the rows, only their shape is checked here)."""
+        s = self._described(collection_name)
         f = s.dense_field(None, self.uri)
-        vecs = check_dense(vectors, s.dense[f][0])
+        vecs = check_dense(vectors, s.dense[f][0], validated=validated)
         ids = self._checked_ids(s, ids, len(vecs))
         rows = check_payloads(payloads, len(vecs))
         self._check_payloads(s, ids, rows)
@@ -473,8 +528,13 @@ class StoreBase:
         sparse: SparseVectors,
         payloads: Sequence[dict[str, Any]] | None = None,
         dense: np.ndarray | None = None,
+        *,
+        validated: bool = False,
     ) -> None:
-        """Validate everything, then write the batch; `DataError` with nothing written on any bad row."""
+        """Validate everything, then write the batch; `DataError` with nothing written on any bad row.
+
+        ``validated``: the caller checked the dense rows already (NaN/inf, all-zero): only their
+        shape is checked here. Ids, payloads and codes are checked in any case."""
         s = self._sparse_layout(collection_name)
         ids = self._checked_ids(s, ids, len(sparse))
         codes = self._check_codes(sparse, ids)
@@ -484,14 +544,14 @@ class StoreBase:
         if dense is not None:
             if f is None:
                 raise DataError(f"collection '{s.name}' keeps no dense vectors")
-            dense = check_dense(dense, s.dense[f][0], ids)
+            dense = check_dense(dense, s.dense[f][0], ids, validated=validated)
         elif f is not None:
             raise DataError(f"collection '{s.name}' needs dense vectors for field '{f}'")
         self._upsert(s, ids, codes, rows, f, dense)
 
     def delete(self, collection_name: str, ids: Sequence[Id]) -> None:
         """Delete rows by id (ids checked first; repeated and absent ids are harmless)."""
-        s = self._layout(collection_name)
+        s = self._described(collection_name)
         ids = list(dict.fromkeys(ids))
         if not ids:
             return
@@ -501,7 +561,7 @@ class StoreBase:
         self, collection_name: str, ids: Sequence[Id], payloads: Sequence[dict[str, Any]]
     ) -> list[Id]:
         """Replace the payloads of existing rows (vectors untouched); returns the ids not found."""
-        s = self._layout(collection_name)
+        s = self._described(collection_name)
         rows = check_payloads(payloads, len(payloads))
         ids = self._checked_ids(s, ids, len(rows))
         self._check_payloads(s, ids, rows)
@@ -517,7 +577,7 @@ class StoreBase:
     ) -> Iterator[PayloadPage]:
         """Pages of ids and payloads in the order of `iter_dense`, behind the exclusive ``cursor``."""
         batch_size = check_batch_size(batch_size)
-        s = self._layout(collection_name)
+        s = self._described(collection_name)
         check_cursor(cursor, s.id_type, s.name)
         want = None if fields is None else list(dict.fromkeys(fields))
         for page in self._iter_payloads(s, batch_size, cursor, want):
@@ -537,7 +597,7 @@ class StoreBase:
         """Pages in ascending id order (the engine's) behind the exclusive ``cursor``."""
         cursor = page_cursor(cursor, after)
         batch_size = check_batch_size(batch_size)
-        s = self._layout(collection_name)
+        s = self._described(collection_name)
         f = s.dense_field(vector_field, self.uri)
         check_cursor(cursor, s.id_type, s.name)
         yield from self._iter_dense(s, f, batch_size, cursor)
@@ -613,7 +673,7 @@ class StoreBase:
     ) -> list[list[Hit]]:
         """Top-``limit`` rows by the dense field's metric, best first (l2: negative squared distance);
         ``ef``: the HNSW search breadth (None: the engine's default; exact indexes ignore it)."""
-        s = self._layout(collection_name)
+        s = self._described(collection_name)
         f = s.dense_field(vector_field, self.uri)
         limit = check_limit(limit)
         if ef is not None and (isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
@@ -634,7 +694,7 @@ class StoreBase:
         """Rows by id in the order asked (a repeated id comes back each time); absent ids are left out.
 
         ``with_dense`` returns the dense field ``vector_field`` (default: the first, when any)."""
-        s = self._layout(collection_name)
+        s = self._described(collection_name)
         ids = list(ids)
         f = None
         if with_dense and (vector_field is not None or s.first_dense is not None):
@@ -658,4 +718,61 @@ class StoreBase:
         return CollectionNotFoundError(f"collection '{collection_name}' not found in {self.uri}")
 
 
+class _Calls(threading.local):
+    """The current thread's outermost store call: how deep, and whether it used a cached layout."""
+
+    depth = 0
+    cached = False
+
+
+_calls = _Calls()
+
+_READS_LAYOUTS = (
+    "describe", "count", "insert_dense", "create_sparse_collection", "upsert", "delete", "set_payload",
+    "search_sparse", "search_candidates", "search_dense", "fetch", "flush",
+)
+"""Protocol methods that work on a (possibly cached) layout: run once more afresh on a `StoreError`."""
+_CHANGES_LAYOUTS = ("create_dense_collection", "create_sparse_collection", "drop", "set_alias", "drop_alias")
+"""Protocol methods after which the layouts of their first argument (a collection or an alias) are stale."""
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    reads, changes = fn.__name__ in _READS_LAYOUTS, fn.__name__ in _CHANGES_LAYOUTS
+
+    @functools.wraps(fn)
+    def wrapper(self: StoreBase, *args: Any, **kwargs: Any) -> Any:
+        if not self.CACHE_LAYOUTS or _calls.depth:
+            return fn(self, *args, **kwargs)
+        name = args[0] if args else next(iter(kwargs.values()), None)
+        _calls.depth, _calls.cached = 1, False
+        try:
+            try:
+                return fn(self, *args, **kwargs)
+            except StoreError as exc:
+                if not (reads and _calls.cached) or is_transient(exc):  # a dead server: the retries had their say
+                    raise
+                # the cached layout may be stale (a collection dropped, an alias moved elsewhere)
+                log.info("%s at %s failed on a cached layout (%s); reading it again", fn.__name__, self.uri, exc)
+                self.forget_layouts()
+                _calls.cached = False
+                return fn(self, *args, **kwargs)
+            finally:
+                if changes and isinstance(name, str):
+                    self.forget_layouts(name)
+        finally:
+            _calls.depth = 0
+
+    wrapper.__layouts__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _guard_layouts(cls: type) -> None:
+    """Wrap the layout readers and changers that ``cls`` itself defines (outside their retries)."""
+    for name in dict.fromkeys(_READS_LAYOUTS + _CHANGES_LAYOUTS):
+        fn = cls.__dict__.get(name)
+        if callable(fn) and not getattr(fn, "__layouts__", False):
+            setattr(cls, name, _guarded(fn))
+
+
 apply_retries(StoreBase)
+_guard_layouts(StoreBase)

@@ -154,9 +154,12 @@ class MilvusStore(StoreBase):
         - Reads use Strong consistency, so a read sees every acknowledged write.
         - ``iter_dense`` pages with ``pk > cursor`` queries in primary-key order (on Milvus Lite
           it flushes first: sealed segments are paged far faster than the write buffer).
+        - Layouts are cached (`StoreBase._described`): a collection's until it fails a call or
+          this store changes it, an alias's for `ALIAS_TTL_S`.
     """
 
     SPARSE_INDEX_SETTINGS = ("inverted_index_algo", "drop_ratio_build")
+    CACHE_LAYOUTS = True  # describe_collection is a request
 
     def __init__(
         self, uri: str, token: str | None = None, timeout: float = 10.0, retries: int = DEFAULT_RETRIES
@@ -212,6 +215,7 @@ class MilvusStore(StoreBase):
 
     def _after_failure(self) -> None:
         # a restarted server may hold its collections released: check the load state again
+        super()._after_failure()
         self._loaded.clear()
 
     def _recoverable(self, exc: BaseException) -> bool:
@@ -790,7 +794,7 @@ class MilvusStore(StoreBase):
         self._schemas.pop(collection_name, None)
 
     def flush(self, collection_name: str) -> None:
-        s = self._schema(collection_name)
+        s = self._described(collection_name)
         with self._errors("flush", s.name):
             self._client.flush(s.name)
 

@@ -110,8 +110,10 @@ class QdrantStore(QdrantBase):
         api_key: server API key (never logged nor put in error messages).
         timeout: seconds for each server request; an unreachable server fails within it.
 
-    Collection schemas are cached per name for the life of the store (aliases are resolved on
-    every call), so a collection that another client drops and re-creates needs a new store.
+    Collection schemas are cached per name for the life of the store, so a collection that
+    another client drops and re-creates needs a new store. Layouts are cached too
+    (`StoreBase._described`): an alias's resolution for `ALIAS_TTL_S` (another process may move
+    it), a collection's until it fails a call or this store changes it.
 
     Raises:
         StoreError: the server cannot be reached, or the local directory is used by another client.
@@ -121,6 +123,7 @@ class QdrantStore(QdrantBase):
     SCHEMA_SAMPLE = SCHEMA_SAMPLE
     SPARSE_INDEX_SETTINGS = QDRANT_SPARSE_SETTINGS
     DEFAULT_SPARSE_INDEX = DEFAULT_QDRANT_SPARSE_INDEX
+    CACHE_LAYOUTS = True  # on a server, resolving a name is a get_aliases request
 
     def __init__(
         self, uri: str, api_key: str | None = None, timeout: float = 10.0, retries: int = DEFAULT_RETRIES
@@ -418,8 +421,8 @@ class QdrantStore(QdrantBase):
 
     def flush(self, collection_name: str) -> None:
         """Writes are applied when `upsert` returns (``wait=True``) and local mode persists each
-        write, so this only checks that the collection exists."""
-        self._layout(collection_name)
+        write, so this only checks that the collection is known (its layout, cached or read)."""
+        self._described(collection_name)
 
     def close(self) -> None:
         """Close the client (releases local mode's directory lock)."""

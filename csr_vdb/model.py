@@ -149,10 +149,10 @@ class CSREncoder(nn.Module):
         return idx, vals, self.decode_sparse(idx, vals)
 
     # --------------------------------------------------------------- inference
-    def _as_tensor(self, x: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
+    def _as_tensor(self, x: np.ndarray | torch.Tensor, what: str, validated: bool = False) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
             x = x.detach().to("cpu", torch.float32).numpy()
-        arr = check_dense(x, dim=self.config.input_dim, what=what)
+        arr = check_dense(x, dim=self.config.input_dim, what=what, validated=validated)
         return torch.from_numpy(arr).to(self.device)
 
     @torch.no_grad()
@@ -164,6 +164,8 @@ class CSREncoder(nn.Module):
         batch_size: int = 8192,
         projection: Literal["encoder", "decoder"] | None = None,
         signed: bool = False,
+        *,
+        validated: bool = False,
     ) -> SparseVectors:
         """Sparse codes of dense embeddings.
 
@@ -191,6 +193,9 @@ class CSREncoder(nn.Module):
                 reconstruction, for normalised codes with ``bias_latent``). Databases that only take
                 non-negative query weights (Milvus) cannot search with it: it is the exact re-scorer
                 of their candidates (`csr_vdb.retriever.Retriever`).
+            validated: the caller has already checked the rows for NaN/inf and all-zero vectors (the
+                migration pipeline, sync, `SparseWriter`): only the shape is checked here, so each
+                row is scanned once. Other callers leave it False.
 
         Documents follow ``config.doc_codes``: the TopK code, or (``"pursuit"``) the k atoms and
         non-negative coefficients that matching pursuit fits to the embedding (`csr_vdb.pursuit`).
@@ -231,8 +236,8 @@ class CSREncoder(nn.Module):
         shape = np.shape(x)
         rows = shape[0] if len(shape) == 2 else 1
         if signed and k >= width and self.device.type == "cpu" and rows <= NUMPY_QUERIES:
-            return self._signed_projection(x)
-        t = self._as_tensor(x, "queries" if kind == "query" else "vectors")
+            return self._signed_projection(x, validated)
+        t = self._as_tensor(x, "queries" if kind == "query" else "vectors", validated)
         was_training = self.training
         self.eval()
         idx_parts, val_parts = [], []
@@ -283,13 +288,13 @@ class CSREncoder(nn.Module):
             self.train(was_training)
         return SparseVectors(torch.cat(idx_parts).numpy(), torch.cat(val_parts).numpy(), cfg.code_dim)
 
-    def _signed_projection(self, x: np.ndarray | torch.Tensor) -> SparseVectors:
+    def _signed_projection(self, x: np.ndarray | torch.Tensor, validated: bool = False) -> SparseVectors:
         """The full signed decoder query of a few rows, as one numpy product with the weights
         (``W_dec x`` and, with ``bias_latent``, ``<x, b_pre>``): a query's projection costs
         microseconds, far less than torch's per-operation overhead (`NUMPY_QUERIES`)."""
         if isinstance(x, torch.Tensor):
             x = x.detach().to("cpu", torch.float32).numpy()
-        xb = check_dense(x, dim=self.config.input_dim, what="queries")
+        xb = check_dense(x, dim=self.config.input_dim, what="queries", validated=validated)
         if self.config.normalize == "l2":
             xb = xb / np.maximum(np.linalg.norm(xb, axis=1, keepdims=True), np.float32(1e-12))
         w = self.W_dec.detach().numpy()  # a view of the weights: no copy, always current
@@ -331,9 +336,12 @@ class CSREncoder(nn.Module):
         batch_size: int = 8192,
         projection: Literal["encoder", "decoder"] | None = None,
         signed: bool = False,
+        *,
+        validated: bool = False,
     ) -> SparseVectors:
         """`encode` with ``kind="query"``: ``config.query_projection`` and its query k unless given."""
-        return self.encode(x, k=k, kind="query", batch_size=batch_size, projection=projection, signed=signed)
+        return self.encode(x, k=k, kind="query", batch_size=batch_size, projection=projection, signed=signed,
+                           validated=validated)
 
     @torch.no_grad()
     def decode(self, sparse: SparseVectors, batch_size: int = 8192) -> np.ndarray:

@@ -391,8 +391,11 @@ class VectorStore(Protocol):
         ids: Sequence[Id],
         vectors: np.ndarray,
         payloads: Sequence[dict[str, Any]] | None = None,
+        *,
+        validated: bool = False,
     ) -> None:
-        """Upsert dense rows into a collection made by `create_dense_collection`."""
+        """Upsert dense rows into a collection made by `create_dense_collection` (``validated``:
+        the caller checked the rows for NaN/inf and all-zero vectors; only their shape is checked)."""
         ...
 
     def iter_dense(
@@ -447,10 +450,14 @@ class VectorStore(Protocol):
         sparse: SparseVectors,
         payloads: Sequence[dict[str, Any]] | None = None,
         dense: np.ndarray | None = None,
+        *,
+        validated: bool = False,
     ) -> None:
         """Write rows (idempotent by id). Validates everything first; nothing is written on error.
 
-        Returns only once the database acknowledged the write durably enough to be read back.
+        ``validated=True``: the caller has checked the dense rows (NaN/inf, all-zero) itself, so
+        only their shape is checked again. Returns only once the database acknowledged the write
+        durably enough to be read back.
         """
         ...
 

@@ -27,6 +27,8 @@ def check_dense(
     dim: int | None = None,
     ids: Sequence[object] | None = None,
     what: str = "vectors",
+    *,
+    validated: bool = False,
 ) -> np.ndarray:
     """Return ``x`` as a C-contiguous float32 ``[n, d]`` array or raise `DataError`.
 
@@ -35,6 +37,8 @@ def check_dense(
         dim: required ``d``; ``None`` accepts any.
         ids: names of the rows for the error message (row positions otherwise).
         what: noun used in messages ("vectors", "queries", ...).
+        validated: the caller already checked every row (`invalid_dense_rows`): only the shape is
+            checked here, so that each row is scanned once on a path that validates it up front.
 
     Raises:
         DataError: empty input, wrong dimension, NaN/inf or all-zero rows (naming them).
@@ -51,7 +55,7 @@ def check_dense(
         raise DataError(f"no {what} given (empty input)")
     if dim is not None and arr.shape[1] != dim:
         raise DataError(f"{what} have dimension {arr.shape[1]}, expected {dim}")
-    problems = invalid_dense_rows(arr)
+    problems = {} if validated else invalid_dense_rows(arr)
     if problems:
         reason, rows = next(iter(problems.items()))
         names = [ids[r] for r in rows] if ids is not None else rows

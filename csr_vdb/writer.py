@@ -27,7 +27,7 @@ class DocumentEncoder(Protocol):
 
     config: CSRConfig
 
-    def encode(self, x: np.ndarray) -> SparseVectors: ...
+    def encode(self, x: np.ndarray, *, validated: bool = False) -> SparseVectors: ...
 
 
 class SparseWriter:
@@ -111,17 +111,19 @@ class SparseWriter:
                 already: `csr-vdb sync` completes the target).
         """
         ids = list(ids)
-        x = self._vectors(docs, ids)
+        x = self._vectors(docs, ids)  # each row validated here, once: the encoder and the store are told
         ids = check_ids(ids, self.info.id_type, len(x))
         rows = check_payloads(payloads, len(x))
-        codes = self.encoder.encode(x)
+        codes = self.encoder.encode(x, validated=True)
         if not isinstance(codes, SparseVectors) or len(codes) != len(ids):
             raise DataError(f"encoder returned {len(codes) if isinstance(codes, SparseVectors) else codes!r} "
                             f"sparse vectors for {len(ids)} documents")
-        codes.validate(ids)
         if write_source:
-            self.store.insert_dense(self._need_source(), ids, x, rows)
-        self.store.upsert(self.collection_name, ids, codes, rows, dense=x if self.keeps_dense else None)
+            # the source is written first: the codes are checked before it, not by the target's write only
+            codes.validate(ids)
+            self.store.insert_dense(self._need_source(), ids, x, rows, validated=True)
+        self.store.upsert(self.collection_name, ids, codes, rows, dense=x if self.keeps_dense else None,
+                          validated=True)
         return len(ids)
 
     def delete(self, ids: Sequence[Id], *, write_source: bool = False) -> None:

@@ -3,6 +3,8 @@ a writer thread upserts each batch and journals it once the store acknowledged t
 
 from __future__ import annotations
 
+import functools
+import inspect
 import queue
 import threading
 from collections.abc import Callable
@@ -81,13 +83,44 @@ class Tally:
         return round(self.nnz / self.encoded, 2) if self.encoded else None
 
 
+def checked_encoder(encode: Encode) -> Encode:
+    """``encode`` for rows the engine has validated already (dimension, NaN/inf, all-zero).
+
+    An encoder that takes ``validated=`` (`csr_vdb.model.CSREncoder.encode`) is told so, and skips
+    its own scan of the rows: each row is validated once on the migrate and sync paths. Any other
+    callable is used as it is.
+    """
+    target = encode.func if isinstance(encode, functools.partial) else encode
+    try:
+        takes = "validated" in inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        takes = False
+    if not takes or (isinstance(encode, functools.partial) and "validated" in encode.keywords):
+        return encode
+    return functools.partial(encode, validated=True)
+
+
+def encode_rows(encode: Encode, vectors: np.ndarray) -> SparseVectors:
+    """``encode(vectors)``, refusing an output that is not one `SparseVectors` row per input row.
+
+    Raises:
+        DataError: the encoder returned something else, or another number of rows.
+    """
+    codes = encode(vectors)
+    if not isinstance(codes, SparseVectors) or len(codes) != len(vectors):
+        got = len(codes) if isinstance(codes, SparseVectors) else type(codes).__name__
+        raise DataError(f"encoder returned {got} sparse vectors for {len(vectors)} rows")
+    return codes
+
+
 def prepare_batch(page: DensePage, plan: MigrationPlan, encode: Encode | None, *, check_codes: bool = False) -> Batch:
     """Keep this shard's rows of a page, validate each dense row once, and encode them.
 
     Args:
         page: a source page.
         plan: the migration plan (shard, dimension, ``skip_invalid``).
-        encode: the document encoder; None leaves ``codes`` empty (dry run past its first batch).
+        encode: the document encoder, called on validated rows (wrap it in `checked_encoder` so it
+            does not scan them again); None leaves ``codes`` empty (dry run past its first batch).
         check_codes: validate the codes here; a real run leaves that to the store's write, which
             validates what it writes anyway.
 
@@ -124,10 +157,7 @@ def prepare_batch(page: DensePage, plan: MigrationPlan, encode: Encode | None, *
             vectors = vectors[good] if good else None
     codes = None
     if vectors is not None and encode is not None:
-        codes = encode(vectors)
-        if not isinstance(codes, SparseVectors) or len(codes) != len(ids):
-            got = len(codes) if isinstance(codes, SparseVectors) else type(codes).__name__
-            raise DataError(f"encoder returned {got} sparse vectors for {len(ids)} rows")
+        codes = encode_rows(encode, vectors)
         if check_codes:
             codes.validate(ids)
     digests = manifest_rows(ids, vectors, payloads) if vectors is not None else []
@@ -158,7 +188,7 @@ class Pipeline:
         total: int,
         progress: Progress | None,
     ) -> None:
-        self.store, self.plan, self.encode = store, plan, encode
+        self.store, self.plan, self.encode = store, plan, checked_encoder(encode)
         self.journal, self.run_id, self.tally = journal, run, tally
         self.scanned, self.total, self.progress = scanned, total, progress
         self._pages: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
@@ -252,7 +282,8 @@ class Pipeline:
     def _write_batch(self, b: Batch) -> None:
         if b.ids:
             dense = b.vectors if self.plan.keep_dense else None
-            self.store.upsert(self.plan.target, b.ids, b.codes, b.payloads, dense=dense)
+            # the rows were validated by prepare_batch: the store checks ids, payloads and codes only
+            self.store.upsert(self.plan.target, b.ids, b.codes, b.payloads, dense=dense, validated=True)
         # Only now, after the store acknowledged the write, is the batch recorded.
         self.journal.record_batch(
             run=self.run_id, cursor=b.cursor, written_ids=b.ids, rows_read=b.rows_read, invalid=b.invalid,

@@ -15,7 +15,7 @@ from csr_vdb.errors import MigrationError
 from csr_vdb.fileutil import private_dir, probe_space
 from csr_vdb.migrations.journal import Journal
 from csr_vdb.migrations.lock import plan_lock
-from csr_vdb.migrations.pipeline import Encode, Pipeline, Progress, Tally, prepare_batch
+from csr_vdb.migrations.pipeline import Encode, Pipeline, Progress, Tally, checked_encoder, prepare_batch
 from csr_vdb.migrations.plan import (
     JOURNAL_FILE,
     PLAN_FILE,
@@ -92,8 +92,10 @@ def run_migration(
     thread upserts and then records the batch in the journal, so I/O and encoding overlap
     (`csr_vdb.migrations.pipeline`).
 
-    The source and the target are described once, and each row validated once: dense rows here
-    before encoding, sparse codes by the store's write (a dry run checks them here).
+    The source and the target are described once (the store caches their layouts), and each
+    row validated once: dense rows in `prepare_batch` before encoding (the encoder and the
+    store's write are told so: `checked_encoder`, ``upsert(validated=True)``), sparse codes by
+    the store's write (a dry run checks them in `prepare_batch`).
 
     Args:
         store: the open store (source and target live in it).
@@ -301,6 +303,7 @@ def _dry_run(
 ) -> MigrationResult:
     """Read and validate every page of this shard, encode (and check) the first batch; write nothing."""
     tally = Tally()
+    encode = checked_encoder(encode)
     for page in store.iter_dense(plan.source, plan.batch_size, vector_field=plan.vector_field):
         tally.add(prepare_batch(page, plan, None if tally.encoded else encode, check_codes=True))
         if progress is not None:

@@ -42,7 +42,7 @@ from csr_vdb.fileutil import model_checksum
 from csr_vdb.migrations.journal import Journal
 from csr_vdb.migrations.lock import plan_lock
 from csr_vdb.migrations.manifest import Manifest, id_key, row_digests
-from csr_vdb.migrations.pipeline import Encode, Progress
+from csr_vdb.migrations.pipeline import Encode, Progress, checked_encoder, encode_rows
 from csr_vdb.migrations.plan import JOURNAL_FILE, MigrationPlan, StateBase, state_dir
 from csr_vdb.migrations.report import PlanReport
 from csr_vdb.migrations.runner import journal_problem
@@ -127,7 +127,7 @@ class _Sync:
         self, store: VectorStore, plan: MigrationPlan, encode: Encode, journal: Journal, *, dry_run: bool,
         dense_kept: bool, progress: Progress | None, total: int, trust_manifest: bool = True,
     ) -> None:
-        self.store, self.plan, self.encode, self.journal = store, plan, encode, journal
+        self.store, self.plan, self.encode, self.journal = store, plan, checked_encoder(encode), journal
         self.trust_manifest = trust_manifest
         self.dry_run, self.dense_kept, self.progress, self.total = dry_run, dense_kept, progress, total
         self.manifest = Manifest(journal)
@@ -197,11 +197,7 @@ class _Sync:
         return bad
 
     def _codes(self, vectors: np.ndarray) -> SparseVectors:
-        codes = self.encode(vectors)
-        if not isinstance(codes, SparseVectors) or len(codes) != len(vectors):
-            got = len(codes) if isinstance(codes, SparseVectors) else type(codes).__name__
-            raise DataError(f"encoder returned {got} sparse vectors for {len(vectors)} rows")
-        return codes
+        return encode_rows(self.encode, vectors)
 
     def _dense_same(self, stored: np.ndarray | None, want: np.ndarray) -> bool:
         if not self.dense_kept:
@@ -247,6 +243,7 @@ class _Sync:
                 self.store.upsert(
                     self.plan.target, [ids[n] for n in upsert], codes[at],  # type: ignore[index]
                     [payloads[n] for n in upsert], dense=vectors[upsert] if self.dense_kept else None,
+                    validated=True,  # by _invalid above
                 )
             if rewrite:
                 missing = set(self.store.set_payload(self.plan.target, [ids[n] for n in rewrite],
@@ -254,7 +251,8 @@ class _Sync:
                 late = [n for n in rewrite if ids[n] in missing]  # deleted from the target meanwhile
                 if late:
                     self.store.upsert(self.plan.target, [ids[n] for n in late], self._codes(vectors[late]),
-                                      [payloads[n] for n in late], dense=vectors[late] if self.dense_kept else None)
+                                      [payloads[n] for n in late], dense=vectors[late] if self.dense_kept else None,
+                                      validated=True)  # vectors unchanged since they were written
             if gone_bad:
                 self.store.delete(self.plan.target, [ids[n] for n in gone_bad])
             # recorded only now that the store acknowledged every write above

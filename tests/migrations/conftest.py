@@ -36,7 +36,8 @@ def adapter_missing(kind: str) -> str | None:
 
 
 def store_uri(kind: str, tmp: Path) -> str:
-    return {"milvus": str(tmp / "m.db"), "qdrant-edge": str(tmp / "edge"), "memory": "memory://"}[kind]
+    return {"milvus": str(tmp / "m.db"), "qdrant-edge": str(tmp / "edge"), "qdrant": str(tmp / "q"),
+            "memory": "memory://"}[kind]
 
 
 def fill_source(store, name: str, n: int, dim: int = 16, id_type: str = "int", seed: int = 0, step: int = 2000):
