@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -49,6 +50,24 @@ def lazy_getattr(module: str, exports: dict[str, str], namespace: dict[str, Any]
     return __getattr__
 
 
+def k_query_arg(k_query: int | None, query_k: int | None = None, *, stacklevel: int = 3) -> int | None:
+    """The search query's non-zeros from ``k_query`` (the model config's spelling) or the deprecated
+    ``query_k`` (a `DeprecationWarning`); None: the encoder's.
+
+    Raises:
+        ConfigError: both given with different values, or a value that is not a positive integer.
+    """
+    name = "k_query"
+    if query_k is not None:
+        warnings.warn("query_k= is deprecated; use k_query=", DeprecationWarning, stacklevel=stacklevel)
+        if k_query is not None and k_query != query_k:
+            raise ConfigError(f"k_query={k_query} and its deprecated spelling query_k={query_k} disagree")
+        k_query, name = query_k, "query_k"
+    if k_query is not None and (isinstance(k_query, bool) or not isinstance(k_query, (int, np.integer)) or k_query < 1):
+        raise ConfigError(f"{name} must be a positive integer, got {k_query!r}")
+    return None if k_query is None else int(k_query)
+
+
 def _as_rows(vectors: Any, what: str) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim == 1:
@@ -72,13 +91,14 @@ class CSRCodec:
         embed_documents: ``texts -> [n, dim]`` dense vectors of documents (for `embed_documents`).
         embed_query: ``text -> [dim]`` dense vector of a query, which may differ from a document's
             (for `embed_query`). Without them the codec encodes vectors only.
-        query_k: non-zeros of a search query; None = the encoder's (512 for decoder-projection
+        k_query: non-zeros of a search query; None = the encoder's (512 for decoder-projection
             queries at k=32). Fewer walk fewer posting lists at a small cost in quality.
         device: torch device of the encoder ("cpu", "cuda"; None = CUDA when present).
+        query_k: deprecated spelling of ``k_query``.
 
     Raises:
         ModelError: the model folder is missing or corrupt.
-        ConfigError: ``query_k`` is not positive.
+        ConfigError: ``k_query`` is not positive.
     """
 
     def __init__(
@@ -87,19 +107,25 @@ class CSRCodec:
         embed_documents: Callable[[list[str]], Any] | None = None,
         embed_query: Callable[[str], Any] | None = None,
         *,
-        query_k: int | None = None,
+        k_query: int | None = None,
         device: str | None = None,
+        query_k: int | None = None,
     ) -> None:
-        if query_k is not None and query_k < 1:
-            raise ConfigError(f"query_k must be >= 1, got {query_k}")
+        k_query = k_query_arg(k_query, query_k)
         if isinstance(model, (str, os.PathLike)):
             from csr_vdb.model import CSREncoder
 
             model = CSREncoder.load(model, device=device)
         self.encoder = model
-        self.query_k = query_k
+        self.k_query = k_query
         self._embed_documents = embed_documents
         self._embed_query = embed_query
+
+    @property
+    def query_k(self) -> int | None:
+        """Deprecated spelling of ``k_query``."""
+        warnings.warn("CSRCodec.query_k is deprecated; use k_query", DeprecationWarning, stacklevel=2)
+        return self.k_query
 
     @property
     def dim(self) -> int:
@@ -120,8 +146,8 @@ class CSRCodec:
 
     # ------------------------------------------------------------------ queries
     def query_codes(self, vectors: Any) -> SparseVectors:
-        """Search queries from dense query vectors ``[q, dim]``: non-negative, ``query_k`` wide."""
-        return self.encoder.encode_queries(_as_rows(vectors, "query vectors"), k=self.query_k)
+        """Search queries from dense query vectors ``[q, dim]``: non-negative, ``k_query`` wide."""
+        return self.encoder.encode_queries(_as_rows(vectors, "query vectors"), k=self.k_query)
 
     def embed_query(self, text: str) -> SparseVectors:
         """The search query of one text (one row)."""
@@ -149,13 +175,18 @@ class EmbeddingsCodec:
         model: the model folder of ``csr-vdb train`` (or a loaded `CSREncoder`).
         embeddings: the dense embeddings the collection was made with (``embed_documents``,
             ``embed_query``).
-        query_k: non-zeros of a search query (None: the encoder's).
+        k_query: non-zeros of a search query (None: the encoder's).
         device: torch device of the encoder (None: CUDA when present).
+        query_k: deprecated spelling of ``k_query``.
     """
 
-    def __init__(self, model: Any, embeddings: Any, *, query_k: int | None = None, device: str | None = None) -> None:
+    def __init__(
+        self, model: Any, embeddings: Any, *, k_query: int | None = None, device: str | None = None,
+        query_k: int | None = None,
+    ) -> None:
         self.embeddings = embeddings
-        self.codec = CSRCodec(model, embeddings.embed_documents, embeddings.embed_query, query_k=query_k, device=device)
+        self.codec = CSRCodec(model, embeddings.embed_documents, embeddings.embed_query,
+                              k_query=k_query_arg(k_query, query_k), device=device)
 
 
 def pairs(codes: SparseVectors) -> list[tuple[list[int], list[float]]]:

@@ -21,7 +21,7 @@ class CSRSparseEmbeddings(EmbeddingsCodec, _lq.SparseEmbeddings):
                                   retrieval_mode=RetrievalMode.HYBRID, sparse_vector_name="csr")
 
     Args: ``model`` (the model folder of ``csr-vdb train``), ``embeddings`` (the dense LangChain
-    ``Embeddings`` of the collection), ``query_k``, ``device``: see `EmbeddingsCodec`.
+    ``Embeddings`` of the collection), ``k_query`` (``query_k``, deprecated), ``device``: see `EmbeddingsCodec`.
     """
 
     def embed_documents(self, texts: list[str]) -> list[Any]:

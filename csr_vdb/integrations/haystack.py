@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from csr_vdb.errors import ConfigError
-from csr_vdb.integrations._base import CSRCodec, lazy_getattr, pairs, require
+from csr_vdb.integrations._base import CSRCodec, k_query_arg, lazy_getattr, pairs, require
 
 _hs = require("haystack", "haystack", "csr_vdb.integrations.haystack", "haystack-ai")
 _sparse = require("haystack.dataclasses.sparse_embedding", "haystack", "csr_vdb.integrations.haystack", "haystack-ai")
@@ -55,17 +55,15 @@ def _sparse_embeddings(codes: Any) -> list[Any]:
 class _CodecHolder:
     """Loads the encoder on `warm_up` (or first use), as Haystack components load models."""
 
-    def __init__(self, model: Any, query_k: int | None, device: str | None) -> None:
-        if query_k is not None and query_k < 1:
-            raise ConfigError(f"query_k must be >= 1, got {query_k}")
+    def __init__(self, model: Any, k_query: int | None, device: str | None) -> None:
         self.model = model
-        self.query_k = query_k
+        self.k_query = k_query
         self.device = device
         self._codec: CSRCodec | None = None
 
     def codec(self, embed_query: Callable[[str], Any] | None = None) -> CSRCodec:
         if self._codec is None:
-            self._codec = CSRCodec(self.model, embed_query=embed_query, query_k=self.query_k, device=self.device)
+            self._codec = CSRCodec(self.model, embed_query=embed_query, k_query=self.k_query, device=self.device)
         return self._codec
 
 
@@ -81,15 +79,17 @@ class CSRSparseTextEmbedder:
         text_embedder: the dense text embedder the collection was made with: a Haystack component
             whose ``run(text=...)`` returns ``{"embedding": [...]}``, or a callable ``text -> vector``.
             Optional when the dense embedding is passed to `run`.
-        query_k: non-zeros of the search query (None: the encoder's).
+        k_query: non-zeros of the search query (None: the encoder's).
         device: torch device of the encoder (None: CUDA when present).
+        query_k: deprecated spelling of ``k_query``.
     """
 
     def __init__(
-        self, model: Any, text_embedder: Any = None, *, query_k: int | None = None, device: str | None = None
+        self, model: Any, text_embedder: Any = None, *, k_query: int | None = None, device: str | None = None,
+        query_k: int | None = None,
     ) -> None:
         self.text_embedder = text_embedder
-        self._holder = _CodecHolder(model, query_k, device)
+        self._holder = _CodecHolder(model, k_query_arg(k_query, query_k), device)
 
     def warm_up(self) -> None:
         """Load the encoder and warm up the dense embedder."""

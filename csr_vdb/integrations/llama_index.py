@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from csr_vdb.integrations._base import CSRCodec, pairs, require
+from csr_vdb.integrations._base import CSRCodec, k_query_arg, pairs, require
 
 
 def _split(rows: list[tuple[list[int], list[float]]]) -> tuple[list[list[int]], list[list[float]]]:
@@ -38,15 +38,18 @@ class CSRSparseFunctions:
         model: the model folder of ``csr-vdb train`` (or a loaded `CSREncoder`).
         embed_model: the LlamaIndex embedding the collection was made with (``BaseEmbedding``:
             ``get_text_embedding_batch`` for documents, ``get_query_embedding`` for queries).
-        query_k: non-zeros of a search query (None: the encoder's).
+        k_query: non-zeros of a search query (None: the encoder's).
         device: torch device of the encoder (None: CUDA when present).
+        query_k: deprecated spelling of ``k_query``.
     """
 
-    def __init__(self, model: Any, embed_model: Any, *, query_k: int | None = None, device: str | None = None) -> None:
+    def __init__(
+        self, model: Any, embed_model: Any, *, k_query: int | None = None, device: str | None = None,
+        query_k: int | None = None,
+    ) -> None:
         self.embed_model = embed_model
-        self.codec = CSRCodec(
-            model, embed_model.get_text_embedding_batch, embed_model.get_query_embedding, query_k=query_k, device=device
-        )
+        self.codec = CSRCodec(model, embed_model.get_text_embedding_batch, embed_model.get_query_embedding,
+                              k_query=k_query_arg(k_query, query_k), device=device)
 
     def sparse_doc_fn(self, texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
         """Document codes of ``texts``."""
@@ -57,8 +60,8 @@ class CSRSparseFunctions:
         return _split(pairs(self.codec.embed_queries(texts)))
 
 
-def milvus_sparse_embedding_function(model: Any, embed_model: Any, *, query_k: int | None = None,
-                                     device: str | None = None) -> Any:
+def milvus_sparse_embedding_function(model: Any, embed_model: Any, *, k_query: int | None = None,
+                                     device: str | None = None, query_k: int | None = None) -> Any:
     """A ``BaseSparseEmbeddingFunction`` of ``llama_index.vector_stores.milvus`` over CSR codes.
 
     Pass it as ``MilvusVectorStore(..., enable_sparse=True, sparse_embedding_function=fn,
@@ -71,7 +74,7 @@ def milvus_sparse_embedding_function(model: Any, embed_model: Any, *, query_k: i
         "llama_index.vector_stores.milvus.utils", "llama-index-milvus", "milvus_sparse_embedding_function",
         "llama-index-vector-stores-milvus",
     )
-    fns = CSRSparseFunctions(model, embed_model, query_k=query_k, device=device)
+    fns = CSRSparseFunctions(model, embed_model, k_query=k_query_arg(k_query, query_k), device=device)
 
     class CSRMilvusSparseEmbeddingFunction(utils.BaseSparseEmbeddingFunction):
         """CSR codes as ``{index: value}`` dicts, queries and documents."""

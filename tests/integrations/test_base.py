@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -147,3 +148,57 @@ def test_retriever_re_ranks_by_the_unnamed_dense_vector(tmp_path, encoder):
             assert hs[0].id == q  # the query's own row, by its dense cosine 1.0
     finally:
         store.close()
+
+
+def test_k_query_is_the_spelling_and_query_k_a_deprecated_alias(encoder):
+    x, _ = clustered(2, DIM, 2, seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the one spelling warns about nothing
+        narrow = CSRCodec(encoder, k_query=3)
+    assert narrow.k_query == 3 and narrow.query_codes(x).nnz().tolist() == [3, 3]
+    with pytest.warns(DeprecationWarning, match="query_k= is deprecated"):
+        old = CSRCodec(encoder, query_k=3)
+    assert old.k_query == 3 and old.query_codes(x).equals(narrow.query_codes(x))
+    with pytest.warns(DeprecationWarning, match="CSRCodec.query_k"):
+        assert old.query_k == 3
+    with pytest.warns(DeprecationWarning):
+        assert CSRCodec(encoder, k_query=3, query_k=3).k_query == 3
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="disagree"):
+        CSRCodec(encoder, k_query=3, query_k=4)
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ConfigError, match="k_query must be a positive integer"):
+            CSRCodec(encoder, k_query=bad)
+
+
+def test_every_integration_takes_k_query_and_the_deprecated_query_k(encoder):
+    """LangChain's sparse embeddings, LlamaIndex's sparse functions and Haystack's query embedder."""
+    x, _ = clustered(1, DIM, 2, seed=6)
+    dense = type("Dense", (), {
+        "embed_documents": lambda self, t: x, "embed_query": lambda self, t: x[0],  # LangChain
+        "get_text_embedding_batch": lambda self, t: x, "get_query_embedding": lambda self, t: x[0],  # LlamaIndex
+    })()
+    makers = []
+    for module, name, build, query in (
+        ("csr_vdb.integrations.langchain", "CSRSparseEmbeddings", lambda c, **kw: c(encoder, embeddings=dense, **kw),
+         lambda o: len(o.embed_query("q").indices)),
+        ("csr_vdb.integrations.llama_index", "CSRSparseFunctions", lambda c, **kw: c(encoder, dense, **kw),
+         lambda o: len(o.sparse_query_fn(["q"])[0][0])),
+        ("csr_vdb.integrations.haystack", "CSRSparseTextEmbedder", lambda c, **kw: c(encoder, lambda t: x[0], **kw),
+         lambda o: len(o.run(text="q")["sparse_embedding"].indices)),
+    ):
+        try:
+            cls = getattr(__import__(module, fromlist=[name]), name)
+        except ImportError:
+            continue
+        makers.append((cls, build, query))
+    if not makers:
+        pytest.skip("no framework extra installed")
+    for cls, build, query in makers:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert query(build(cls, k_query=4)) == 4, cls
+        with pytest.warns(DeprecationWarning, match="query_k= is deprecated"):
+            old = build(cls, query_k=5)
+        assert query(old) == 5, cls
+        with pytest.raises(ConfigError, match="k_query must be a positive integer"):
+            build(cls, k_query=0)
