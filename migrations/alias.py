@@ -182,6 +182,10 @@ def _point_alias(
 def _final_sync(store: VectorStore, plan: MigrationPlan, encode: Encode, state_base: StateBase) -> int:
     """Sync every shard of the split, then check that nothing is left to do; returns the rows written.
 
+    The second, dry-run pass is deliberate: writes may arrive while the first one runs, and only a
+    pass that finds no difference shows source and target equal just before the alias moves. It
+    writes nothing and reads the source against the manifest only.
+
     Raises:
         MigrationError: source and target still differ after the sync (writes are still arriving).
     """
