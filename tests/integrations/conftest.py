@@ -211,6 +211,16 @@ def small_epochs(corpus: Corpus) -> tuple[str, ...]:
     return ("--epochs", str(SMALL_EPOCHS)) if corpus.name == "stdlib" else ()
 
 
+def train_and_migrate(store: str, uri: str, collection: str, corpus: Corpus, model: Path | None, state: Path) -> Path:
+    """Migrate the framework's ``collection`` with ``model``; None trains one first (beside ``state``,
+    a few epochs on the small corpus). Returns the model folder."""
+    if model is None:
+        model = state.parent / "model"
+        train(store, uri, collection, model, state, *small_epochs(corpus))
+    migrate(store, uri, collection, model, state)
+    return model
+
+
 @pytest.fixture(scope="session")
 def scifact_model(scifact_corpus: Corpus, tmp_path_factory) -> Path:
     """One encoder for every SciFact test: ``csr-vdb train`` on the corpus' vectors (each framework

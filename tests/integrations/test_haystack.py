@@ -14,10 +14,8 @@ from tests.integrations.conftest import (
     Corpus,
     assert_same_ranking,
     exact_top,
-    migrate,
     new_texts,
-    small_epochs,
-    train,
+    train_and_migrate,
 )
 
 pytest.importorskip("haystack", reason="the 'haystack' extra is not installed: pip install 'csr-vdb[haystack]'")
@@ -132,10 +130,7 @@ def qdrant_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int 
     src = hq.QdrantDocumentStore(index=SOURCE, recreate_index=True, write_batch_size=512, **common)
     index(corpus, src, documents(corpus))
     src.close()
-    if model is None:
-        model = tmp_path / "model"
-        train("qdrant", path, SOURCE, model, state, *small_epochs(corpus))
-    migrate("qdrant", path, SOURCE, model, state)
+    model = train_and_migrate("qdrant", path, SOURCE, corpus, model, state)
     codes = stored_codes(path, corpus) if sample else {}
 
     target = CSRQdrantDocumentStore(index=TARGET, **common)
@@ -209,10 +204,7 @@ def milvus_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: f
     src = mh.MilvusDocumentStore(collection_name=SOURCE, connection_args=conn, drop_old=True)
     index(corpus, src, documents(corpus))
     src.client.close()
-    if model is None:
-        model = tmp_path / "model"
-        train("milvus", db, SOURCE, model, state, *small_epochs(corpus))
-    migrate("milvus", db, SOURCE, model, state)
+    model = train_and_migrate("milvus", db, SOURCE, corpus, model, state)
 
     dense_store = mh.MilvusDocumentStore(collection_name=SOURCE, connection_args=conn)
     target = mh.MilvusDocumentStore(collection_name=TARGET, connection_args=conn, sparse_vector_field="csr")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integrations.conftest import LANGCHAIN_MISSING, Corpus, migrate, new_texts, small_epochs, train
+from tests.integrations.conftest import LANGCHAIN_MISSING, Corpus, new_texts, train_and_migrate
 from tests.integrations.dense import langchain_embeddings
 
 lm = pytest.importorskip("langchain_milvus", reason=LANGCHAIN_MISSING)
@@ -43,10 +43,7 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: floa
     src = lm.Milvus.from_texts(corpus.texts, dense, metadatas=corpus.metadata, ids=list(corpus.ids),
                                collection_name=SOURCE, connection_args=conn)
     src.client.close()
-    if model is None:
-        model = tmp_path / "model"
-        train("milvus", db, SOURCE, model, state, *small_epochs(corpus))
-    migrate("milvus", db, SOURCE, model, state)
+    model = train_and_migrate("milvus", db, SOURCE, corpus, model, state)
 
     sparse = CSRMilvusSparseEmbedding(model, embeddings=dense)
     assert sparse.search_params == MILVUS_SPARSE_SEARCH_PARAMS

@@ -14,10 +14,8 @@ from tests.integrations.conftest import (
     assert_same_ranking,
     doc_uuid,
     exact_top,
-    migrate,
     new_texts,
-    small_epochs,
-    train,
+    train_and_migrate,
 )
 from tests.integrations.dense import langchain_embeddings
 
@@ -59,10 +57,7 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | N
     path, state = str(tmp_path / "qdrant"), tmp_path / "state"
     dense = langchain_embeddings(corpus)
     build_source(corpus, path, dense)
-    if model is None:
-        model = tmp_path / "model"
-        train("qdrant", path, SOURCE, model, state, *small_epochs(corpus))
-    migrate("qdrant", path, SOURCE, model, state)
+    model = train_and_migrate("qdrant", path, SOURCE, corpus, model, state)
 
     sparse = CSRSparseEmbeddings(model, embeddings=dense)
     client = QdrantClient(path=path)

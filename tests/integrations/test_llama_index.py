@@ -13,10 +13,8 @@ from tests.integrations.conftest import (
     assert_same_ranking,
     doc_uuid,
     exact_top,
-    migrate,
     new_texts,
-    small_epochs,
-    train,
+    train_and_migrate,
 )
 from tests.integrations.dense import llama_index_embedding, llama_index_node
 
@@ -57,10 +55,7 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | N
         storage_context=StorageContext.from_defaults(vector_store=source), embed_model=embed,
     )
     client.close()
-    if model is None:
-        model = tmp_path / "model"
-        train("qdrant", path, SOURCE, model, state, *small_epochs(corpus))
-    migrate("qdrant", path, SOURCE, model, state)
+    model = train_and_migrate("qdrant", path, SOURCE, corpus, model, state)
 
     fns = CSRSparseFunctions(model, embed_model=embed)
     client = QdrantClient(path=path)

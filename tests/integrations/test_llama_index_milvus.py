@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integrations.conftest import Corpus, migrate, new_texts, small_epochs, train
+from tests.integrations.conftest import Corpus, new_texts, train_and_migrate
 from tests.integrations.dense import llama_index_embedding, llama_index_node
 
 lm = pytest.importorskip(
@@ -41,10 +41,7 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: floa
     VectorStoreIndex([llama_index_node(i, t, m) for i, t, m in zip(corpus.ids, corpus.texts, corpus.metadata)],
                      storage_context=StorageContext.from_defaults(vector_store=source), embed_model=embed)
     source.client.close()
-    if model is None:
-        model = tmp_path / "model"
-        train("milvus", db, SOURCE, model, state, *small_epochs(corpus))
-    migrate("milvus", db, SOURCE, model, state)
+    model = train_and_migrate("milvus", db, SOURCE, corpus, model, state)
 
     fn = milvus_sparse_embedding_function(model, embed_model=embed)
     dense_store = lm.MilvusVectorStore(uri=db, collection_name=SOURCE, dim=dim)
