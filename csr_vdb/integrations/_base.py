@@ -169,24 +169,27 @@ class CSRCodec:
 
 
 class EmbeddingsCodec:
-    """Mixin of the LangChain adapters: a `CSRCodec` over a LangChain ``Embeddings``.
+    """Mixin of the framework adapters: a `CSRCodec` over the framework's dense embedding.
 
     Args:
         model: the model folder of ``csr-vdb train`` (or a loaded `CSREncoder`).
-        embeddings: the dense embeddings the collection was made with (``embed_documents``,
-            ``embed_query``).
+        embeddings: the dense embeddings the collection was made with; `EMBED_METHODS` name its
+            document and query methods (LangChain's ``embed_documents`` and ``embed_query``).
         k_query: non-zeros of a search query (None: the encoder's).
         device: torch device of the encoder (None: CUDA when present).
         query_k: deprecated spelling of ``k_query``.
     """
+
+    EMBED_METHODS = ("embed_documents", "embed_query")
+    """The embedding's methods: ``texts -> [n, dim]`` for documents, ``text -> [dim]`` for a query."""
 
     def __init__(
         self, model: Any, embeddings: Any, *, k_query: int | None = None, device: str | None = None,
         query_k: int | None = None,
     ) -> None:
         self.embeddings = embeddings
-        self.codec = CSRCodec(model, embeddings.embed_documents, embeddings.embed_query,
-                              k_query=k_query_arg(k_query, query_k), device=device)
+        docs, query = (getattr(embeddings, name) for name in self.EMBED_METHODS)
+        self.codec = CSRCodec(model, docs, query, k_query=k_query_arg(k_query, query_k), device=device)
 
 
 def pairs(codes: SparseVectors) -> list[tuple[list[int], list[float]]]:

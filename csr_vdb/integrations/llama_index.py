@@ -20,36 +20,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from csr_vdb.integrations._base import CSRCodec, k_query_arg, pairs, require
+from csr_vdb.integrations._base import EmbeddingsCodec, k_query_arg, pairs, require
 
 
 def _split(rows: list[tuple[list[int], list[float]]]) -> tuple[list[list[int]], list[list[float]]]:
     return [i for i, _ in rows], [v for _, v in rows]
 
 
-class CSRSparseFunctions:
+class CSRSparseFunctions(EmbeddingsCodec):
     """``sparse_doc_fn`` and ``sparse_query_fn`` of LlamaIndex's ``QdrantVectorStore``.
 
     Both take a batch of texts and return ``(indices, values)`` lists. Documents get the codes
     ``csr-vdb migrate`` stored (from the dense embedding of the text LlamaIndex embeds, i.e. the
     node's content in ``MetadataMode.EMBED``), queries the non-negative search query.
 
-    Args:
-        model: the model folder of ``csr-vdb train`` (or a loaded `CSREncoder`).
-        embed_model: the LlamaIndex embedding the collection was made with (``BaseEmbedding``:
-            ``get_text_embedding_batch`` for documents, ``get_query_embedding`` for queries).
-        k_query: non-zeros of a search query (None: the encoder's).
-        device: torch device of the encoder (None: CUDA when present).
-        query_k: deprecated spelling of ``k_query``.
+    Args: ``model`` (the model folder of ``csr-vdb train``), ``embed_model`` (the LlamaIndex
+    ``BaseEmbedding`` the collection was made with), ``k_query`` (``query_k``, deprecated),
+    ``device``: see `EmbeddingsCodec`.
     """
 
-    def __init__(
-        self, model: Any, embed_model: Any, *, k_query: int | None = None, device: str | None = None,
-        query_k: int | None = None,
-    ) -> None:
+    EMBED_METHODS = ("get_text_embedding_batch", "get_query_embedding")
+
+    def __init__(self, model: Any, embed_model: Any, **options: Any) -> None:
+        super().__init__(model, embed_model, **options)
         self.embed_model = embed_model
-        self.codec = CSRCodec(model, embed_model.get_text_embedding_batch, embed_model.get_query_embedding,
-                              k_query=k_query_arg(k_query, query_k), device=device)
 
     def sparse_doc_fn(self, texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
         """Document codes of ``texts``."""
