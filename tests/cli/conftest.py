@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +18,6 @@ from tests.helpers import clustered
 ROWS, DIM = 300, 16
 EMBEDDED = ["milvus", "qdrant-edge"]
 TINY = ["--hidden-dim", "64", "--k", "4", "--epochs", "2"]
-
-
-def adapter_missing(kind: str) -> bool:
-    mod = {"milvus": "milvus", "qdrant-edge": "qdrant_edge", "qdrant": "qdrant"}[kind]
-    try:
-        importlib.import_module(f"csr_vdb.adapters.{mod}")
-    except ImportError:
-        return True
-    return False
 
 
 def uri_for(kind: str, root: Path) -> str:
@@ -87,8 +77,6 @@ def cli_factory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no stray ./csr-vdb.toml, relative defaults land in tmp
 
     def make(kind: str, rows: int = ROWS) -> tuple[Cli, tuple[np.ndarray, list[int], list[dict]]]:
-        if adapter_missing(kind):
-            pytest.skip(f"adapter {kind} not available")
         uri = uri_for(kind, tmp_path)
         data = make_source(kind, uri, rows)
         return Cli(kind, uri, tmp_path), data

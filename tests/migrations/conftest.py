@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,7 +14,6 @@ import pytest
 from csr_vdb.adapters import open_store
 from tests.helpers import ProjectionEncoder, clustered  # noqa: F401  (ProjectionEncoder: used by the migration tests)
 
-EMBEDDED = {"milvus": "milvus", "qdrant-edge": "qdrant_edge"}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -25,14 +23,6 @@ def spawn(module: str, *args: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     opts = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, **popen}
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env, **opts)
-
-
-def adapter_missing(kind: str) -> str | None:
-    """Reason to skip a store kind whose adapter module has not landed, else None."""
-    mod = EMBEDDED.get(kind)
-    if mod and importlib.util.find_spec(f"csr_vdb.adapters.{mod}") is None:
-        return f"adapters/{mod}.py not present"
-    return None
 
 
 def store_uri(kind: str, tmp: Path) -> str:
@@ -101,9 +91,6 @@ def model_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(params=["memory", "milvus", "qdrant-edge"])
 def store_kind(request) -> str:
-    reason = adapter_missing(request.param)
-    if reason:
-        pytest.skip(reason)
     return request.param
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from csr_vdb.adapters import open_store
 from csr_vdb.migrations import Journal, MigrationPlan, migration_status
-from tests.migrations.conftest import adapter_missing, export, fill_source, spawn, store_uri
+from tests.migrations.conftest import export, fill_source, spawn, store_uri
 
 ROWS, DIM, KILLS = 20_000, 16, 5
 # Milvus Lite pays ~0.4 s per insert call, so it gets bigger batches to keep the test short.
@@ -41,8 +41,6 @@ def _journaled(base: Path) -> tuple[int, list[dict]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["milvus", "qdrant-edge"])
 def test_sigkill_and_resume_loses_nothing(kind, tmp_path, model_dir):
-    if reason := adapter_missing(kind):
-        pytest.skip(reason)
     uri, base = store_uri(kind, tmp_path), tmp_path / "state"
     store = open_store(kind, uri)
     ids, _, payloads = fill_source(store, "docs", ROWS, DIM, id_type="str", step=5000)

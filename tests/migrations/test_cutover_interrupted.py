@@ -15,7 +15,7 @@ import pytest
 from csr_vdb.adapters import open_store
 from csr_vdb.migrations import MigrationPlan, migration_status, run_migration, state_dir, verify_migration
 from tests.helpers import ProjectionEncoder
-from tests.migrations.conftest import adapter_missing, fill_source
+from tests.migrations.conftest import fill_source
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 16
@@ -27,8 +27,6 @@ URIS = {"qdrant-edge": "edge", "milvus": "m.db", "qdrant": "qdrant-local"}
 def migrated(request, tmp_path, model_dir):
     """A verified migration whose alias still points at the source (as an application's would)."""
     kind = request.param
-    if reason := adapter_missing(kind):
-        pytest.skip(reason)
     uri, base = str(tmp_path / URIS[kind]), tmp_path / "state"
     store = open_store(kind, uri)
     try:

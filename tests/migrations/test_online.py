@@ -19,7 +19,6 @@ from csr_vdb.migrations import MigrationPlan, cutover, run_migration, sync_migra
 from tests.adapters.conftest import milvus_lite_server  # noqa: F401 - the session fixture, used below
 from tests.migrations.conftest import (
     ProjectionEncoder,
-    adapter_missing,
     assert_target_equals_source,
     fill_source,
     spawn,
@@ -90,9 +89,7 @@ def _open(kind: str, tmp_path: Path, request) -> tuple:
     if kind == "milvus-server":
         uri = request.getfixturevalue("milvus_lite_server")
         return open_store("milvus", uri), "milvus", uri
-    if reason := adapter_missing(kind):
-        pytest.skip(reason)
-    uri = store_uri(kind, tmp_path) if kind != "qdrant" else str(tmp_path / "qdrant-local")
+    uri = store_uri(kind, tmp_path)
     return open_store(kind, uri), kind, uri
 
 

@@ -19,7 +19,6 @@ from csr_vdb.adapters import open_store
 from csr_vdb.migrations import MigrationPlan, run_migration, sync_migration, verify_migration
 from tests.migrations.conftest import (
     ProjectionEncoder,
-    adapter_missing,
     assert_target_equals_source,
     fill_source,
     spawn,
@@ -47,8 +46,6 @@ def _synced(base: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["milvus", "qdrant-edge"])
 def test_sigkill_during_sync_then_sync_again_is_exact(kind, tmp_path, model_dir):
-    if reason := adapter_missing(kind):
-        pytest.skip(reason)
     uri, base = store_uri(kind, tmp_path), tmp_path / "state"
     store = open_store(kind, uri)
     try:
