@@ -257,24 +257,23 @@ class QdrantEdgeStore(QdrantBase):
 
     def _write(self, s: _Shard, points: list[Any]) -> None:  # type: ignore[override]
         """One engine update, appended to the shard's WAL (see the module docstring for durability)."""
-        if not points:
-            return
-        self._call("upsert", s.name, s.shard.update, qe.UpdateOperation.upsert_points(points))
-        if self.fsync:
-            self._call("flush", s.name, s.shard.flush)
+        if points:
+            self._update(s, "upsert", [qe.UpdateOperation.upsert_points(points)])
 
     def _remove(self, s: _Shard, pids: list[Any]) -> None:  # type: ignore[override]
-        if not pids:
-            return
-        self._call("delete", s.name, s.shard.update, qe.UpdateOperation.delete_points(pids))
-        if self.fsync:
-            self._call("flush", s.name, s.shard.flush)
+        if pids:
+            self._update(s, "delete", [qe.UpdateOperation.delete_points(pids)])
 
     def _overwrite(self, s: _Shard, items: list[tuple[Any, dict[str, Any]]]) -> None:  # type: ignore[override]
         """One engine update per point (an overwrite carries one payload); each lands in the WAL."""
-        for pid, payload in items:
-            self._call("set_payload", s.name, s.shard.update, qe.UpdateOperation.overwrite_payload([pid], payload))
-        if items and self.fsync:
+        if items:
+            self._update(s, "set_payload", [qe.UpdateOperation.overwrite_payload([pid], p) for pid, p in items])
+
+    def _update(self, s: _Shard, what: str, operations: list[Any]) -> None:
+        """Apply the operations in order, then (with ``fsync``) flush the shard once."""
+        for op in operations:
+            self._call(what, s.name, s.shard.update, op)
+        if self.fsync:
             self._call("flush", s.name, s.shard.flush)
 
     # ------------------------------------------------------------------ protocol: schema

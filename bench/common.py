@@ -112,6 +112,24 @@ def soak_main(parser: argparse.ArgumentParser, argv: list[str] | None, worker: A
     return 0 if res["ok"] else 1
 
 
+def text_table(rows: list[dict], columns: list[tuple[str, Any, str]]) -> str:
+    """A fixed-width table: a header line, a rule, one line per row.
+
+    Args:
+        rows: the results.
+        columns: ``(header, key, spec)``: the row's value at ``key`` (or ``key(row)`` when callable)
+            formatted with ``spec`` (``">8"``, ``">11.0f"``); the header takes the spec's alignment and width.
+    """
+    def fit(spec: str) -> str:
+        return spec.split(".")[0].rstrip("dfegs%")
+
+    head = " ".join(f"{h:{fit(spec)}}" for h, _, spec in columns)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(" ".join(format(key(r) if callable(key) else r[key], spec) for _, key, spec in columns))
+    return "\n".join(lines)
+
+
 def emit(result: Any, text: str, out: str | Path | None) -> None:
     """Print a script's table and, with ``--out``, write its result as JSON."""
     print(text)

@@ -29,7 +29,7 @@ import numpy as np
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parents[1]))  # the checkout, for the `bench` helpers
 
-from bench.common import ProjectionEncoder, bench_main, placeholder_model, store_arguments  # noqa: E402
+from bench.common import ProjectionEncoder, bench_main, placeholder_model, store_arguments, text_table  # noqa: E402
 from bench.store_io import make_dense, make_sparse  # noqa: E402
 from csr_vdb.adapters import open_store  # noqa: E402
 from csr_vdb.migrations import MigrationPlan, run_migration  # noqa: E402
@@ -128,18 +128,13 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = (
-        f"{'store':<12} {'rows':>8} {'batch':>6} {'encode':>10} {'raw rows/s':>11} {'migrate rows/s':>15}"
-        f" {'ratio':>6} {'flush s raw/mig':>16} {'ratio w/o flush':>16}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['store']:<12} {r['rows']:>8} {r['batch_size']:>6} {r['encode']:>10} "
-            f"{r['raw_rows_per_s']:>11.0f} {r['migrate_rows_per_s']:>15.0f} {r['ratio']:>6.2f}"
-            f" {r['raw_flush_s']:>7.1f}/{r['migrate_flush_s']:<8.1f} {r['ratio_without_flush']:>16.2f}"
-        )
-    return "\n".join(lines)
+    return text_table(rows, [
+        ("store", "store", "<12"), ("rows", "rows", ">8"), ("batch", "batch_size", ">6"), ("encode", "encode", ">10"),
+        ("raw rows/s", "raw_rows_per_s", ">11.0f"), ("migrate rows/s", "migrate_rows_per_s", ">15.0f"),
+        ("ratio", "ratio", ">6.2f"),
+        ("flush s raw/mig", lambda r: f"{r['raw_flush_s']:.1f}/{r['migrate_flush_s']:.1f}", ">16"),
+        ("ratio w/o flush", "ratio_without_flush", ">16.2f"),
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:

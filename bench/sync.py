@@ -39,7 +39,7 @@ import numpy as np
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parents[1]))  # the checkout, for the `bench` helpers
 
-from bench.common import ProjectionEncoder, bench_main, placeholder_model, store_arguments  # noqa: E402
+from bench.common import ProjectionEncoder, bench_main, placeholder_model, store_arguments, text_table  # noqa: E402
 from bench.migrate import default_uri  # noqa: E402
 from bench.store_io import make_dense  # noqa: E402
 from csr_vdb.adapters import open_store  # noqa: E402
@@ -174,16 +174,13 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'store':<12} {'rows':>8} {'encode':>10} {'changed':>8} {'migrate s':>10} {'sync s (field)':>15}"
-            f" {'ratio':>7} {'sync s (full)':>14} {'ratio':>7} {'no-op s':>8}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['store']:<12} {r['rows']:>8} {r['encode']:>10} {r['changed_rows']:>8} {r['migrate_s']:>10.1f}"
-            f" {r['sync_changed_field_s']:>15.2f} {r['ratio_changed_field']:>7.3f} {r['sync_full_s']:>14.2f}"
-            f" {r['ratio_full']:>7.3f} {r['sync_nothing_to_do_s']:>8.2f}"
-        )
-    return "\n".join(lines)
+    return text_table(rows, [
+        ("store", "store", "<12"), ("rows", "rows", ">8"), ("encode", "encode", ">10"),
+        ("changed", "changed_rows", ">8"), ("migrate s", "migrate_s", ">10.1f"),
+        ("sync s (field)", "sync_changed_field_s", ">15.2f"), ("ratio", "ratio_changed_field", ">7.3f"),
+        ("sync s (full)", "sync_full_s", ">14.2f"), ("ratio", "ratio_full", ">7.3f"),
+        ("no-op s", "sync_nothing_to_do_s", ">8.2f"),
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
