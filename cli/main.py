@@ -185,12 +185,8 @@ def sync(app: App, collection: str, target: str | None, shard: str, model_dir: s
     """
     from csr_vdb.cli.ops import sync_collection
 
-    store = app.open_store()
-    plan = app.find_plan(store, collection, target, shard)
-    with app.progress("sync") as bar:
-        rep = sync_collection(store, plan, device=app.device, state_base=app.state_dir, model_dir=model_dir,
-                              dry_run=dry_run, changed_field=changed_field, repair=repair, progress=bar)
-    app.emit(rep, lambda: render.render_sync(rep))
+    app.run_on_plan(sync_collection, collection, target, shard, render.render_sync, bar="sync", device=app.device,
+                    model_dir=model_dir, dry_run=dry_run, changed_field=changed_field, repair=repair)
 
 
 # ---------------------------------------------------------------------- verify
@@ -211,12 +207,8 @@ def verify(app: App, collection: str, target: str | None, shard: str, sample: in
     """
     from csr_vdb.cli.ops import verify_collection
 
-    store = app.open_store()
-    plan = app.find_plan(store, collection, target, shard)
-    with app.progress("verify") as bar:
-        rep = verify_collection(store, plan, device=app.device, state_base=app.state_dir, sample=sample,
-                                min_recall=min_recall, progress=bar)
-    app.emit(rep, lambda: render.render_verify(rep))
+    rep = app.run_on_plan(verify_collection, collection, target, shard, render.render_verify, bar="verify",
+                          device=app.device, sample=sample, min_recall=min_recall)
     if not rep.ok:
         raise VerificationError(f"verify of '{rep.source}' -> '{rep.target}' failed: " + "; ".join(rep.problems[:3]))
 
@@ -236,10 +228,8 @@ def cutover(app: App, collection: str, target: str | None, alias: str | None, sh
     """
     from csr_vdb.cli.ops import cutover_collection
 
-    store = app.open_store()
-    res = cutover_collection(store, app.find_plan(store, collection, target, shard), device=app.device,
-                             state_base=app.state_dir, alias=alias, force=force)
-    app.emit(res, render.render_alias(res))
+    app.run_on_plan(cutover_collection, collection, target, shard, render.render_alias, device=app.device,
+                    alias=alias, force=force)
 
 
 @main.command()
@@ -255,10 +245,7 @@ def rollback(app: App, collection: str, target: str | None, alias: str | None, s
     """
     from csr_vdb.migrations import rollback as point_at_source
 
-    store = app.open_store()
-    res = point_at_source(store, app.find_plan(store, collection, target, shard), state_base=app.state_dir,
-                          alias=alias)
-    app.emit(res, render.render_alias(res))
+    app.run_on_plan(point_at_source, collection, target, shard, render.render_alias, alias=alias)
 
 
 @main.command()
@@ -274,10 +261,7 @@ def status(app: App, collection: str, target: str | None, alias: str | None, sha
     """
     from csr_vdb.migrations import migration_status
 
-    store = app.open_store()
-    rep = migration_status(store, app.find_plan(store, collection, target, shard), state_base=app.state_dir,
-                           alias=alias)
-    app.emit(rep, lambda: render.render_status(rep))
+    app.run_on_plan(migration_status, collection, target, shard, render.render_status, alias=alias)
 
 
 # ---------------------------------------------------------------------- search

@@ -115,6 +115,24 @@ class App:
         s = self.settings
         return find_plan(self.state_dir, s.store, s.uri, collection, target, shard, store=store)
 
+    def run_on_plan(
+        self, op: Callable[..., Any], collection: str, target: str | None, shard: str,
+        human: Callable[[Any], str], *, bar: str | None = None, **options: Any,
+    ) -> Any:
+        """The body of a command on a saved migration (sync, verify, cutover, rollback, status):
+        ``op(store, plan, state_base=..., **options)`` on the plan of ``collection``, with a progress
+        bar named ``bar`` (passed as ``progress``), then its result emitted (``human`` renders it)
+        and returned."""
+        store = self.open_store()
+        plan = self.find_plan(store, collection, target, shard)
+        if bar is None:
+            res = op(store, plan, state_base=self.state_dir, **options)
+        else:
+            with self.progress(bar) as update:
+                res = op(store, plan, state_base=self.state_dir, progress=update, **options)
+        self.emit(res, lambda: human(res))
+        return res
+
     def close(self) -> None:
         while self._stores:
             store = self._stores.pop()

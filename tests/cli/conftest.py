@@ -89,8 +89,6 @@ def trained_source(root: Path, kind: str = "qdrant-edge", rows: int = 150) -> tu
     closed again); returns ``(uri, vectors, ids, TrainSummary)``."""
     from csr_vdb.cli.ops import train_model
 
-    if adapter_missing(kind):
-        pytest.skip(f"adapter {kind} not available")
     uri = uri_for(kind, root)
     x, ids, _ = make_source(kind, uri, rows)
     store = open_store(kind, uri)
