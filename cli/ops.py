@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, ValidationError
 
+from csr_vdb.config import QueryWidthFields
 from csr_vdb.errors import ConfigError, DataError, MigrationError, StoreError
 from csr_vdb.fileutil import private_dir
 from csr_vdb.migrations import (
@@ -162,7 +163,7 @@ def _write_pages(
         raise
 
 
-class TrainSummary(Report):
+class TrainSummary(Report, QueryWidthFields):
     """What `train_model` did."""
 
     model_dir: str = Field(description="Folder of the saved encoder.")
@@ -175,11 +176,7 @@ class TrainSummary(Report):
     seconds: float = Field(description="Training wall time (export excluded).")
     export_seconds: float | None = Field(None, description="Export wall time when trained from a store.")
     report: dict[str, Any] = Field(default_factory=dict, description="Final figures of the training report.")
-    query_width: int | None = Field(None, description="Entries of the database's search query (k_query).")
     search_candidates: int | None = Field(None, description="Candidates re-scored per search.")
-    query_width_report: dict[str, Any] | None = Field(
-        None, description="How the query width was chosen (--query-width auto): recalls per width, floor."
-    )
 
 
 _MODEL_OVERRIDES = ("hidden_dim", "k", "k_query", "query_projection", "doc_codes", "bias_latent", "source_collection")
@@ -309,8 +306,7 @@ def train_model(
         model_dir=str(model_dir), source=collection or str(from_npy), rows=n_rows, input_dim=cfg.input_dim,
         hidden_dim=cfg.hidden_dim, k=cfg.k, epochs=tcfg.epochs, seconds=secs, export_seconds=export_s,
         report={k: v for k, v in report.items() if isinstance(v, (int, float, str, bool)) or v is None},
-        query_width=final.k_query_for(final.query_projection), search_candidates=final.search_candidates,
-        query_width_report=final.query_width.model_dump() if final.query_width is not None else None,
+        search_candidates=final.search_candidates, **QueryWidthFields.of(final, final.query_projection),
     )
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from csr_vdb.config import QueryWidthFields
 from csr_vdb.errors import ConfigError, DataError
 from csr_vdb.retriever import DEFAULT_CANDIDATES, Projection, Retriever
 from csr_vdb.store import Hit, Id, VectorStore
@@ -28,7 +29,7 @@ BYTES_PER_NONZERO = 8
 """A stored sparse entry: int32 index + float32 value."""
 
 
-class CollectionEvalReport(BaseModel):
+class CollectionEvalReport(QueryWidthFields):
     """What `evaluate_collection` measured."""
 
     model_config = ConfigDict(extra="forbid")
@@ -38,10 +39,6 @@ class CollectionEvalReport(BaseModel):
     queries: int = Field(description="Sampled rows used as queries.")
     top_k: int = Field(description="Neighbours compared per query.")
     candidates: int = Field(description="Sparse candidates re-ranked per query.")
-    query_width: int | None = Field(None, description="Entries of the database's search query (the model's k_query).")
-    query_width_report: dict[str, Any] | None = Field(
-        None, description="How the model's query width was chosen at training time (recall per width, floor)."
-    )
     recall_sparse: float = Field(description="Mean recall@top_k of sparse search vs dense search.")
     recall_rerank: float = Field(description="Same after exact re-ranking of the sparse candidates (dense when kept).")
     recall_rescore: float = Field(
@@ -207,8 +204,7 @@ def evaluate_collection(
         queries=n,
         top_k=top_k,
         candidates=candidates,
-        query_width=encoder.config.k_query_for(retriever.projection),
-        query_width_report=encoder.config.query_width.model_dump() if encoder.config.query_width else None,
+        **QueryWidthFields.of(encoder.config, retriever.projection),
         recall_sparse=_recall(ref, _drop_self(sparse, ids, top_k), top_k),
         recall_rerank=_recall(ref, _drop_self(rer, ids, top_k), top_k),
         recall_rescore=_recall(ref, _drop_self(res, ids, top_k), top_k),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -33,6 +33,22 @@ class QueryWidthReport(BaseModel):
     met: bool = Field(description="Whether the chosen width reaches the floor (else the widest tried).")
     queries: int = Field(ge=0, description="Self-queries measured (rows of the training sample).")
     rows: int = Field(ge=0, description="Rows searched (the training sample).")
+
+
+class QueryWidthFields(BaseModel):
+    """The query width a report shows (``csr-vdb train``'s summary, ``csr-vdb eval``'s report)."""
+
+    query_width: int | None = Field(None, description="Entries of the database's search query (the model's k_query).")
+    query_width_report: dict[str, Any] | None = Field(
+        None, description="How the query width was chosen at training time (--query-width auto): recall per width, floor."
+    )
+
+    @staticmethod
+    def of(config: CSRConfig, projection: QueryProjection) -> dict[str, Any]:
+        """The two fields for a model's ``config`` searched with ``projection``."""
+        report = config.query_width
+        return {"query_width": config.k_query_for(projection),
+                "query_width_report": report.model_dump() if report is not None else None}
 
 
 class CSRConfig(BaseModel):
