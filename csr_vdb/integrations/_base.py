@@ -52,7 +52,7 @@ def lazy_getattr(module: str, exports: dict[str, str], namespace: dict[str, Any]
 
 def k_query_arg(k_query: int | None, query_k: int | None = None, *, stacklevel: int = 3) -> int | None:
     """The search query's non-zeros from ``k_query`` (the model config's spelling) or the deprecated
-    ``query_k`` (a `DeprecationWarning`); None: the encoder's.
+    ``query_k`` (a `DeprecationWarning`); None: `CSRCodec`'s default (`CSRConfig.k_query_alone`).
 
     Raises:
         ConfigError: both given with different values, or a value that is not a positive integer.
@@ -91,8 +91,10 @@ class CSRCodec:
         embed_documents: ``texts -> [n, dim]`` dense vectors of documents (for `embed_documents`).
         embed_query: ``text -> [dim]`` dense vector of a query, which may differ from a document's
             (for `embed_query`). Without them the codec encodes vectors only.
-        k_query: non-zeros of a search query; None = the encoder's (512 for decoder-projection
-            queries at k=32). Fewer walk fewer posting lists at a small cost in quality.
+        k_query: non-zeros of a search query; None = the width for a search whose ranking is
+            used as it is (`CSRConfig.k_query_alone`: 512 for decoder-projection queries at k=32,
+            not the model's narrower ``k_query``, which assumes an exact re-score after). Fewer
+            walk fewer posting lists at a cost in quality.
         device: torch device of the encoder ("cpu", "cuda"; None = CUDA when present).
         query_k: deprecated spelling of ``k_query``.
 
@@ -147,7 +149,8 @@ class CSRCodec:
     # ------------------------------------------------------------------ queries
     def query_codes(self, vectors: Any) -> SparseVectors:
         """Search queries from dense query vectors ``[q, dim]``: non-negative, ``k_query`` wide."""
-        return self.encoder.encode_queries(_as_rows(vectors, "query vectors"), k=self.k_query)
+        k = self.k_query if self.k_query is not None else self.encoder.config.k_query_alone()
+        return self.encoder.encode_queries(_as_rows(vectors, "query vectors"), k=k)
 
     def embed_query(self, text: str) -> SparseVectors:
         """The search query of one text (one row)."""
@@ -175,7 +178,7 @@ class EmbeddingsCodec:
         model: the model folder of ``csr-vdb train`` (or a loaded `CSREncoder`).
         embeddings: the dense embeddings the collection was made with; `EMBED_METHODS` name its
             document and query methods (LangChain's ``embed_documents`` and ``embed_query``).
-        k_query: non-zeros of a search query (None: the encoder's).
+        k_query: non-zeros of a search query (None: the full width, `CSRConfig.k_query_alone`).
         device: torch device of the encoder (None: CUDA when present).
         query_k: deprecated spelling of ``k_query``.
     """

@@ -79,7 +79,7 @@ class CSRSparseTextEmbedder:
         text_embedder: the dense text embedder the collection was made with: a Haystack component
             whose ``run(text=...)`` returns ``{"embedding": [...]}``, or a callable ``text -> vector``.
             Optional when the dense embedding is passed to `run`.
-        k_query: non-zeros of the search query (None: the encoder's).
+        k_query: non-zeros of the search query (None: the full width, `CSRConfig.k_query_alone`).
         device: torch device of the encoder (None: CUDA when present).
         query_k: deprecated spelling of ``k_query``.
     """
