@@ -101,7 +101,6 @@ class SparseWriter:
         docs: np.ndarray | str | Sequence[str],
         ids: Sequence[Id],
         payloads: Sequence[dict[str, Any]] | None = None,
-        *,
         write_source: bool = False,
     ) -> int:
         """Encode documents and upsert them (new ids are inserted, existing ones replaced).
@@ -136,7 +135,7 @@ class SparseWriter:
         self.store.upsert(self.collection_name, ids, codes, rows, dense=x if self.has_dense else None)
         return len(ids)
 
-    def delete(self, ids: Sequence[Id], *, write_source: bool = False) -> None:
+    def delete(self, ids: Sequence[Id], write_source: bool = False) -> None:
         """Delete documents by id (absent ids are ignored); with ``write_source`` from the source first."""
         ids = list(ids)
         if write_source:
