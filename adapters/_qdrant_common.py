@@ -441,21 +441,21 @@ class QdrantBase(StoreBase):
     def _columns(self, s: Layout, points: list[Any], with_payload: bool, with_codes: bool, f: str | None) -> FoundBatch:
         """One query's scored points as a `FoundBatch`."""
         n = len(points)
-        batch = FoundBatch([], np.fromiter((p.score for p in points), np.float64, n))
+        batch = FoundBatch([], np.array([p.score for p in points], np.float64))
         if with_payload or s.id_type != "int":  # mapped str ids live in the payload
             pairs = [restore(point_key(p.id), p.payload) for p in points]
             batch.ids = [i for i, _ in pairs]
             batch.payloads = [pl for _, pl in pairs] if with_payload else None
         else:
-            batch.ids = [point_key(p.id) for p in points]
+            batch.ids = [p.id for p in points]  # an int collection's point ids are its ids
         if not with_codes and f is None:
             return batch
         vectors = [p.vector for p in points]  # dicts of named vectors (the sparse one is always named)
         if with_codes:
-            codes = [v.get(SPARSE_FIELD) if isinstance(v, dict) else None for v in vectors]
             # each attribute read converts the engine's list: read each once, then lay them back to back
-            idx_rows = [c.indices if c is not None else () for c in codes]
-            val_rows = [c.values if c is not None else () for c in codes]
+            codes = [v.get(SPARSE_FIELD) if isinstance(v, dict) else None for v in vectors]
+            idx_rows = [c.indices for c in codes] if None not in codes else [c.indices if c else () for c in codes]
+            val_rows = [c.values for c in codes] if None not in codes else [c.values if c else () for c in codes]
             lengths = np.fromiter(map(len, idx_rows), np.int64, n)
             total = int(lengths.sum())
             if (np.fromiter(map(len, val_rows), np.int64, n) != lengths).any():

@@ -27,6 +27,8 @@ VectorLookup = Mapping[Id, np.ndarray] | Callable[[list[Id]], np.ndarray]
 CodeLookup = Mapping[Id, SparseVectors] | Callable[[list[Id]], SparseVectors]
 Ranked = list[tuple[np.ndarray, np.ndarray]]
 """Per query ``(positions [m] int64 into its candidates, scores [m] float64)``, best first."""
+FEW_QUERIES = 16
+"""`Reranker.rank_codes` on CPU scores up to this many queries' candidates in one gather."""
 
 
 def _unique_candidates(candidates: Sequence[Sequence[Id]]) -> tuple[list[list[Id]], list[Id], np.ndarray]:
@@ -146,6 +148,12 @@ class Reranker:
         """
         self._check_codes(query_codes, codes, len(lengths), check_queries=not checked_queries)
         lengths = self._lengths(lengths, len(codes))
+        if self._on_cpu() and len(query_codes) <= FEW_QUERIES:
+            # a few queries (one user's): one gather per candidate entry, one sort per query
+            rows = self._query_rows(query_codes, np.arange(len(query_codes)))
+            of_row = np.repeat(np.arange(len(lengths)), lengths)
+            scores = (rows[of_row[:, None], codes.indices] * codes.values).sum(axis=1)
+            return self._rank_each(scores, lengths, top_k)
         score, budget = self._code_score(query_codes, codes)
         return self._rank_pairs(score, lengths, np.arange(len(codes)), top_k, budget)
 
@@ -281,15 +289,11 @@ class Reranker:
         dim = query_codes.dim
         budget = max(1, (1 << 24) // max(dim, 1))
         if self._on_cpu():
-            q_idx, q_val = query_codes.indices, query_codes.values.astype(np.float64)
             c_idx, c_val = codes.indices, codes.values.astype(np.float64)
 
             def score_np(qi: np.ndarray, ci: np.ndarray) -> np.ndarray:
                 uq, inv = np.unique(qi, return_inverse=True)
-                slots = (np.arange(len(uq))[:, None] * dim + q_idx[uq]).ravel()
-                # the batch's queries as dense rows (repeated indices add up, padding adds 0)
-                dense = np.bincount(slots, weights=q_val[uq].ravel(), minlength=len(uq) * dim).reshape(len(uq), dim)
-                return (dense[inv[:, None], c_idx[ci]] * c_val[ci]).sum(axis=1)
+                return (self._query_rows(query_codes, uq)[inv[:, None], c_idx[ci]] * c_val[ci]).sum(axis=1)
 
             return score_np, budget
         dev = self.device
@@ -305,6 +309,29 @@ class Reranker:
             return (torch.gather(dense[inv], 1, tc_idx[ci]) * tc_val[ci]).sum(dim=1)
 
         return score_torch, budget
+
+    @staticmethod
+    def _query_rows(query_codes: SparseVectors, which: np.ndarray) -> np.ndarray:
+        """Query codes ``which`` as dense float64 rows ``[len(which), dim]`` (repeated indices add
+        up, padding adds 0)."""
+        dim = query_codes.dim
+        slots = (np.arange(len(which))[:, None] * dim + query_codes.indices[which]).ravel()
+        weights = query_codes.values[which].astype(np.float64).ravel()
+        return np.bincount(slots, weights=weights, minlength=len(which) * dim).reshape(len(which), dim)
+
+    @staticmethod
+    def _rank_each(scores: np.ndarray, lengths: Sequence[int], top_k: int | None) -> Ranked:
+        """Each query's slice of ``scores`` sorted on its own (stable: ties keep the order given)."""
+        if top_k is not None:
+            top_k = check_top_k(top_k)
+        out: Ranked = []
+        start = 0
+        for m in lengths:
+            s = scores[start : start + m]
+            order = np.argsort(-s, kind="stable")[:top_k]
+            out.append((order.astype(np.int64), s[order]))
+            start += m
+        return out
 
     def _rank_pairs(
         self,
