@@ -225,9 +225,12 @@ def run_scifact(args: argparse.Namespace) -> dict:
         "ndcg10_dense": ndcg(dense_rows),
     }
     # Same documents, two query projections: the TopK code (keys without suffix) and the decoder
-    # projection (keys ending in "_decoder"; its query width in "query_k_decoder").
+    # projection (keys ending in "_decoder"; its query width in "query_k_decoder"), each at its full
+    # width (k for TopK codes, 16 k for the decoder), whatever narrower k_query the recipe sets for
+    # a search that is re-scored.
     for proj, sfx in (("encoder", ""), ("decoder", "_decoder")):
-        q_codes = enc.encode_queries(qx, projection=proj)
+        width = enc.config.k_query_for(proj, enc.config.k)
+        q_codes = enc.encode_queries(qx, projection=proj, k=width)
         res[f"query_k{sfx or '_encoder'}"] = q_codes.width
         _, sparse_rows = index.search(q_codes, max(counts + [10]))
         res[f"ndcg10_sparse{sfx}"] = ndcg(sparse_rows[:, :10])

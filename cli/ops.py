@@ -408,8 +408,7 @@ def verification_queries(encoder: Any) -> Any:
     cfg = encoder.config
     if cfg.query_projection != "decoder":
         return encoder.encode_queries
-    full = cfg.k_query_for("decoder", cfg.k)
-    return lambda x: encoder.encode_queries(x, k=full)
+    return lambda x: encoder.encode_queries(x, k=cfg.k_query_alone())
 
 
 def sync_collection(

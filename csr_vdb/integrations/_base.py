@@ -72,8 +72,10 @@ class CSRCodec:
         embed_documents: ``texts -> [n, dim]`` dense vectors of documents (for `embed_documents`).
         embed_query: ``text -> [dim]`` dense vector of a query, which may differ from a document's
             (for `embed_query`). Without them the codec encodes vectors only.
-        query_k: non-zeros of a search query; None = the encoder's (512 for decoder-projection
-            queries at k=32). Fewer walk fewer posting lists at a small cost in quality.
+        query_k: non-zeros of a search query; None = the width for a search whose ranking is
+            used as it is (`CSRConfig.k_query_alone`: 512 for decoder-projection queries at k=32,
+            not the model's narrower ``k_query``, which assumes an exact re-score after). Fewer
+            walk fewer posting lists at a cost in quality.
         device: torch device of the encoder ("cpu", "cuda"; None = CUDA when present).
 
     Raises:
@@ -121,7 +123,8 @@ class CSRCodec:
     # ------------------------------------------------------------------ queries
     def query_codes(self, vectors: Any) -> SparseVectors:
         """Search queries from dense query vectors ``[q, dim]``: non-negative, ``query_k`` wide."""
-        return self.encoder.encode_queries(_as_rows(vectors, "query vectors"), k=self.query_k)
+        k = self.query_k if self.query_k is not None else self.encoder.config.k_query_alone()
+        return self.encoder.encode_queries(_as_rows(vectors, "query vectors"), k=k)
 
     def embed_query(self, text: str) -> SparseVectors:
         """The search query of one text (one row)."""

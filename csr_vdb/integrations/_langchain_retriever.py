@@ -63,7 +63,8 @@ class CSRRetriever(_retrievers.BaseRetriever):
         embeddings: the dense LangChain ``Embeddings`` the collection was made with (queries are
             embedded with its ``embed_query``); None: the retriever's own text model.
         k: documents returned.
-        candidates: sparse candidates re-ranked per query (>= k).
+        candidates: sparse candidates re-ranked per query (at least k are); None: the model's
+            ``search_candidates`` (100 when it has none).
         rerank: ``True`` (dense when kept, else codes), ``"dense"``, ``"codes"`` or ``False``.
         content_key / metadata_key: payload layout (see `document_from_payload`).
     """
@@ -71,7 +72,7 @@ class CSRRetriever(_retrievers.BaseRetriever):
     retriever: Any
     embeddings: Any = None
     k: int = 4
-    candidates: int = 100
+    candidates: int | None = None
     rerank: bool | str = True
     content_key: str | None = None
     metadata_key: str | None = None
@@ -124,7 +125,8 @@ class CSRRetriever(_retrievers.BaseRetriever):
         q: Any = query
         if self.embeddings is not None:
             q = np.asarray([self.embeddings.embed_query(query)], dtype=np.float32)
-        hits = self.retriever.search(q, top_k=self.k, candidates=max(self.candidates, self.k), rerank=self.rerank)[0]
+        candidates = None if self.candidates is None else max(self.candidates, self.k)
+        hits = self.retriever.search(q, top_k=self.k, candidates=candidates, rerank=self.rerank)[0]
         docs = []
         for hit in hits:
             doc = document_from_payload(hit.payload, content_key=self.content_key, metadata_key=self.metadata_key)

@@ -43,6 +43,15 @@ def test_k_query_for_each_projection():
     assert (set_q.k_query_for("encoder", 2), set_q.k_query_for("decoder", 2)) == (2, 2 * DECODER_QUERY_K_FACTOR)
 
 
+def test_k_query_alone_is_the_full_width_whatever_k_query_says():
+    cfg = CSRConfig(input_dim=8, hidden_dim=256, k=4, query_projection="decoder", k_query=10)
+    assert cfg.k_query_alone() == DECODER_QUERY_K_FACTOR * 4
+    assert CSRConfig(input_dim=8, hidden_dim=32, k=4, query_projection="decoder").k_query_alone() == 32
+    # TopK queries: the query k in effect
+    assert CSRConfig(input_dim=8, hidden_dim=256, k=4).k_query_alone() == 4
+    assert CSRConfig(input_dim=8, hidden_dim=256, k=4, k_query=6).k_query_alone() == 6
+
+
 def test_deprecated_query_k_spellings_still_answer():
     cfg = CSRConfig(input_dim=8, hidden_dim=64, k=2, k_query=6)
     with pytest.warns(DeprecationWarning, match="k_query_for"):

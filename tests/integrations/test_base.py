@@ -37,6 +37,14 @@ def test_codec_gives_the_migration_codes_and_search_queries(encoder, tmp_path):
     assert len(codec.embed_documents([])) == 0
     narrow = CSRCodec(encoder, embed_query=lambda t: table[t], query_k=3)
     assert narrow.embed_query("t4").nnz().tolist() == [3]
+    # a model whose k_query narrows the search for a re-score after: frameworks rank by the search
+    # alone, so their queries keep the full width unless asked otherwise
+    narrowed = CSREncoder(encoder.config.model_copy(update={"k_query": 2}), device="cpu").eval()
+    narrowed.load_state_dict(encoder.state_dict())
+    wide = CSRCodec(narrowed, embed_query=lambda t: table[t]).embed_query("t4")
+    full = encoder.config.k_query_alone()
+    assert full == 32 and wide.equals(narrowed.encode_queries(x[4:5], k=full))
+    assert narrowed.encode_queries(x[4:5]).nnz().tolist() == [2]
     # a saved model folder loads the same weights
     encoder.save(tmp_path / "m")
     again = CSRCodec(tmp_path / "m", embed_query=lambda t: table[t])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.integrations.conftest import (
@@ -25,6 +26,8 @@ lq = pytest.importorskip("langchain_qdrant", reason=LANGCHAIN_MISSING)
 from qdrant_client import QdrantClient  # noqa: E402
 
 from csr_vdb.integrations.langchain import CSRRetriever, CSRSparseEmbeddings  # noqa: E402
+from csr_vdb.model import CSREncoder  # noqa: E402
+from csr_vdb.retriever import DEFAULT_CANDIDATES  # noqa: E402
 
 SOURCE = "docs"
 TARGET = "docs_csr"
@@ -90,8 +93,14 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | N
                                       with_vectors=["csr"])
             codes = {p.payload["metadata"]["doc_id"]: (p.vector["csr"].indices, p.vector["csr"].values) for p in points}
             queries = [(q.indices, q.values) for q in (sparse.embed_query(t) for t in corpus.query_texts)]
-            candidates = exact_top(queries, codes, k=100)  # what CSRRetriever asks the database for
-            by_q = {q: c[:10] for q, c in zip(corpus.query_ids, candidates)}
+            by_q = {q: c[:10] for q, c in zip(corpus.query_ids, exact_top(queries, codes, k=10))}
+            # what CSRRetriever asks the database for: the model's own search query (k_query wide,
+            # narrower than the framework's) and its number of candidates
+            encoder = CSREncoder.load(model)
+            vectors = np.asarray([dense.embed_query(t) for t in corpus.query_texts], dtype=np.float32)
+            narrow = encoder.encode_queries(vectors)
+            n_candidates = encoder.config.search_candidates or DEFAULT_CANDIDATES
+            candidates = exact_top(narrow.to_qdrant(), codes, k=n_candidates)
             for q in qids:
                 got = [(d.metadata["doc_id"], s) for d, s in sparse_store.similarity_search_with_score(
                     dict(zip(corpus.query_ids, corpus.query_texts))[q], k=10)]
@@ -119,7 +128,7 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | N
     finally:
         retriever.close()
     if sample:
-        # the 100 exact sparse candidates re-ranked by the cosine of their dense vectors: every query
+        # the exact sparse candidates re-ranked by the cosine of their dense vectors: every query
         # scored in-process, the sampled ones checked against the retriever
         row = {i: n for n, i in enumerate(corpus.ids)}
         want = {}
