@@ -441,47 +441,37 @@ class QdrantBase(StoreBase):
     def _columns(self, s: Layout, points: list[Any], with_payload: bool, with_codes: bool, f: str | None) -> FoundBatch:
         """One query's scored points as a `FoundBatch`."""
         n = len(points)
-        batch = FoundBatch([], np.fromiter((p.score for p in points), np.float64, n))
+        batch = FoundBatch([], np.array([p.score for p in points], np.float64))
         if with_payload or s.id_type != "int":  # mapped str ids live in the payload
             pairs = [restore(point_key(p.id), p.payload) for p in points]
             batch.ids = [i for i, _ in pairs]
             batch.payloads = [pl for _, pl in pairs] if with_payload else None
         else:
-            batch.ids = [point_key(p.id) for p in points]
+            batch.ids = [p.id for p in points]  # an int collection's point ids are its ids
         if not with_codes and f is None:
             return batch
-        lengths: list[int] = []
-        flat_idx: list[int] = []
-        flat_val: list[float] = []
-        flat_dense: list[float] = []
-        missing = []
-        for p, id_ in zip(points, batch.ids):
-            vectors = p.vector  # a dict of named vectors (the sparse one is always named)
-            if with_codes:
-                code = vectors.get(SPARSE_FIELD) if isinstance(vectors, dict) else None
-                if code is None:
-                    lengths.append(0)
-                else:
-                    idx = code.indices
-                    lengths.append(len(idx))
-                    flat_idx += idx
-                    flat_val += code.values
-            if f is not None:
-                vec = self._named(vectors, f)
-                if vec is None:
-                    missing.append(id_)
-                else:
-                    flat_dense += vec
+        vectors = [p.vector for p in points]  # dicts of named vectors (the sparse one is always named)
         if with_codes:
-            if len(flat_idx) != len(flat_val):
+            # each attribute read converts the engine's list: read each once, then lay them back to back
+            codes = [v.get(SPARSE_FIELD) if isinstance(v, dict) else None for v in vectors]
+            idx_rows = [c.indices for c in codes] if None not in codes else [c.indices if c else () for c in codes]
+            val_rows = [c.values for c in codes] if None not in codes else [c.values if c else () for c in codes]
+            lengths = np.fromiter(map(len, idx_rows), np.int64, n)
+            total = int(lengths.sum())
+            if (np.fromiter(map(len, val_rows), np.int64, n) != lengths).any():
                 raise StoreError(f"collection '{s.name}' in {self.uri} returned sparse vectors with unequal lengths")
-            batch.code_lengths = np.asarray(lengths, np.int64)
-            batch.code_indices = np.asarray(flat_idx, np.int64)
-            batch.code_values = np.asarray(flat_val, np.float32)
+            batch.code_lengths = lengths
+            batch.code_indices = np.fromiter(itertools.chain.from_iterable(idx_rows), np.int64, total)
+            batch.code_values = np.fromiter(itertools.chain.from_iterable(val_rows), np.float32, total)
         if f is not None:
+            dense = [self._named(v, f) for v in vectors]
+            missing = [id_ for id_, vec in zip(batch.ids, dense) if vec is None]
             if missing:
                 raise _MissingDense(missing)
-            batch.dense = np.asarray(flat_dense, np.float32).reshape(n, s.dense[f][0])
+            dim = s.dense[f][0]
+            if any(len(vec) != dim for vec in dense):
+                raise StoreError(f"collection '{s.name}' in {self.uri} returned '{f}' vectors of another dimension than {dim}")
+            batch.dense = np.fromiter(itertools.chain.from_iterable(dense), np.float32, n * dim).reshape(n, dim)
         return batch
 
     def _search_dense(

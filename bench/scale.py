@@ -546,8 +546,8 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
             spec["search_candidates"] = {vn: int(v["candidates"]) for vn, v in variants_by_coll[cname].items()}
             spec["warmup_modes"] = [f"search:{v}" for v in sq]
             opened = w.call("open", spec=spec)
-            w.call("setup_retrievers", spec={"model_dir": str(mdir), "variants": variants_by_coll[cname],
-                                            "posting": post, "warmup": args.warmup})
+            encoder_loaded = w.call("setup_retrievers", spec={"model_dir": str(mdir), "variants": variants_by_coll[cname],
+                                                             "posting": post, "warmup": args.warmup})
             for vname, v in variants_by_coll[cname].items():
                 modes.append((f"search:{vname}", cname))
                 if v.get("select", "magnitude") != "magnitude":
@@ -556,6 +556,11 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
                 if args.fast and args.store == "qdrant-edge":
                     modes.append((f"fast:{vname}", cname))
         res["collections"][cname]["memory_mb"] = _memory(opened, args)
+        if cname != "dense" and encoder_loaded.get("rss") and opened.get("rss_loaded"):
+            # the query side (torch, the encoder) lives in the same process: measured, then kept apart
+            res["collections"][cname]["memory_mb"]["with_encoder"] = encoder_loaded["rss"]
+            res["collections"][cname]["memory_mb"]["encoder_rss"] = round(
+                encoder_loaded["rss"]["rss"] - opened["rss_loaded"]["rss"], 1)
 
     res["variants"] = {name: dict(v) for name, v in args.variants.items()}
 
@@ -655,7 +660,10 @@ def _run(args: argparse.Namespace, workdir: Path, workers: list[WorkerProc]) -> 
     # memory after the run, then close
     for cname, w in procs.items():
         after = w.call("close")
-        res["collections"][cname].setdefault("memory_mb", {})["rss_after_run"] = after["rss"]
+        mem = res["collections"][cname].setdefault("memory_mb", {})
+        mem["rss_after_run"] = after["rss"]
+        if after["rss"] and mem.get("base"):  # the engine's share: less the interpreter and the encoder
+            mem["engine_rss_after_run"] = round(after["rss"]["rss"] - mem["base"]["rss"] - mem.get("encoder_rss", 0), 1)
         w.proc.wait(timeout=120)
     for cname, rec in res["collections"].items():
         if not args.uri and "error" not in rec:
@@ -711,8 +719,9 @@ def table(res: dict[str, Any]) -> str:
             f"| {mode} | {lat['p50']:.2f} | {lat['p95']:.2f} | {lat['p99']:.2f} | {qps.get('1', '-')} | "
             f"{qps.get('2', '-')} | {r['test']}/{r['self']} | {ndt} | {m.get('query_nnz_mean', '-')} | "
             f"{m.get('postings_per_query', '-')} |")
-    lines += ["", "| collection | build s (insert + optimize) | disk MB (segments) | engine RSS MB | RSS after run MB | engine |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| collection | build s (insert + optimize) | disk MB (segments) | engine RSS MB | RSS after run MB "
+                  "(encoder) | engine RSS after run MB | engine |",
+              "|---|---|---|---|---|---|---|"]
     for name, c in res["collections"].items():
         if "error" in c:
             lines.append(f"| {name} | refused: {c['error']} | | | | {c.get('engine')} |")
@@ -720,10 +729,12 @@ def table(res: dict[str, Any]) -> str:
         mem = c.get("memory_mb", {})
         disk = c.get("disk_bytes")
         after = (mem.get("rss_after_run") or {}).get("rss", "-")
+        enc_mb = mem.get("encoder_rss")
+        engine_after = mem.get("engine_rss_after_run", "-")
         seg = f" ({round(c['segments_bytes'] / 2**20, 1)})" if c.get("segments_bytes") else ""
         lines.append(f"| {name} | {c.get('build_s')} ({c.get('insert_s')} + {c.get('optimize_s')}) | "
-                     f"{'-' if disk is None else round(disk / 2**20, 1)}{seg} | {mem.get('engine_rss', '-')} | {after} | "
-                     f"{c.get('engine') or 'defaults'} |")
+                     f"{'-' if disk is None else round(disk / 2**20, 1)}{seg} | {mem.get('engine_rss', '-')} | {after}"
+                     f"{'' if enc_mb is None else f' ({enc_mb})'} | {engine_after} | {c.get('engine') or 'defaults'} |")
     for mode, rows in res.get("profiles", {}).items():
         lines += ["", f"{mode}: cumulative ms per query (cProfile)"]
         lines += [f"  {r['cum_ms']:8.3f}  {r['function']}" for r in rows]

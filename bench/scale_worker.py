@@ -140,10 +140,11 @@ class Worker:
                 continue  # Retriever takes its search query's width from the config, by magnitude only
             narrowed = enc.with_config(k_query=int(v["width"])) if v.get("width") else enc
             self.retrievers[name] = (Retriever(self.store, self.collection, narrowed, device="cpu"), int(v["candidates"]))
+        loaded = rss()  # torch and the encoder, before a query touches more of the collection
         for name in self.retrievers:
             for i in range(min(int(spec.get("warmup", 20)), len(self.limits))):
                 self.run(f"retriever:{name}", i)
-        return {"rss": rss()}
+        return {"rss": loaded, "rss_warm": rss()}
 
     def run(self, mode: str, i: int, ef: int | None = None, depth: int | None = None) -> list[Any]:
         """One query of ``mode``; ``depth`` asks for a longer list (quality passes, untimed)."""

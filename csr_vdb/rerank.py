@@ -27,6 +27,8 @@ VectorLookup = Mapping[Id, np.ndarray] | Callable[[list[Id]], np.ndarray]
 CodeLookup = Mapping[Id, SparseVectors] | Callable[[list[Id]], SparseVectors]
 Ranked = list[tuple[np.ndarray, np.ndarray]]
 """Per query ``(positions [m] int64 into its candidates, scores [m] float64)``, best first."""
+FEW_QUERIES = 16
+"""`Reranker.rank_codes` on CPU scores up to this many queries' candidates in one gather."""
 
 
 def _unique_candidates(candidates: Sequence[Sequence[Id]]) -> tuple[list[list[Id]], list[Id], np.ndarray]:
@@ -105,7 +107,8 @@ class Reranker:
 
     # ------------------------------------------------------------------ candidates as arrays
     def rank_dense(
-        self, queries: np.ndarray, vectors: np.ndarray, lengths: Sequence[int], top_k: int | None = None
+        self, queries: np.ndarray, vectors: np.ndarray, lengths: Sequence[int], top_k: int | None = None,
+        *, checked_queries: bool = False,
     ) -> Ranked:
         """Rank each query's candidates by the exact dot product ``<query, vector>``.
 
@@ -114,18 +117,21 @@ class Reranker:
             vectors: ``[sum(lengths), d]`` the candidates' vectors, query 0's first.
             lengths: candidates per query.
             top_k: keep this many per query (all when ``None``).
+            checked_queries: the queries were checked already (an encoder checked them on their
+                way, as in `csr_vdb.retriever.Retriever.search`): only their count is.
 
         Raises:
             DataError: NaN/inf, mismatched dimensions or counts.
         """
-        q = self._dense_queries(queries, len(lengths))
+        q = self._dense_queries(queries, len(lengths), check_values=not checked_queries)
         vec = np.asarray(vectors, dtype=np.float32)
         self._check_vectors(vec, q.shape[1], lambda rows: rows)
         lengths = self._lengths(lengths, len(vec))
         return self._rank_pairs(self._dense_score(q, vec), lengths, np.arange(len(vec)), top_k)
 
     def rank_codes(
-        self, query_codes: SparseVectors, codes: SparseVectors, lengths: Sequence[int], top_k: int | None = None
+        self, query_codes: SparseVectors, codes: SparseVectors, lengths: Sequence[int], top_k: int | None = None,
+        *, checked_queries: bool = False,
     ) -> Ranked:
         """Rank each query's candidates by the exact dot product of the codes.
 
@@ -134,12 +140,20 @@ class Reranker:
             codes: ``[sum(lengths), width]`` the candidates' codes, query 0's first.
             lengths: candidates per query.
             top_k: keep this many per query (all when ``None``).
+            checked_queries: the query codes come from an encoder that checked its input (as in
+                `csr_vdb.retriever.Retriever.search`): only their count and dimension are checked.
 
         Raises:
             DataError: NaN/inf, indices outside the dimension, mismatched dimensions or counts.
         """
-        self._check_codes(query_codes, codes, len(lengths))
+        self._check_codes(query_codes, codes, len(lengths), check_queries=not checked_queries)
         lengths = self._lengths(lengths, len(codes))
+        if self._on_cpu() and len(query_codes) <= FEW_QUERIES:
+            # a few queries (one user's): one gather per candidate entry, one sort per query
+            rows = self._query_rows(query_codes, np.arange(len(query_codes)))
+            of_row = np.repeat(np.arange(len(lengths)), lengths)
+            scores = (rows[of_row[:, None], codes.indices] * codes.values).sum(axis=1)
+            return self._rank_each(scores, lengths, top_k)
         score, budget = self._code_score(query_codes, codes)
         return self._rank_pairs(score, lengths, np.arange(len(codes)), top_k, budget)
 
@@ -198,21 +212,19 @@ class Reranker:
         Raises:
             DataError: NaN/inf, mismatched dimensions or counts, or ids without a code.
         """
-        check_codes(query_codes, "query codes")
-        if len(query_codes) != len(candidates):
-            raise DataError(f"{len(query_codes)} queries but {len(candidates)} candidate lists")
+        self._check_queries(query_codes, len(candidates))
         per_query, distinct, where = _unique_candidates(candidates)
         if not distinct:
             return [([], np.zeros(0, np.float64)) for _ in per_query]
         cand = _lookup_codes(codes, distinct, query_codes.dim)
-        self._check_codes(query_codes, cand, len(candidates))
+        self._check_codes(query_codes, cand, len(candidates), check_queries=False)  # checked above
         score, budget = self._code_score(query_codes, cand)
         ranked = self._rank_pairs(score, [len(c) for c in per_query], where, top_k, budget)
         return [([ids[j] for j in pos], sc) for ids, (pos, sc) in zip(per_query, ranked)]
 
     # ------------------------------------------------------------------ checks
     @staticmethod
-    def _dense_queries(queries: np.ndarray, n_lists: int) -> np.ndarray:
+    def _dense_queries(queries: np.ndarray, n_lists: int, check_values: bool = True) -> np.ndarray:
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
@@ -220,8 +232,8 @@ class Reranker:
             raise DataError(f"queries must be [q, d], got shape {q.shape}")
         if q.shape[0] != n_lists:
             raise DataError(f"{q.shape[0]} queries but {n_lists} candidate lists")
-        bad = ~np.isfinite(q).all(axis=1)
-        if bad.any():
+        bad = ~np.isfinite(q).all(axis=1) if check_values else None
+        if bad is not None and bad.any():
             rows = np.flatnonzero(bad).tolist()
             raise DataError(f"queries contain NaN or inf at rows {describe_rows(rows)}", rows)
         return q
@@ -236,10 +248,15 @@ class Reranker:
             raise DataError(f"candidate vectors contain NaN or inf at {label} {describe_rows(names)}", names)
 
     @staticmethod
-    def _check_codes(query_codes: SparseVectors, codes: SparseVectors, n_lists: int) -> None:
-        check_codes(query_codes, "query codes")
+    def _check_queries(query_codes: SparseVectors, n_lists: int, check_values: bool = True) -> None:
+        if check_values:
+            check_codes(query_codes, "query codes")
         if len(query_codes) != n_lists:
             raise DataError(f"{len(query_codes)} queries but {n_lists} candidate lists")
+
+    @classmethod
+    def _check_codes(cls, query_codes: SparseVectors, codes: SparseVectors, n_lists: int, check_queries: bool = True) -> None:
+        cls._check_queries(query_codes, n_lists, check_queries)
         if codes.dim != query_codes.dim:
             raise DataError(f"candidate codes have dimension {codes.dim}, queries {query_codes.dim}")
         check_codes(codes, "candidate codes")
@@ -272,15 +289,11 @@ class Reranker:
         dim = query_codes.dim
         budget = max(1, (1 << 24) // max(dim, 1))
         if self._on_cpu():
-            q_idx, q_val = query_codes.indices, query_codes.values.astype(np.float64)
             c_idx, c_val = codes.indices, codes.values.astype(np.float64)
 
             def score_np(qi: np.ndarray, ci: np.ndarray) -> np.ndarray:
                 uq, inv = np.unique(qi, return_inverse=True)
-                dense = np.zeros((len(uq), dim))
-                rows = np.repeat(np.arange(len(uq)), q_idx.shape[1])
-                np.add.at(dense, (rows, q_idx[uq].ravel()), q_val[uq].ravel())  # padding adds 0
-                return (dense[inv[:, None], c_idx[ci]] * c_val[ci]).sum(axis=1)
+                return (self._query_rows(query_codes, uq)[inv[:, None], c_idx[ci]] * c_val[ci]).sum(axis=1)
 
             return score_np, budget
         dev = self.device
@@ -296,6 +309,29 @@ class Reranker:
             return (torch.gather(dense[inv], 1, tc_idx[ci]) * tc_val[ci]).sum(dim=1)
 
         return score_torch, budget
+
+    @staticmethod
+    def _query_rows(query_codes: SparseVectors, which: np.ndarray) -> np.ndarray:
+        """Query codes ``which`` as dense float64 rows ``[len(which), dim]`` (repeated indices add
+        up, padding adds 0)."""
+        dim = query_codes.dim
+        slots = (np.arange(len(which))[:, None] * dim + query_codes.indices[which]).ravel()
+        weights = query_codes.values[which].astype(np.float64).ravel()
+        return np.bincount(slots, weights=weights, minlength=len(which) * dim).reshape(len(which), dim)
+
+    @staticmethod
+    def _rank_each(scores: np.ndarray, lengths: Sequence[int], top_k: int | None) -> Ranked:
+        """Each query's slice of ``scores`` sorted on its own (stable: ties keep the order given)."""
+        if top_k is not None:
+            top_k = check_top_k(top_k)
+        out: Ranked = []
+        start = 0
+        for m in lengths:
+            s = scores[start : start + m]
+            order = np.argsort(-s, kind="stable")[:top_k]
+            out.append((order.astype(np.int64), s[order]))
+            start += m
+        return out
 
     def _rank_pairs(
         self,

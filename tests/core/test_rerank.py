@@ -122,10 +122,12 @@ def _groups(lengths: list[int], seed: int) -> tuple[np.ndarray, list[int]]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_rank_codes_matches_float64_reference_per_group(device):
-    docs = random_codes(90, 64, 8, seed=31, dyadic=False)
-    queries = random_codes(4, 64, 12, seed=32, dyadic=False, negative=True)  # signed queries, as the re-score
-    rows, lengths = _groups([30, 0, 45, 15], seed=33)
+@pytest.mark.parametrize("sizes", [[30, 0, 45, 15], [30, 0, 45, 15] * 5], ids=["few queries", "a batch of 20"])
+def test_rank_codes_matches_float64_reference_per_group(device, sizes):
+    """A few queries are scored in one gather, more in batches of pairs: the same ranking."""
+    docs = random_codes(sum(sizes), 64, 8, seed=31, dyadic=False)
+    queries = random_codes(len(sizes), 64, 12, seed=32, dyadic=False, negative=True)  # signed, as the re-score
+    rows, lengths = _groups(sizes, seed=33)
     cand = docs[rows]
     ranked = Reranker(device=device, batch_size=7).rank_codes(queries, cand, lengths, top_k=10)
     full = (queries.to_scipy().astype(np.float64) @ cand.to_scipy().astype(np.float64).T).toarray()

@@ -315,3 +315,49 @@ def test_signed_queries_of_a_few_rows_are_projected_in_numpy_like_the_torch_path
                                many.to_dense()[:3], rtol=1e-5, atol=1e-6)
     with pytest.raises(DataError):
         enc.encode_queries(np.full((2, D), np.nan, np.float32), signed=True)
+
+
+@pytest.mark.parametrize("rerank", ["codes", "dense", False])
+@pytest.mark.parametrize("projection", ["decoder", "encoder"])
+def test_query_vectors_are_checked_once(world, monkeypatch, rerank, projection):
+    """One check per query vector on the whole search path: the encoder's. A second check of the
+    same vectors (in `Retriever.embed`, or the re-ranker's of the queries or of the codes made of
+    them) would show up here."""
+    import csr_vdb.rerank as rerank_mod
+    import csr_vdb.validation as validation
+    from csr_vdb.rerank import Reranker
+
+    store, x, _, _, _ = world
+    torch.manual_seed(7)
+    enc = CSREncoder(CSRConfig(input_dim=D, hidden_dim=64, k=6, query_projection=projection), device="cpu")
+    r = Retriever(store, "full", enc, device="cpu")
+    checks: list[object] = []
+    dense_rows, codes_check, dense_queries = validation.invalid_dense_rows, rerank_mod.check_codes, Reranker._dense_queries
+
+    def count_dense(a):
+        checks.append(("dense", len(a)))
+        return dense_rows(a)
+
+    def count_codes(codes, what="codes"):
+        if what == "query codes":
+            checks.append(("query codes", len(codes)))
+        return codes_check(codes, what)
+
+    def count_queries(queries, n_lists, check_values=True):
+        if check_values:
+            checks.append(("reranker queries", n_lists))
+        return dense_queries(queries, n_lists, check_values)
+
+    monkeypatch.setattr(validation, "invalid_dense_rows", count_dense)  # every check_dense call
+    monkeypatch.setattr(rerank_mod, "check_codes", count_codes)
+    monkeypatch.setattr(Reranker, "_dense_queries", staticmethod(count_queries))
+    hits = r.search(x[:3], top_k=4, candidates=30, rerank=rerank)
+    assert checks == [("dense", 3)]
+    assert [len(h) for h in hits] == [4, 4, 4]
+    # the one check still refuses bad vectors, from texts too
+    bad = x[:2].copy()
+    bad[1, 3] = np.inf
+    with pytest.raises(DataError, match="rows 1"):
+        r.search(bad, rerank=rerank)
+    with pytest.raises(DataError, match="NaN or inf"):
+        Retriever(store, "full", enc, text_model=lambda t: bad[: len(t)], device="cpu").search(["a", "b"], rerank=rerank)

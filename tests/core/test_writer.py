@@ -116,3 +116,31 @@ def test_bad_documents_are_refused_with_nothing_written(live):
         SparseWriter(store, "docs", enc)
     with pytest.raises(ConfigError, match="input_dim 16"):
         SparseWriter(store, plan.target, tiny_encoder(input_dim=16))
+
+
+def test_a_target_with_the_unnamed_qdrant_vector_gets_its_dense_vectors(tmp_path):
+    """Qdrant's unnamed default vector is the field "" (falsy, still dense): writes through
+    `SparseWriter` and `Retriever.add` fill it as a migration does, so a dense re-rank finds them."""
+    from qdrant_client import QdrantClient
+    from qdrant_client import models as qm
+
+    from csr_vdb.adapters.qdrant import QdrantStore
+
+    client = QdrantClient(path=str(tmp_path / "q"))
+    client.create_collection("app", vectors_config=qm.VectorParams(size=DIM, distance=qm.Distance.DOT))
+    client.close()
+    enc = tiny_encoder(seed=4)
+    x = unit(4, seed=8)
+    with QdrantStore(str(tmp_path / "q")) as store:
+        store.create_sparse_collection("app_csr", "app")
+        assert store.describe("app_csr").vector_field == ""
+        w = SparseWriter(store, "app_csr", enc)
+        assert w.has_dense and w.keeps_dense
+        w.add(x[:2], [1, 2])
+        r = Retriever(store, "app_csr", enc, device="cpu", source="app")
+        r.add(x[2:], [3, 4], [{"n": 3}, {"n": 4}], True)  # write_source positionally, as before
+        assert store.count("app") == 2
+        recs = store.fetch("app_csr", [1, 2, 3, 4], with_dense=True)
+        np.testing.assert_allclose(np.stack([rec.dense for rec in recs]), x, atol=1e-6)
+        assert r.writer() is r
+        assert r.search(x[3:4], top_k=1, candidates=4, rerank="dense")[0][0].id == 4
