@@ -159,12 +159,12 @@ class CSRConfig(BaseModel):
             k = self.k
         return k if projection == "encoder" else min(DECODER_QUERY_K_FACTOR * k, self.hidden_dim)
 
-    def k_query_alone(self) -> int:
+    def k_query_alone(self, projection: QueryProjection | None = None) -> int:
         """Width of a search query whose database ranking is used as it is (no exact re-score after):
         the decoder projection's full width, ``min(DECODER_QUERY_K_FACTOR * k, hidden_dim)``, since
         ``k_query`` narrows the search of a query path that re-scores its candidates; for the
-        encoder projection the query k in effect."""
-        if self.query_projection == "decoder":
+        encoder projection the query k in effect. ``projection``: the config's when None."""
+        if (projection or self.query_projection) == "decoder":
             return self.k_query_for("decoder", self.k)
         return self.k_query_for("encoder")
 

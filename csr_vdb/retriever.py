@@ -236,10 +236,14 @@ class Retriever(SparseWriter):
         if rerank == "dense" and not self.has_dense:
             raise ConfigError(f"collection '{self.collection_name}' kept no dense vectors: re-rank by 'codes'")
         x = self.embed(queries)
+        if not rerank:
+            # the database's ranking is the answer: the search query keeps its full width (the
+            # model's k_query narrows only a search whose candidates are re-scored)
+            width = self.encoder.config.k_query_alone(self.projection)
+            alone = self.encoder.encode_queries(x, projection=self.query_projection, k=width)
+            return self.store.search_sparse(self.collection_name, alone, limit=top_k, with_payload=True)
         # the encoder checks the query vectors, once; what is made of them is not checked again
         search_codes, score_codes = self.query_codes(x, signed=rerank == "codes")
-        if not rerank:
-            return self.store.search_sparse(self.collection_name, search_codes, limit=top_k, with_payload=True)
         found = self.store.search_candidates(
             self.collection_name,
             search_codes,

@@ -92,6 +92,22 @@ def test_sparse_only_scores_are_code_dot_products(world, encoder):
             assert h.score == pytest.approx(float(qc[qi] @ dc[by_id[h.id]]), rel=1e-4, abs=1e-5)
 
 
+def test_search_alone_keeps_the_full_query_width_of_a_narrowed_model(world, encoder):
+    # k_query narrows the search of a re-scored query path; the database's ranking alone (rerank=False)
+    # is the answer, so its query keeps the full decoder width
+    store, x, ids, _, codes = world
+    narrowed = CSREncoder(encoder.config.model_copy(update={"k_query": 3}), device="cpu")
+    narrowed.load_state_dict(encoder.state_dict())
+    r = Retriever(store, "full", narrowed, device="cpu", query_projection="decoder")
+    q = x[60:66]
+    hits = r.search(q, top_k=4, rerank=False)
+    full = encoder.encode_queries(q, projection="decoder")
+    assert full.width == 64 and narrowed.encode_queries(q, projection="decoder").width == 3
+    s = full.to_dense().astype(np.float64) @ codes.to_dense().T.astype(np.float64)
+    for qi, hs in enumerate(hits):
+        np.testing.assert_allclose([h.score for h in hs], np.sort(s[qi])[::-1][:4], rtol=1e-4, atol=1e-5)
+
+
 def test_decoder_projection_queries_search_every_store(world, encoder):
     store, x, ids, _, codes = world
     q = x[60:66]
