@@ -28,8 +28,10 @@ by brute force in Python (slow at scale), fine as a migration source.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -133,6 +135,12 @@ class QdrantStore(QdrantBase):
         self._schemas: dict[str, _Schema] = {}  # real name -> schema, dropped with the collection
         self.uri = strip_credentials(str(uri))
         self.is_server = urlsplit(str(uri)).scheme in ("http", "https")
+        # qdrant-client's local mode keeps collections in Python objects that a scroll and a write
+        # on two threads corrupt (a migration reads and writes on threads of its own while the
+        # application may write): its calls run one at a time; a server takes them in parallel
+        self._local_lock: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if self.is_server else threading.RLock()
+        )
         try:
             if self.is_server:
                 self._client = QdrantClient(
@@ -174,7 +182,8 @@ class QdrantStore(QdrantBase):
 
     def _call(self, what: str, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
-            return fn(*args, **kwargs)
+            with self._local_lock:
+                return fn(*args, **kwargs)
         except (StoreError, DataError):
             raise
         except Exception as exc:  # noqa: BLE001 - client errors of every transport
@@ -200,7 +209,8 @@ class QdrantStore(QdrantBase):
         if cached is not None:
             return cached
         try:
-            info = self._client.get_collection(real)
+            with self._local_lock:
+                info = self._client.get_collection(real)
         except Exception as exc:  # noqa: BLE001 - 404 on a server, ValueError in local mode
             if real not in self._collections():
                 raise CollectionNotFoundError(f"collection '{collection_name}' not found in {self.uri}") from exc

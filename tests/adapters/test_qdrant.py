@@ -230,3 +230,35 @@ def test_empty_collection_without_metadata_takes_the_id_type_of_its_first_rows(p
         with pytest.raises(DataError):
             s.insert_dense("raw_s", [5], data[:1])
         assert [r.id for r in s.fetch("raw_s", ["b", "a", 7])] == ["b", "a"]
+
+
+def test_local_mode_takes_writes_on_one_thread_while_another_pages(path):
+    # a migration pages the source on a thread of its own while the application writes to it; local
+    # mode's in-Python collections are not safe for that unless the adapter runs one call at a time
+    import threading
+
+    x = clustered(3000, DIM, 8, seed=2)[0]
+    with QdrantStore(path) as s:
+        s.create_dense_collection("src", DIM)
+        s.insert_dense("src", list(range(1000)), x[:1000])
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                for start in range(1000, 3000, 20):
+                    s.insert_dense("src", list(range(start, start + 20)), x[start : start + 20])
+                    s.delete("src", [start - 1000])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        pages = 0
+        while writer.is_alive():
+            for page in s.iter_dense("src", batch_size=50):
+                pages += 1
+                assert page.vectors.shape == (len(page.ids), DIM)
+        writer.join()
+        assert not errors and pages
+        got = sorted(i for p in s.iter_dense("src", batch_size=500) for i in p.ids)
+        assert got == sorted(set(range(3000)) - set(range(0, 2000, 20)))

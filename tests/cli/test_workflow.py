@@ -133,15 +133,17 @@ def test_resume_and_lean_target(cli_factory, kind):
     assert set(res["results"]) == {"sparse", "rerank"}
     for s, r in zip(res["results"]["sparse"], res["results"]["rerank"]):
         assert [h["score"] for h in r] == sorted((h["score"] for h in r), reverse=True)
-    # the database scored the decoder-projection query codes: its best score is their exact best
+    # the database scored the decoder-projection query codes at their full width (the sparse mode's
+    # ranking is the answer, not a candidate list): its best score is their exact best
     from csr_vdb.model import CSREncoder
 
     enc = CSREncoder.load(cli.cwd / "m", device="cpu")
     assert enc.config.query_projection == "decoder" and enc.config.doc_codes == "pursuit"
     assert enc.config.bias_latent  # the recipe's
     codes = enc.encode(x).to_dense()
-    exact = enc.encode_queries(x[:2]).to_dense() @ codes.T
-    assert enc.encode_queries(x[:2]).width > enc.config.k
+    alone = enc.encode_queries(x[:2], k=enc.config.k_query_alone())
+    exact = alone.to_dense() @ codes.T
+    assert alone.width > enc.config.k
     for qi, s in enumerate(res["results"]["sparse"]):
         assert s[0]["score"] == pytest.approx(float(exact[qi].max()), rel=1e-4)
     # the re-ranker scored the stored codes with the signed query: <x, reconstruction>, exactly
