@@ -80,7 +80,7 @@ def run_dataset(name: str, folder: Path, args: argparse.Namespace) -> dict:
     docs = enc.encode(db)
     post = posting_lengths(docs)
     h = enc.config.hidden_dim
-    full = enc.config.k_query_for("decoder", enc.config.k)  # the whole decoder query, whatever k_query says
+    full = enc.config.k_query_alone("decoder")  # the whole decoder query, whatever k_query says
     search = enc.encode_queries(qx, k=full)
     signed = enc.encode_queries(qx, signed=True)
     out: dict = {"metric": "1nn_accuracy" if name == "banking77" else "ndcg@10", "dense": float(dense),

@@ -400,11 +400,9 @@ def verify_collection(
 def verification_queries(encoder: Any) -> Any:
     """The query encoder of verify's recall check: the database's search alone (no re-score), so
     decoder-projection queries keep their full width (``k_query`` narrows the search of a query path
-    that re-scores its candidates); TopK queries as the encoder makes them."""
-    cfg = encoder.config
-    if cfg.query_projection != "decoder":
-        return encoder.encode_queries
-    return lambda x: encoder.encode_queries(x, k=cfg.k_query_alone())
+    that re-scores its candidates); TopK queries as the encoder makes them (`CSRConfig.k_query_alone`)."""
+    width = encoder.config.k_query_alone()
+    return lambda x: encoder.encode_queries(x, k=width)
 
 
 def sync_collection(

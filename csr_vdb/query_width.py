@@ -301,7 +301,7 @@ def fit_query_width(
     cand = int(candidates or cfg.search_candidates or 100)
     cand = min(max(cand, top_k + 1), len(x))
     rows, truth = self_query_sample(x, queries, top_k, seed=seed)
-    full = cfg.k_query_for("decoder", cfg.k)  # the full decoder width, whatever k_query says
+    full = cfg.k_query_alone("decoder")  # the full decoder width, whatever k_query says
     docs = encoder.encode(x)
     search = encoder.encode_queries(x[rows], k=full, projection="decoder")
     exact = encoder.encode_queries(x[rows], projection="decoder", signed=True)
