@@ -254,10 +254,12 @@ def test_local_mode_takes_writes_on_one_thread_while_another_pages(path):
         writer = threading.Thread(target=write)
         writer.start()
         pages = 0
-        while writer.is_alive():
+        while True:  # at least one full scan, however fast the writer is
             for page in s.iter_dense("src", batch_size=50):
                 pages += 1
                 assert page.vectors.shape == (len(page.ids), DIM)
+            if not writer.is_alive():
+                break
         writer.join()
         assert not errors and pages
         got = sorted(i for p in s.iter_dense("src", batch_size=500) for i in p.ids)
