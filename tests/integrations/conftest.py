@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,25 @@ def scifact_model(scifact_corpus: Corpus, tmp_path_factory) -> Path:
     return model
 
 
+@dataclass(frozen=True)
+class Case:
+    """A data set a framework flow runs on."""
+
+    name: str  # "small" or "scifact"
+    corpus: Corpus
+    model: Path | None  # None: the flow trains one on its own collection
+    sample: int | None  # queries a flow on qdrant-client's local mode sends (None: all)
+
+
+@pytest.fixture(params=["small", pytest.param("scifact", marks=[pytest.mark.realdata, pytest.mark.slow])])
+def case(request) -> Case:
+    """Each framework flow runs on the small corpus, and on SciFact where ``../shared/data`` is."""
+    if request.param == "small":
+        return Case("small", request.getfixturevalue("small_corpus"), None, None)
+    corpus, model = request.getfixturevalue("scifact_corpus"), request.getfixturevalue("scifact_model")
+    return Case("scifact", corpus, model, QDRANT_LOCAL_QUERIES)
+
+
 # ---------------------------------------------------------------------- checks
 NEW_TEXTS = [
     "Sparse codes let an inverted index answer nearest-neighbour queries over learned embeddings.",
@@ -285,3 +305,24 @@ def assert_same_ranking(got: list[tuple[Any, float]], want: list[tuple[Any, floa
         if abs(gs - ws) <= atol and gi != wi:
             tied = {i for i, s in want if abs(s - ws) <= 2 * atol}
             assert gi in tied, (gi, wi)
+
+
+def stored_codes(client: Any, collection: str, key: Callable[[Any], Any], with_payload: Any = True) -> dict[Any, Any]:
+    """A collection's codes in qdrant-client's local mode, as ``{key(point): (indices, values)}``."""
+    n = client.count(collection, exact=True).count
+    points, _ = client.scroll(collection, limit=n + 1, with_payload=with_payload, with_vectors=["csr"])
+    return {key(p): (p.vector["csr"].indices, p.vector["csr"].values) for p in points}
+
+
+def exact_ranking(
+    corpus: Corpus, codes: dict[Any, Any], query_codes: list[Any], sample: list[str],
+    search: Callable[[str], list[tuple[Any, float]]],
+) -> dict[str, list[tuple[Any, float]]]:
+    """Every query's exact sparse top-10 (`exact_top` over the stored ``codes``), by query id; the
+    framework's own ranking (``search(text)``: ``(id, score)`` pairs) of the ``sample`` query ids
+    must be the same (qdrant-client's local mode is too slow to send every query through it)."""
+    exact = dict(zip(corpus.query_ids, exact_top(query_codes, codes)))
+    text_of = dict(zip(corpus.query_ids, corpus.query_texts))
+    for q in sample:
+        assert_same_ranking(search(text_of[q]), exact[q])
+    return exact

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from tests.integrations.conftest import (
-    QDRANT_LOCAL_QUERIES,
+    Case,
     Corpus,
-    assert_same_ranking,
-    exact_top,
+    exact_ranking,
     new_texts,
+    stored_codes,
     train_and_migrate,
 )
 
@@ -114,7 +114,8 @@ def check_added(corpus: Corpus, store: Any, sparse_pipeline: Pipeline, model: Pa
 
 
 # ---------------------------------------------------------------------- Qdrant
-def qdrant_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | None, min_ratio: float) -> dict:
+def qdrant_flow(case: Case, tmp_path: Path, min_ratio: float) -> dict:
+    corpus, sample = case.corpus, case.sample
     hq = pytest.importorskip("haystack_integrations.document_stores.qdrant",
                              reason="qdrant-haystack is not installed: pip install 'csr-vdb[haystack]'")
     from haystack_integrations.components.retrievers.qdrant import (
@@ -130,8 +131,8 @@ def qdrant_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int 
     src = hq.QdrantDocumentStore(index=SOURCE, recreate_index=True, write_batch_size=512, **common)
     index(corpus, src, documents(corpus))
     src.close()
-    model = train_and_migrate("qdrant", path, SOURCE, corpus, model, state)
-    codes = stored_codes(path, corpus) if sample else {}
+    model = train_and_migrate("qdrant", path, SOURCE, corpus, case.model, state)
+    codes = target_codes(path) if sample else {}
 
     target = CSRQdrantDocumentStore(index=TARGET, **common)
     try:
@@ -152,10 +153,8 @@ def qdrant_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int 
         if sample:
             embedder = CSRSparseTextEmbedder(model, DenseTextEmbedder(corpus))
             queries = [embedder.run(text=t)["sparse_embedding"] for t in corpus.query_texts]
-            exact = dict(zip(corpus.query_ids, exact_top([(q.indices, q.values) for q in queries], codes)))
-            by_q = dict(zip(corpus.query_ids, corpus.query_texts))
-            for q in qids:
-                assert_same_ranking([(d.id, d.score) for d in ask(sparse_p, by_q[q], sparse=True)], exact[q])
+            exact = exact_ranking(corpus, codes, [(q.indices, q.values) for q in queries], qids,
+                                  lambda t: [(d.id, d.score) for d in ask(sparse_p, t, sparse=True)])
             sparse_run = {q: [i for i, _ in exact[q]] for q in corpus.query_ids}
         figures = {"dense": corpus.ndcg(dense_run), "sparse": corpus.ndcg(sparse_run)}
         assert figures["sparse"] >= min_ratio * figures["dense"], figures
@@ -167,30 +166,24 @@ def qdrant_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int 
     return figures
 
 
-def stored_codes(path: str, corpus: Corpus) -> dict[str, tuple[list[int], list[float]]]:
+def target_codes(path: str) -> dict[str, tuple[list[int], list[float]]]:
     """The target's codes by document id, read before the store opens the local directory."""
     from qdrant_client import QdrantClient
 
     client = QdrantClient(path=path)
     try:
-        points, _ = client.scroll(TARGET, limit=len(corpus.ids) + 10, with_payload=["id"], with_vectors=["csr"])
+        return stored_codes(client, TARGET, lambda p: p.payload["id"], ["id"])
     finally:
         client.close()
-    return {p.payload["id"]: (p.vector["csr"].indices, p.vector["csr"].values) for p in points}
 
 
-def test_qdrant_small_collection(small_corpus, tmp_path):
-    print("haystack-qdrant small", qdrant_flow(small_corpus, tmp_path, None, None, min_ratio=0.9))
-
-
-@pytest.mark.realdata
-@pytest.mark.slow
-def test_qdrant_scifact(scifact_corpus, scifact_model, tmp_path):
-    print("haystack-qdrant scifact", qdrant_flow(scifact_corpus, tmp_path, scifact_model, QDRANT_LOCAL_QUERIES, 0.94))
+def test_qdrant(case, tmp_path):
+    print("haystack-qdrant", case.name, qdrant_flow(case, tmp_path, min_ratio={"small": 0.9, "scifact": 0.94}[case.name]))
 
 
 # ---------------------------------------------------------------------- Milvus
-def milvus_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: float) -> dict:
+def milvus_flow(case: Case, tmp_path: Path, min_ratio: float) -> dict:
+    corpus = case.corpus
     mh = pytest.importorskip("milvus_haystack",
                              reason="milvus-haystack is not installed: pip install 'csr-vdb[haystack]'")
     from milvus_haystack.milvus_embedding_retriever import (
@@ -204,7 +197,7 @@ def milvus_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: f
     src = mh.MilvusDocumentStore(collection_name=SOURCE, connection_args=conn, drop_old=True)
     index(corpus, src, documents(corpus))
     src.client.close()
-    model = train_and_migrate("milvus", db, SOURCE, corpus, model, state)
+    model = train_and_migrate("milvus", db, SOURCE, corpus, case.model, state)
 
     dense_store = mh.MilvusDocumentStore(collection_name=SOURCE, connection_args=conn)
     target = mh.MilvusDocumentStore(collection_name=TARGET, connection_args=conn, sparse_vector_field="csr")
@@ -232,11 +225,5 @@ def milvus_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: f
     return figures
 
 
-def test_milvus_small_collection(small_corpus, tmp_path):
-    print("haystack-milvus small", milvus_flow(small_corpus, tmp_path, None, min_ratio=0.9))
-
-
-@pytest.mark.realdata
-@pytest.mark.slow
-def test_milvus_scifact(scifact_corpus, scifact_model, tmp_path):
-    print("haystack-milvus scifact", milvus_flow(scifact_corpus, tmp_path, scifact_model, min_ratio=0.94))
+def test_milvus(case, tmp_path):
+    print("haystack-milvus", case.name, milvus_flow(case, tmp_path, min_ratio={"small": 0.9, "scifact": 0.94}[case.name]))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integrations.conftest import LANGCHAIN_MISSING, Corpus, new_texts, train_and_migrate
+from tests.integrations.conftest import LANGCHAIN_MISSING, Case, Corpus, new_texts, train_and_migrate
 from tests.integrations.dense import langchain_embeddings
 
 lm = pytest.importorskip("langchain_milvus", reason=LANGCHAIN_MISSING)
@@ -35,15 +35,15 @@ def check_whole(docs, corpus: Corpus) -> None:
                          for d in docs])
 
 
-def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: float,
-             min_retriever_ratio: dict) -> dict[str, float]:
+def run_flow(case: Case, tmp_path: Path, min_ratio: float, min_retriever_ratio: dict) -> dict[str, float]:
+    corpus = case.corpus
     db, state = str(tmp_path / "milvus.db"), tmp_path / "state"
     conn = {"uri": db}
     dense = langchain_embeddings(corpus)
     src = lm.Milvus.from_texts(corpus.texts, dense, metadatas=corpus.metadata, ids=list(corpus.ids),
                                collection_name=SOURCE, connection_args=conn)
     src.client.close()
-    model = train_and_migrate("milvus", db, SOURCE, corpus, model, state)
+    model = train_and_migrate("milvus", db, SOURCE, corpus, case.model, state)
 
     sparse = CSRMilvusSparseEmbedding(model, embeddings=dense)
     assert sparse.search_params == MILVUS_SPARSE_SEARCH_PARAMS
@@ -87,18 +87,13 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: floa
     return figures
 
 
-def test_small_collection(small_corpus, tmp_path):
-    figures = run_flow(small_corpus, tmp_path, None, min_ratio=0.85, min_retriever_ratio={True: 0.9, "codes": 0.9})
-    print("langchain-milvus small", figures)
-
-
-@pytest.mark.realdata
-@pytest.mark.slow
-def test_scifact(scifact_corpus, scifact_model, tmp_path):
-    # CSRRetriever's default (the dense re-rank) must keep 96% of dense; the re-score from codes after
+def test_flow(case, tmp_path):
+    # on SciFact, CSRRetriever's default (the dense re-rank) must keep 96% of dense; the re-score from codes after
     # the model's narrow search (16 entries, 300 candidates) is held to the framework search's 94%:
     # bench/quality.py measures it at 97.6% with the recipe's seed-0 model, and the model trained
     # inside the full suite (other thread settings) scores 95.4%
-    figures = run_flow(scifact_corpus, tmp_path, scifact_model, min_ratio=0.94,
-                       min_retriever_ratio={True: 0.96, "codes": 0.94})
-    print("langchain-milvus scifact", figures)
+    if case.name == "small":
+        figures = run_flow(case, tmp_path, min_ratio=0.85, min_retriever_ratio={True: 0.9, "codes": 0.9})
+    else:
+        figures = run_flow(case, tmp_path, min_ratio=0.94, min_retriever_ratio={True: 0.96, "codes": 0.94})
+    print("langchain-milvus", case.name, figures)

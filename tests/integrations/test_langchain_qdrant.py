@@ -10,12 +10,14 @@ import pytest
 
 from tests.integrations.conftest import (
     LANGCHAIN_MISSING,
-    QDRANT_LOCAL_QUERIES,
+    Case,
     Corpus,
     assert_same_ranking,
     doc_uuid,
+    exact_ranking,
     exact_top,
     new_texts,
+    stored_codes,
     train_and_migrate,
 )
 from tests.integrations.dense import langchain_embeddings
@@ -55,12 +57,12 @@ def check_whole(docs, corpus: Corpus) -> None:
                           {k: v for k, v in d.metadata.items() if not k.startswith("_")}) for d in docs])
 
 
-def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | None, min_ratio: float,
-             min_retriever_ratio: float) -> dict[str, float]:
+def run_flow(case: Case, tmp_path: Path, min_ratio: float, min_retriever_ratio: float) -> dict[str, float]:
+    corpus, sample = case.corpus, case.sample
     path, state = str(tmp_path / "qdrant"), tmp_path / "state"
     dense = langchain_embeddings(corpus)
     build_source(corpus, path, dense)
-    model = train_and_migrate("qdrant", path, SOURCE, corpus, model, state)
+    model = train_and_migrate("qdrant", path, SOURCE, corpus, case.model, state)
 
     sparse = CSRSparseEmbeddings(model, embeddings=dense)
     client = QdrantClient(path=path)
@@ -84,11 +86,10 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | N
         if sample:
             # the database's sparse ranking is exact: every query scored from the stored codes,
             # the sampled framework queries checked against it
-            points, _ = client.scroll(TARGET, limit=len(corpus.ids) + 10, with_payload=["metadata"],
-                                      with_vectors=["csr"])
-            codes = {p.payload["metadata"]["doc_id"]: (p.vector["csr"].indices, p.vector["csr"].values) for p in points}
+            codes = stored_codes(client, TARGET, lambda p: p.payload["metadata"]["doc_id"], ["metadata"])
             queries = [(q.indices, q.values) for q in (sparse.embed_query(t) for t in corpus.query_texts)]
-            by_q = {q: c[:10] for q, c in zip(corpus.query_ids, exact_top(queries, codes, k=10))}
+            by_q = exact_ranking(corpus, codes, queries, qids, lambda t: [
+                (d.metadata["doc_id"], s) for d, s in sparse_store.similarity_search_with_score(t, k=10)])
             # what CSRRetriever asks the database for: the model's own search query (k_query wide,
             # narrower than the framework's) and its number of candidates
             encoder = CSREncoder.load(model)
@@ -96,10 +97,6 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | N
             narrow = encoder.encode_queries(vectors)
             n_candidates = encoder.config.search_candidates or DEFAULT_CANDIDATES
             candidates = exact_top(narrow.to_qdrant(), codes, k=n_candidates)
-            for q in qids:
-                got = [(d.metadata["doc_id"], s) for d, s in sparse_store.similarity_search_with_score(
-                    dict(zip(corpus.query_ids, corpus.query_texts))[q], k=10)]
-                assert_same_ranking(got, by_q[q])
             sparse_run = {q: [i for i, _ in by_q[q]] for q in corpus.query_ids}
         figures = {"dense": corpus.ndcg(dense_run), "sparse": corpus.ndcg(sparse_run)}
         assert figures["sparse"] >= min_ratio * figures["dense"], figures
@@ -139,14 +136,7 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | N
     return figures
 
 
-def test_small_collection(small_corpus, tmp_path):
-    figures = run_flow(small_corpus, tmp_path, None, None, min_ratio=0.9, min_retriever_ratio=0.9)
-    print("langchain-qdrant small", figures)
-
-
-@pytest.mark.realdata
-@pytest.mark.slow
-def test_scifact(scifact_corpus, scifact_model, tmp_path):
-    figures = run_flow(scifact_corpus, tmp_path, scifact_model, QDRANT_LOCAL_QUERIES, min_ratio=0.94,
-                       min_retriever_ratio=0.96)
-    print("langchain-qdrant scifact", figures)
+def test_flow(case, tmp_path):
+    small = case.name == "small"
+    figures = run_flow(case, tmp_path, min_ratio=0.9 if small else 0.94, min_retriever_ratio=0.9 if small else 0.96)
+    print("langchain-qdrant", case.name, figures)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from tests.integrations.conftest import (
-    QDRANT_LOCAL_QUERIES,
+    Case,
     Corpus,
-    assert_same_ranking,
     doc_uuid,
-    exact_top,
+    exact_ranking,
     new_texts,
+    stored_codes,
     train_and_migrate,
 )
 from tests.integrations.dense import llama_index_embedding, llama_index_node
@@ -45,7 +45,8 @@ def check_whole(nodes, corpus: Corpus) -> None:
     assert all(n.node.node_id == doc_uuid(n.node.metadata["doc_id"]) for n in nodes)
 
 
-def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | None, min_ratio: float) -> dict:
+def run_flow(case: Case, tmp_path: Path, min_ratio: float) -> dict:
+    corpus, sample = case.corpus, case.sample
     path, state = str(tmp_path / "qdrant"), tmp_path / "state"
     embed = llama_index_embedding(corpus)
     client = QdrantClient(path=path)
@@ -55,7 +56,7 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | N
         storage_context=StorageContext.from_defaults(vector_store=source), embed_model=embed,
     )
     client.close()
-    model = train_and_migrate("qdrant", path, SOURCE, corpus, model, state)
+    model = train_and_migrate("qdrant", path, SOURCE, corpus, case.model, state)
 
     fns = CSRSparseFunctions(model, embed_model=embed)
     client = QdrantClient(path=path)
@@ -74,15 +75,11 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | N
         check_whole(index.as_retriever(similarity_top_k=5, vector_store_query_mode="hybrid", sparse_top_k=10)
                     .retrieve(corpus.query_texts[1]), corpus)
         if sample:
-            points, _ = client.scroll(TARGET, limit=len(corpus.ids) + 10, with_payload=True, with_vectors=["csr"])
-            codes = {p.id: (p.vector["csr"].indices, p.vector["csr"].values) for p in points}
+            codes = stored_codes(client, TARGET, lambda p: p.id)
             ind, val = fns.sparse_query_fn(corpus.query_texts)
-            exact = dict(zip(corpus.query_ids, exact_top(list(zip(ind, val)), codes)))
+            exact = exact_ranking(corpus, codes, list(zip(ind, val)), qids,
+                                  lambda t: [(n.node.node_id, n.score) for n in r.retrieve(t)])
             by_uuid = {doc_uuid(i): i for i in corpus.ids}
-            by_q = dict(zip(corpus.query_ids, corpus.query_texts))
-            for q in qids:
-                got = [(n.node.node_id, n.score) for n in r.retrieve(by_q[q])]
-                assert_same_ranking(got, exact[q])
             sparse_run = {q: [by_uuid[i] for i, _ in exact[q]] for q in corpus.query_ids}
         figures = {"dense": corpus.ndcg(dense_run), "sparse": corpus.ndcg(sparse_run)}
         assert figures["sparse"] >= min_ratio * figures["dense"], figures
@@ -102,13 +99,5 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, sample: int | N
     return figures
 
 
-def test_small_collection(small_corpus, tmp_path):
-    figures = run_flow(small_corpus, tmp_path, None, None, min_ratio=0.9)
-    print("llama-index-qdrant small", figures)
-
-
-@pytest.mark.realdata
-@pytest.mark.slow
-def test_scifact(scifact_corpus, scifact_model, tmp_path):
-    figures = run_flow(scifact_corpus, tmp_path, scifact_model, QDRANT_LOCAL_QUERIES, min_ratio=0.94)
-    print("llama-index-qdrant scifact", figures)
+def test_flow(case, tmp_path):
+    print("llama-index-qdrant", case.name, run_flow(case, tmp_path, min_ratio={"small": 0.9, "scifact": 0.94}[case.name]))

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integrations.conftest import Corpus, new_texts, train_and_migrate
+from tests.integrations.conftest import Case, Corpus, new_texts, train_and_migrate
 from tests.integrations.dense import llama_index_embedding, llama_index_node
 
 lm = pytest.importorskip(
@@ -33,7 +33,8 @@ def retrieve(index, corpus: Corpus, **kwargs: Any) -> dict[str, list[str]]:
     return {q: [n.node.metadata["doc_id"] for n in r.retrieve(t)] for q, t in zip(corpus.query_ids, corpus.query_texts)}
 
 
-def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: float) -> dict:
+def run_flow(case: Case, tmp_path: Path, min_ratio: float) -> dict:
+    corpus = case.corpus
     db, state = str(tmp_path / "milvus.db"), tmp_path / "state"
     embed = llama_index_embedding(corpus)
     dim = corpus.vectors.shape[1]
@@ -41,7 +42,7 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: floa
     VectorStoreIndex([llama_index_node(i, t, m) for i, t, m in zip(corpus.ids, corpus.texts, corpus.metadata)],
                      storage_context=StorageContext.from_defaults(vector_store=source), embed_model=embed)
     source.client.close()
-    model = train_and_migrate("milvus", db, SOURCE, corpus, model, state)
+    model = train_and_migrate("milvus", db, SOURCE, corpus, case.model, state)
 
     fn = milvus_sparse_embedding_function(model, embed_model=embed)
     dense_store = lm.MilvusVectorStore(uri=db, collection_name=SOURCE, dim=dim)
@@ -75,11 +76,5 @@ def run_flow(corpus: Corpus, tmp_path: Path, model: Path | None, min_ratio: floa
     return figures
 
 
-def test_small_collection(small_corpus, tmp_path):
-    print("llama-index-milvus small", run_flow(small_corpus, tmp_path, None, min_ratio=0.9))
-
-
-@pytest.mark.realdata
-@pytest.mark.slow
-def test_scifact(scifact_corpus, scifact_model, tmp_path):
-    print("llama-index-milvus scifact", run_flow(scifact_corpus, tmp_path, scifact_model, min_ratio=0.94))
+def test_flow(case, tmp_path):
+    print("llama-index-milvus", case.name, run_flow(case, tmp_path, min_ratio={"small": 0.9, "scifact": 0.94}[case.name]))

@@ -74,16 +74,13 @@ def main(argv: list[str]) -> int:
     from csr_vdb.adapters import open_store
 
     uri, collection, id_type, seed = argv[:4]
-    store = open_store("milvus", uri)
-    try:
+    with open_store("milvus", uri) as store:
         writer = SourceWriter(store, collection, id_type, int(seed))
         print("ready", flush=True)
         for line in sys.stdin:
             n = int(line.split()[1])
             writer.burst(n)
             print(f"done {n}", flush=True)
-    finally:
-        store.close()
     return 0
 
 

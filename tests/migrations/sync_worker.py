@@ -18,19 +18,16 @@ def main(argv: list[str]) -> int:
 
     kind, uri, base = argv[:3]
     delay = float(argv[3]) if len(argv) > 3 else 0.0
-    store = open_store(kind, uri)
-    try:
-        plan = find_plan(base, kind, uri, "docs")
-        encoder = ProjectionEncoder(plan.source_schema.dim)
+    plan = find_plan(base, kind, uri, "docs")
+    encoder = ProjectionEncoder(plan.source_schema.dim)
 
-        def encode(x):
-            time.sleep(delay)
-            return encoder(x)
+    def encode(x):
+        time.sleep(delay)
+        return encoder(x)
 
+    with open_store(kind, uri) as store:
         res = sync_migration(store, plan, encode, state_base=base)
-        print(f"done {res.status} changes={res.changes}", flush=True)
-    finally:
-        store.close()
+    print(f"done {res.status} changes={res.changes}", flush=True)
     return 0
 
 
