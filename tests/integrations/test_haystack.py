@@ -18,7 +18,8 @@ from tests.integrations.conftest import (
     train_and_migrate,
 )
 
-pytest.importorskip("haystack", reason="the 'haystack' extra is not installed: pip install 'csr-vdb[haystack]'")
+MISSING = "{} is not installed: pip install 'csr-vdb[haystack]'"
+pytest.importorskip("haystack", reason=MISSING.format("the 'haystack' extra"))
 from haystack import Document, Pipeline, component  # noqa: E402
 from haystack.components.writers import DocumentWriter  # noqa: E402
 from haystack.document_stores.types import DuplicatePolicy  # noqa: E402
@@ -114,10 +115,9 @@ def check_added(corpus: Corpus, store: Any, sparse_pipeline: Pipeline, model: Pa
 
 
 # ---------------------------------------------------------------------- Qdrant
-def qdrant_flow(case: Case, tmp_path: Path, min_ratio: float) -> dict:
+def test_qdrant(case: Case, tmp_path: Path) -> None:
     corpus, sample = case.corpus, case.sample
-    hq = pytest.importorskip("haystack_integrations.document_stores.qdrant",
-                             reason="qdrant-haystack is not installed: pip install 'csr-vdb[haystack]'")
+    hq = pytest.importorskip("haystack_integrations.document_stores.qdrant", reason=MISSING.format("qdrant-haystack"))
     from haystack_integrations.components.retrievers.qdrant import (
         QdrantEmbeddingRetriever,
         QdrantHybridRetriever,
@@ -157,13 +157,13 @@ def qdrant_flow(case: Case, tmp_path: Path, min_ratio: float) -> dict:
                                   lambda t: [(d.id, d.score) for d in ask(sparse_p, t, sparse=True)])
             sparse_run = {q: [i for i, _ in exact[q]] for q in corpus.query_ids}
         figures = {"dense": corpus.ndcg(dense_run), "sparse": corpus.ndcg(sparse_run)}
-        assert figures["sparse"] >= min_ratio * figures["dense"], figures
+        assert figures["sparse"] >= case.min_ratio * figures["dense"], figures
         check_added(corpus, target, sparse_p, model)
         got = target.get_documents_by_id(["new-0"])[0]
         assert got.content and got.meta["doc_id"] == "new-0"
     finally:
         target.close()
-    return figures
+    print("haystack-qdrant", case.name, figures)
 
 
 def target_codes(path: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -177,15 +177,10 @@ def target_codes(path: str) -> dict[str, tuple[list[int], list[float]]]:
         client.close()
 
 
-def test_qdrant(case, tmp_path):
-    print("haystack-qdrant", case.name, qdrant_flow(case, tmp_path, min_ratio={"small": 0.9, "scifact": 0.94}[case.name]))
-
-
 # ---------------------------------------------------------------------- Milvus
-def milvus_flow(case: Case, tmp_path: Path, min_ratio: float) -> dict:
+def test_milvus(case: Case, tmp_path: Path) -> None:
     corpus = case.corpus
-    mh = pytest.importorskip("milvus_haystack",
-                             reason="milvus-haystack is not installed: pip install 'csr-vdb[haystack]'")
+    mh = pytest.importorskip("milvus_haystack", reason=MISSING.format("milvus-haystack"))
     from milvus_haystack.milvus_embedding_retriever import (
         MilvusEmbeddingRetriever,
         MilvusHybridRetriever,
@@ -206,7 +201,7 @@ def milvus_flow(case: Case, tmp_path: Path, min_ratio: float) -> dict:
         sparse_p = query_pipeline(corpus, MilvusSparseEmbeddingRetriever(document_store=target, top_k=10), model)
         figures = {"dense": corpus.ndcg(ranked(dense_p, corpus, corpus.query_ids, sparse=False)),
                    "sparse": corpus.ndcg(ranked(sparse_p, corpus, corpus.query_ids, sparse=True))}
-        assert figures["sparse"] >= min_ratio * figures["dense"], figures
+        assert figures["sparse"] >= case.min_ratio * figures["dense"], figures
         docs = ask(sparse_p, corpus.query_texts[0], sparse=True)
         check_whole(docs, corpus)
         hybrid_p = query_pipeline(corpus, MilvusHybridRetriever(document_store=target, top_k=5), model)
@@ -222,8 +217,4 @@ def milvus_flow(case: Case, tmp_path: Path, min_ratio: float) -> dict:
     finally:
         dense_store.client.close()
         target.client.close()
-    return figures
-
-
-def test_milvus(case, tmp_path):
-    print("haystack-milvus", case.name, milvus_flow(case, tmp_path, min_ratio={"small": 0.9, "scifact": 0.94}[case.name]))
+    print("haystack-milvus", case.name, figures)

@@ -57,7 +57,7 @@ def check_whole(docs, corpus: Corpus) -> None:
                           {k: v for k, v in d.metadata.items() if not k.startswith("_")}) for d in docs])
 
 
-def run_flow(case: Case, tmp_path: Path, min_ratio: float, min_retriever_ratio: float) -> dict[str, float]:
+def test_flow(case: Case, tmp_path: Path) -> None:
     corpus, sample = case.corpus, case.sample
     path, state = str(tmp_path / "qdrant"), tmp_path / "state"
     dense = langchain_embeddings(corpus)
@@ -99,7 +99,7 @@ def run_flow(case: Case, tmp_path: Path, min_ratio: float, min_retriever_ratio: 
             candidates = exact_top(narrow.to_qdrant(), codes, k=n_candidates)
             sparse_run = {q: [i for i, _ in by_q[q]] for q in corpus.query_ids}
         figures = {"dense": corpus.ndcg(dense_run), "sparse": corpus.ndcg(sparse_run)}
-        assert figures["sparse"] >= min_ratio * figures["dense"], figures
+        assert figures["sparse"] >= case.min_ratio * figures["dense"], figures
 
         # new documents written through the framework are found by sparse search
         extra = new_texts(corpus)
@@ -132,11 +132,7 @@ def run_flow(case: Case, tmp_path: Path, min_ratio: float, min_retriever_ratio: 
             assert_same_ranking(got[q], want[q], atol=1e-5)
         got = want
     figures["retriever"] = corpus.ndcg({q: [i for i, _ in hits] for q, hits in got.items()})
+    # CSRRetriever's default, the dense re-rank of the candidates, keeps 96% of dense on SciFact
+    min_retriever_ratio = 0.9 if case.name == "small" else 0.96
     assert figures["retriever"] >= min_retriever_ratio * figures["dense"], figures
-    return figures
-
-
-def test_flow(case, tmp_path):
-    small = case.name == "small"
-    figures = run_flow(case, tmp_path, min_ratio=0.9 if small else 0.94, min_retriever_ratio=0.9 if small else 0.96)
     print("langchain-qdrant", case.name, figures)

@@ -45,7 +45,7 @@ def check_whole(nodes, corpus: Corpus) -> None:
     assert all(n.node.node_id == doc_uuid(n.node.metadata["doc_id"]) for n in nodes)
 
 
-def run_flow(case: Case, tmp_path: Path, min_ratio: float) -> dict:
+def test_flow(case: Case, tmp_path: Path) -> None:
     corpus, sample = case.corpus, case.sample
     path, state = str(tmp_path / "qdrant"), tmp_path / "state"
     embed = llama_index_embedding(corpus)
@@ -82,7 +82,7 @@ def run_flow(case: Case, tmp_path: Path, min_ratio: float) -> dict:
             by_uuid = {doc_uuid(i): i for i in corpus.ids}
             sparse_run = {q: [by_uuid[i] for i, _ in exact[q]] for q in corpus.query_ids}
         figures = {"dense": corpus.ndcg(dense_run), "sparse": corpus.ndcg(sparse_run)}
-        assert figures["sparse"] >= min_ratio * figures["dense"], figures
+        assert figures["sparse"] >= case.min_ratio * figures["dense"], figures
 
         extra = new_texts(corpus)
         new = [llama_index_node(f"new-{n}", t, {**corpus.metadata[0], "doc_id": f"new-{n}"})
@@ -96,8 +96,4 @@ def run_flow(case: Case, tmp_path: Path, min_ratio: float) -> dict:
         np.testing.assert_allclose(stored[target.dense_vector_name], embed.get_text_embedding(new[0].text), atol=1e-6)
     finally:
         client.close()
-    return figures
-
-
-def test_flow(case, tmp_path):
-    print("llama-index-qdrant", case.name, run_flow(case, tmp_path, min_ratio={"small": 0.9, "scifact": 0.94}[case.name]))
+    print("llama-index-qdrant", case.name, figures)
