@@ -14,6 +14,8 @@ QueryProjection = Literal["encoder", "decoder"]
 #: SciFact's *train* queries, where quality stopped rising at this width; more non-zeros make a
 #: database's inverted-index search walk more posting lists.
 DECODER_QUERY_K_FACTOR = 16
+#: Candidates re-scored per query when neither the call nor the config's ``search_candidates`` says.
+DEFAULT_CANDIDATES = 100
 
 
 class QueryWidthReport(BaseModel):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from csr_vdb.config import DEFAULT_CANDIDATES
 from csr_vdb.errors import ConfigError, DataError
 from csr_vdb.sparse import SparseVectors
 
@@ -145,7 +146,7 @@ def choose_query_width(
     floor: float = 0.99,
     relative: bool = True,
     widths: Sequence[int] = DEFAULT_WIDTHS,
-    candidates: int = 100,
+    candidates: int = DEFAULT_CANDIDATES,
     select: Select = "magnitude",
     posting: np.ndarray | None = None,
     alpha: float = 1.0,
@@ -274,7 +275,7 @@ def fit_query_width(
         x: ``[n, input_dim]`` rows of the collection.
         recall_floor: share of the full-width recall to keep, in (0, 1].
         candidates: candidates re-scored per query (default: the encoder's ``search_candidates``,
-            else 100).
+            else `DEFAULT_CANDIDATES`).
         queries: self-queries drawn from the rows.
         max_rows: rows encoded and searched (a random sample when ``x`` has more).
         widths: widths tried (the full width is always measured).
@@ -298,7 +299,7 @@ def fit_query_width(
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(x), max_rows, replace=False)) if len(x) > max_rows else slice(None)
     x = np.array(x[picked], dtype=np.float32)  # a copy in memory (x may be a read-only memmap)
-    cand = int(candidates or cfg.search_candidates or 100)
+    cand = int(candidates or cfg.search_candidates or DEFAULT_CANDIDATES)
     cand = min(max(cand, top_k + 1), len(x))
     rows, truth = self_query_sample(x, queries, top_k, seed=seed)
     full = cfg.k_query_alone("decoder")  # the full decoder width, whatever k_query says

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
-from csr_vdb.config import CSRConfig
+from csr_vdb.config import DEFAULT_CANDIDATES, CSRConfig
 from csr_vdb.device import single_intra_op_thread
 from csr_vdb.errors import ConfigError, StoreError
 from csr_vdb.sparse import SparseVectors
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Projection = Literal["encoder", "decoder"]
-DEFAULT_CANDIDATES = 100
-"""Candidates re-ranked per query when neither the call nor the encoder's config says how many."""
 SMALL_BATCH = 16
 """Query batches up to this size are encoded on one torch thread (see `Retriever.query_codes`)."""
 RetrievedHit = Hit
