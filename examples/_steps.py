@@ -44,5 +44,6 @@ def train_and_migrate(work: Workdir, collection: str, epochs: int | None = None)
     """Train an encoder on ``collection`` and migrate it to ``<collection>_csr`` with the CLI."""
     where = ["--store", "qdrant", "--uri", work.qdrant, "--state-dir", str(work.state), "--collection", collection]
     more = ["--epochs", str(epochs)] if epochs else []
+    cli = [sys.executable, "-m", "csr_vdb.cli.main"]
     for step in (["train", *more], ["migrate", "--to", "sparse"]):
-        subprocess.run([sys.executable, "-m", "csr_vdb.cli.main", *step, *where, "--model", str(work.model)], check=True)
+        subprocess.run([*cli, *step, *where, "--model", str(work.model)], check=True)
