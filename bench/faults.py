@@ -71,6 +71,19 @@ def encoder() -> ProjectionEncoder:
     return UnitCodes(DIM, HIDDEN_DIM, K, seed=7)
 
 
+def paced(encode: ProjectionEncoder, pace_s: float):
+    """``encode`` taking at least ``pace_s`` seconds a batch: a small migration then lasts long enough
+    for every fault to land while it runs, however fast the machine (0: as fast as it goes)."""
+    if pace_s <= 0:
+        return encode
+
+    def slow(x: np.ndarray) -> SparseVectors:
+        time.sleep(pace_s)
+        return encode(x)
+
+    return slow
+
+
 def _plan(store, args) -> MigrationPlan:
     return MigrationPlan.create(
         store, store_kind="milvus", uri=args.uri, source="docs", model_dir=args.model_dir, batch_size=args.batch_size
@@ -94,7 +107,7 @@ def worker(args) -> int:
         try:
             plan = _plan(store, args)
             resume = (state_dir(args.state, plan) / JOURNAL_FILE).exists()
-            run_migration(store, plan, encoder(), state_base=args.state, resume=resume)
+            run_migration(store, plan, paced(encoder(), args.pace_s), state_base=args.state, resume=resume)
         finally:
             store.close()
     except CSRVDBError as exc:
@@ -110,7 +123,7 @@ class Worker:
         cmd = [
             sys.executable, __file__, "--worker", "--uri", args.uri, "--state", str(args.state),
             "--model-dir", str(args.model_dir), "--batch-size", str(args.batch_size), "--retries", str(args.retries),
-            "--timeout", str(args.timeout),
+            "--timeout", str(args.timeout), "--pace-s", str(args.pace_s),
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -337,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
                         "server restart takes to serve again)")
     p.add_argument("--timeout", type=float, default=5.0, help="the worker's request timeout, seconds")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--pace-s", type=float, default=0.0,
+                   help="seconds each batch's encoding takes at least, so that a small run lasts until its last "
+                        "fault (0: full speed)")
     p.add_argument("--uri", help=argparse.SUPPRESS)
     return soak_main(p, argv, worker, run, table)
 

@@ -17,8 +17,9 @@ def test_faults_bench_survives_both_kinds_exactly(tmp_path, capsys):
     if not Path(sys.executable).with_name("milvus-lite").exists():
         pytest.skip("milvus-lite executable not found beside the Python interpreter")
     out = tmp_path / "faults.json"
+    # 50 batches of at least 0.2 s: both faults land while the migration runs, whatever the machine's speed
     argv = ["--rows", "2500", "--faults", "2", "--batch-size", "50", "--retries", "2", "--timeout", "3",
-            "--out", str(out)]
+            "--pace-s", "0.2", "--out", str(out)]
     assert faults.main(argv) == 0, capsys.readouterr().out
     res = json.loads(out.read_text())
     assert res["ok"] and res["rows"] == res["target_rows"] == 2500
@@ -29,6 +30,7 @@ def test_faults_bench_survives_both_kinds_exactly(tmp_path, capsys):
     assert sorted(f["kind"] for f in res["faults"]) == ["migrator", "server"]
     for f in res["faults"]:
         assert f["noticed_s"] is not None and f["noticed_s"] >= 0 and f["outcome"]
+        assert f["at_rows"] < 2500 and f["recovered_s"] is not None, f  # mid-run, and the run went on
         if f["outcome"].startswith("exit"):  # the worker gave up past its retry budget: one error line
             assert f["outcome"].startswith("exit 5") and f["error_line"].startswith("error: ")
     summary = res["summary"]
