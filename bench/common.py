@@ -52,6 +52,19 @@ class ProjectionEncoder:
         return SparseVectors(idx, np.take_along_axis(z, idx, axis=1), self.hidden_dim)
 
 
+def paced(encode: Any, seconds: float) -> Any:
+    """``encode`` taking at least ``seconds`` a batch (0: as it is): a worker that a soak or crash
+    test kills or faults then lasts long enough for each fault to land while it runs."""
+    if seconds <= 0:
+        return encode
+
+    def slow(x: np.ndarray) -> SparseVectors:
+        time.sleep(seconds)
+        return encode(x)
+
+    return slow
+
+
 def store_arguments(p: argparse.ArgumentParser, prefix: str) -> argparse.ArgumentParser:
     """The options of a bench script that runs on a store: --store, --uri, --rows, --batch-size,
     --prefix (of its collection names), --keep and --out."""

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # the checkout, for the `bench` helpers
 
-from bench.common import MilvusLiteServer, ProjectionEncoder, placeholder_model, soak_main  # noqa: E402
+from bench.common import MilvusLiteServer, ProjectionEncoder, paced, placeholder_model, soak_main  # noqa: E402
 from bench.common import collection_checksum as export  # noqa: E402
 from bench.common import journaled_rows as journaled  # noqa: E402
 from csr_vdb.adapters import open_store  # noqa: E402
@@ -69,19 +69,6 @@ class UnitCodes(ProjectionEncoder):
 def encoder() -> ProjectionEncoder:
     """The stand-in encoder every worker and the final check use (same weights each time)."""
     return UnitCodes(DIM, HIDDEN_DIM, K, seed=7)
-
-
-def paced(encode: ProjectionEncoder, pace_s: float):
-    """``encode`` taking at least ``pace_s`` seconds a batch: a small migration then lasts long enough
-    for every fault to land while it runs, however fast the machine (0: as fast as it goes)."""
-    if pace_s <= 0:
-        return encode
-
-    def slow(x: np.ndarray) -> SparseVectors:
-        time.sleep(pace_s)
-        return encode(x)
-
-    return slow
 
 
 def _plan(store, args) -> MigrationPlan:

@@ -35,7 +35,7 @@ def fresh_workdir(folder: str) -> Workdir:
     """The folders under ``folder``, emptied: each run starts from nothing."""
     root = Path(folder)
     work = Workdir(str(root / "qdrant"), root / "model", root / "state")
-    for old in (root / "qdrant", work.model, work.state):
+    for old in (Path(work.qdrant), work.model, work.state):
         shutil.rmtree(old, ignore_errors=True)
     return work
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import MilvusLiteServer, ProjectionEncoder, free_port, journaled_rows
+from bench.common import MilvusLiteServer, ProjectionEncoder, free_port, journaled_rows, paced
 
-__all__ = ["TINY", "MilvusLiteServer", "ProjectionEncoder", "clustered", "free_port", "journaled_rows", "fast_train", "tiny_config", "tiny_encoder",
+__all__ = ["TINY", "MilvusLiteServer", "ProjectionEncoder", "clustered", "free_port", "journaled_rows", "paced", "fast_train", "tiny_config", "tiny_encoder",
            "write_banking77_folder", "write_beir_folder", "write_bench_data"]
 
 

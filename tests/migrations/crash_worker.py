@@ -9,7 +9,6 @@ when the test's kill lands.
 from __future__ import annotations
 
 import sys
-import time
 
 
 def migrate(kind: str, uri: str, base: str, model_dir: str, batch: int, encode) -> None:
@@ -30,7 +29,7 @@ def migrate(kind: str, uri: str, base: str, model_dir: str, batch: int, encode) 
 
 def main(argv: list[str]) -> int:
     from csr_vdb.adapters import open_store
-    from tests.helpers import ProjectionEncoder
+    from tests.helpers import ProjectionEncoder, paced
 
     kind, uri, base, model_dir, batch = argv[:5]
     delay = float(argv[5]) if len(argv) > 5 else 0.0
@@ -40,11 +39,7 @@ def main(argv: list[str]) -> int:
     finally:
         store.close()
 
-    def encode(x):
-        time.sleep(delay)
-        return encoder(x)
-
-    migrate(kind, uri, base, model_dir, int(batch), encode)
+    migrate(kind, uri, base, model_dir, int(batch), paced(encoder, delay))
     return 0
 
 

@@ -8,23 +8,17 @@ DELAY_S paces each batch's encoding, so that the test's kill lands while the syn
 from __future__ import annotations
 
 import sys
-import time
 
 
 def main(argv: list[str]) -> int:
     from csr_vdb.adapters import open_store
     from csr_vdb.migrations import find_plan, sync_migration
-    from tests.helpers import ProjectionEncoder
+    from tests.helpers import ProjectionEncoder, paced
 
     kind, uri, base = argv[:3]
     delay = float(argv[3]) if len(argv) > 3 else 0.0
     plan = find_plan(base, kind, uri, "docs")
-    encoder = ProjectionEncoder(plan.source_schema.dim)
-
-    def encode(x):
-        time.sleep(delay)
-        return encoder(x)
-
+    encode = paced(ProjectionEncoder(plan.source_schema.dim), delay)
     with open_store(kind, uri) as store:
         res = sync_migration(store, plan, encode, state_base=base)
     print(f"done {res.status} changes={res.changes}", flush=True)
